@@ -1,0 +1,28 @@
+//! Every constant of the wire format, in the order of `docs/protocol.md`.
+
+/// Size of the packet header: stream id u8, type u8, length u32 LE.
+pub const HEADER_SIZE: usize = 6;
+/// Largest packet, header included. A larger declared length is fatal.
+pub const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
+/// Magic at the start of the server's Hello.
+pub const HELLO_MAGIC: [u8; 8] = *b"PMXBCKUP";
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Hello payload: magic, version u32.
+pub const HELLO_SIZE: usize = 12;
+/// Stream id of the server's Hello.
+pub const HELLO_STREAM: u8 = 0;
+/// Fixed part of a CreateBackup payload (id and name follow).
+pub const CREATE_BACKUP_HEADER_SIZE: usize = 24;
+/// One BackupDataFixed entry: chunk index u64, digest.
+pub const FIXED_ENTRY_SIZE: usize = 40;
+/// One BackupDataDynamic entry: start offset u64, digest.
+pub const DYNAMIC_ENTRY_SIZE: usize = 40;
+/// Chunk packet before the data: header, offset u64, digest.
+pub const CHUNK_PACKET_OVERHEAD: usize = HEADER_SIZE + 8 + 32;
+/// Largest chunk: one that still fits in a Chunk packet when downloaded.
+pub const MAX_CHUNK_SIZE: usize = MAX_PACKET_SIZE as usize - CHUNK_PACKET_OVERHEAD;
+/// Most digests in one HashListPart or DownloadChunks packet.
+pub const MAX_DIGESTS_PER_PACKET: usize = (MAX_PACKET_SIZE as usize - HEADER_SIZE) / 32;
+/// Most entries in one BackupData packet.
+pub const MAX_ENTRIES_PER_PACKET: usize = (MAX_PACKET_SIZE as usize - HEADER_SIZE) / 40;

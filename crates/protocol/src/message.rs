@@ -1,0 +1,349 @@
+//! Typed packets: decode one payload, encode one packet.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use hoard_types::{DIGEST_SIZE, Digest, NameError};
+
+use crate::consts::{HEADER_SIZE, HELLO_MAGIC, HELLO_SIZE, MAX_PACKET_SIZE};
+use crate::create_backup::CreateBackup;
+use crate::header::{Header, PacketType};
+use crate::lists::{DigestList, DynamicEntryList, FixedEntryList};
+
+/// The first byte of an Error packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorId {
+    Generic = 0,
+    /// Try again later: the resource is in use.
+    Busy = 1,
+}
+
+/// One packet's meaning. Bulk data (chunk bytes, lists) stays in the
+/// receive buffer as `Bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello {
+        version: u32,
+    },
+    Ok,
+    Error {
+        id: ErrorId,
+        message: String,
+    },
+    GetHashList {
+        path: String,
+    },
+    HashListPart(DigestList),
+    DownloadChunks(DigestList),
+    Chunk {
+        offset: u64,
+        digest: Digest,
+        data: Bytes,
+    },
+    UploadChunk {
+        digest: Digest,
+        data: Bytes,
+    },
+    CreateBackup(CreateBackup),
+    BackupCreated {
+        path: String,
+    },
+    BackupDataFixed(FixedEntryList),
+    BackupDataDynamic(DynamicEntryList),
+    BackupFinished,
+}
+
+/// A payload that does not fit its packet type. The connection survives:
+/// the header's length said where the next packet starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown packet type {0}")]
+    UnknownType(u8),
+    #[error("{what} payload has {got} bytes, expected {expected}")]
+    Length {
+        what: &'static str,
+        expected: &'static str,
+        got: usize,
+    },
+    #[error("Hello has a wrong magic (expected PMXBCKUP)")]
+    HelloMagic,
+    #[error(
+        "CreateBackup declares id length {id_len} and name length {name_len} but carries {rest} bytes"
+    )]
+    CreateBackupNames {
+        id_len: usize,
+        name_len: usize,
+        rest: usize,
+    },
+    #[error("CreateBackup has unknown flags 0x{0:02x}")]
+    UnknownFlags(u8),
+    #[error("{what} declares a path of {declared} bytes but carries {got}")]
+    PathLength {
+        what: &'static str,
+        declared: usize,
+        got: usize,
+    },
+    #[error("{0} path is not UTF-8")]
+    PathUtf8(&'static str),
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+fn exact(
+    what: &'static str,
+    expected: &'static str,
+    want: usize,
+    p: &[u8],
+) -> Result<(), DecodeError> {
+    if p.len() == want {
+        Ok(())
+    } else {
+        Err(DecodeError::Length {
+            what,
+            expected,
+            got: p.len(),
+        })
+    }
+}
+
+fn at_least(
+    what: &'static str,
+    expected: &'static str,
+    want: usize,
+    p: &[u8],
+) -> Result<(), DecodeError> {
+    if p.len() >= want {
+        Ok(())
+    } else {
+        Err(DecodeError::Length {
+            what,
+            expected,
+            got: p.len(),
+        })
+    }
+}
+
+fn decode_path(what: &'static str, mut p: &[u8]) -> Result<String, DecodeError> {
+    at_least(what, "at least 2 bytes", 2, p)?;
+    let declared = p.get_u16_le() as usize;
+    if declared != p.len() {
+        return Err(DecodeError::PathLength {
+            what,
+            declared,
+            got: p.len(),
+        });
+    }
+    String::from_utf8(p.to_vec()).map_err(|_| DecodeError::PathUtf8(what))
+}
+
+fn whole<T>(
+    what: &'static str,
+    expected: &'static str,
+    len: usize,
+    v: Option<T>,
+) -> Result<T, DecodeError> {
+    v.ok_or(DecodeError::Length {
+        what,
+        expected,
+        got: len,
+    })
+}
+
+impl Message {
+    pub fn packet_type(&self) -> PacketType {
+        use Message::*;
+        match self {
+            Hello { .. } => PacketType::Hello,
+            Ok => PacketType::Ok,
+            Error { .. } => PacketType::Error,
+            GetHashList { .. } => PacketType::GetHashList,
+            HashListPart(_) => PacketType::HashListPart,
+            DownloadChunks(_) => PacketType::DownloadChunks,
+            Chunk { .. } => PacketType::Chunk,
+            UploadChunk { .. } => PacketType::UploadChunk,
+            CreateBackup(_) => PacketType::CreateBackup,
+            BackupCreated { .. } => PacketType::BackupCreated,
+            BackupDataFixed(_) => PacketType::BackupDataFixed,
+            BackupDataDynamic(_) => PacketType::BackupDataDynamic,
+            BackupFinished => PacketType::BackupFinished,
+        }
+    }
+
+    /// Decodes the payload of a packet whose header was checked by
+    /// [`crate::check_frame`]. `payload` must be exactly the header's
+    /// payload length.
+    pub fn decode(header: &Header, mut payload: Bytes) -> Result<Message, DecodeError> {
+        debug_assert_eq!(payload.len(), header.payload_len());
+        let ty = header
+            .packet_type()
+            .ok_or(DecodeError::UnknownType(header.type_byte))?;
+        let p = &payload[..];
+        let len = p.len();
+        Ok(match ty {
+            PacketType::Hello => {
+                exact("Hello", "12 bytes", HELLO_SIZE, p)?;
+                if p[..8] != HELLO_MAGIC {
+                    return Err(DecodeError::HelloMagic);
+                }
+                Message::Hello {
+                    version: u32::from_le_bytes([p[8], p[9], p[10], p[11]]),
+                }
+            }
+            PacketType::Ok => {
+                exact("Ok", "0 bytes", 0, p)?;
+                Message::Ok
+            }
+            PacketType::Error => {
+                at_least("Error", "at least 1 byte", 1, p)?;
+                // An unknown error id is still an error; report it as generic.
+                let id = if p[0] == ErrorId::Busy as u8 {
+                    ErrorId::Busy
+                } else {
+                    ErrorId::Generic
+                };
+                Message::Error {
+                    id,
+                    message: String::from_utf8_lossy(&p[1..]).into_owned(),
+                }
+            }
+            PacketType::GetHashList => Message::GetHashList {
+                path: decode_path("GetHashList", p)?,
+            },
+            PacketType::BackupCreated => Message::BackupCreated {
+                path: decode_path("BackupCreated", p)?,
+            },
+            PacketType::HashListPart => Message::HashListPart(whole(
+                "HashListPart",
+                "a multiple of 32 bytes",
+                len,
+                DigestList::from_bytes(payload),
+            )?),
+            PacketType::DownloadChunks => Message::DownloadChunks(whole(
+                "DownloadChunks",
+                "a multiple of 32 bytes",
+                len,
+                DigestList::from_bytes(payload),
+            )?),
+            PacketType::Chunk => {
+                at_least("Chunk", "at least 40 bytes", 40, p)?;
+                let offset = payload.get_u64_le();
+                let digest = Digest::from_slice(&payload.split_to(DIGEST_SIZE));
+                Message::Chunk {
+                    offset,
+                    digest,
+                    data: payload,
+                }
+            }
+            PacketType::UploadChunk => {
+                at_least(
+                    "UploadChunk",
+                    "a 32-byte digest and at least 1 byte of data",
+                    33,
+                    p,
+                )?;
+                let digest = Digest::from_slice(&payload.split_to(DIGEST_SIZE));
+                Message::UploadChunk {
+                    digest,
+                    data: payload,
+                }
+            }
+            PacketType::CreateBackup => Message::CreateBackup(CreateBackup::decode_payload(p)?),
+            PacketType::BackupDataFixed => Message::BackupDataFixed(whole(
+                "BackupDataFixed",
+                "a multiple of 40 bytes",
+                len,
+                FixedEntryList::from_bytes(payload),
+            )?),
+            PacketType::BackupDataDynamic => Message::BackupDataDynamic(whole(
+                "BackupDataDynamic",
+                "a multiple of 40 bytes",
+                len,
+                DynamicEntryList::from_bytes(payload),
+            )?),
+            PacketType::BackupFinished => {
+                exact("BackupFinished", "0 bytes", 0, p)?;
+                Message::BackupFinished
+            }
+        })
+    }
+
+    /// The bulk tail that [`Message::encode_head`] leaves out, so a writer
+    /// can send it straight from its buffer.
+    pub fn bulk(&self) -> Option<&Bytes> {
+        match self {
+            Message::Chunk { data, .. } | Message::UploadChunk { data, .. } => Some(data),
+            Message::HashListPart(l) | Message::DownloadChunks(l) => Some(l.as_bytes()),
+            Message::BackupDataFixed(l) => Some(l.as_bytes()),
+            Message::BackupDataDynamic(l) => Some(l.as_bytes()),
+            _ => None,
+        }
+    }
+
+    /// Payload length without the bulk tail.
+    fn head_payload_len(&self) -> usize {
+        match self {
+            Message::Hello { .. } => HELLO_SIZE,
+            Message::Error { message, .. } => 1 + message.len(),
+            Message::GetHashList { path } | Message::BackupCreated { path } => 2 + path.len(),
+            Message::Chunk { .. } => 8 + DIGEST_SIZE,
+            Message::UploadChunk { .. } => DIGEST_SIZE,
+            Message::CreateBackup(c) => c.encoded_len(),
+            _ => 0,
+        }
+    }
+
+    /// Whole packet length, header included.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_SIZE + self.head_payload_len() + self.bulk().map_or(0, |b| b.len())
+    }
+
+    /// Writes the header and everything before the bulk tail into `out`.
+    ///
+    /// # Panics
+    /// If the packet would exceed [`MAX_PACKET_SIZE`] or a path exceeds
+    /// 65535 bytes: the caller sizes lists and chunks to fit.
+    pub fn encode_head(&self, stream: u8, out: &mut BytesMut) {
+        let total = self.encoded_len();
+        assert!(
+            total <= MAX_PACKET_SIZE as usize,
+            "packet of {total} bytes exceeds the maximum"
+        );
+        let header = Header {
+            stream,
+            type_byte: self.packet_type().as_u8(),
+            length: total as u32,
+        };
+        out.reserve(HEADER_SIZE + self.head_payload_len());
+        out.put_slice(&header.encode());
+        match self {
+            Message::Hello { version } => {
+                out.put_slice(&HELLO_MAGIC);
+                out.put_u32_le(*version);
+            }
+            Message::Error { id, message } => {
+                out.put_u8(*id as u8);
+                out.put_slice(message.as_bytes());
+            }
+            Message::GetHashList { path } | Message::BackupCreated { path } => {
+                let len = u16::try_from(path.len()).expect("path longer than 65535 bytes");
+                out.put_u16_le(len);
+                out.put_slice(path.as_bytes());
+            }
+            Message::Chunk { offset, digest, .. } => {
+                out.put_u64_le(*offset);
+                out.put_slice(digest.as_bytes());
+            }
+            Message::UploadChunk { digest, .. } => out.put_slice(digest.as_bytes()),
+            Message::CreateBackup(c) => c.encode_payload(out),
+            _ => {}
+        }
+    }
+
+    /// The whole packet in one buffer (tests, small packets).
+    pub fn encode(&self, stream: u8) -> BytesMut {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode_head(stream, &mut out);
+        if let Some(b) = self.bulk() {
+            out.put_slice(b);
+        }
+        out
+    }
+}

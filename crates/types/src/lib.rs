@@ -1,0 +1,16 @@
+//! Domain types shared by the wire protocol and the datastore.
+//!
+//! Each kind of name has its own type whose constructor is the only place
+//! its rules are checked, so a value that exists is valid: a [`BackupId`]
+//! can never hold `..`, a [`FileName`] never a `/`. Both the server (which
+//! receives names from the network) and the datastore (which turns them
+//! into paths) rely on that. This crate does no I/O.
+
+mod digest;
+mod names;
+
+pub use digest::{DIGEST_SIZE, Digest, DigestParseError};
+pub use names::{
+    BackupGroup, BackupId, BackupType, FileName, MAX_BACKUP_ID_LEN, MAX_FILE_NAME_LEN, NameError,
+    SnapshotPath, SnapshotTime,
+};
