@@ -1,1 +1,58 @@
+//! hoard's datastore: one directory holding a content-addressed chunk
+//! store and the snapshots (index files and manifests) that refer to it.
+//!
+//! This crate owns every on-disk format (`docs/format.md`) and the rules
+//! that keep the directory consistent across crashes. It knows nothing of
+//! sockets: the server, and later maintenance commands, drive it.
+//!
+//! # Layout
+//! ```text
+//! DATASTORE/
+//!   .hoard-datastore            marker: format name and version
+//!   .chunks/abcd/abcd…(64 hex)  one file per chunk, named by its digest
+//!   .tmp/                       files being written; never visible elsewhere
+//!   vm/100/2019-04-23T12:23:36Z/
+//!     manifest.json             the snapshot's files, sizes, checksums, state
+//!     .lock                     flock(2) of the writer of this snapshot
+//!     drive-scsi0.img.fidx      fixed index
+//!     root.pxar.didx            dynamic index
+//! ```
+//!
+//! # Locks
+//! | lock | held by | while | conflict |
+//! |---|---|---|---|
+//! | `flock(SNAPSHOT/.lock, EX)` | a [`SnapshotWriter`] | files are being added to the snapshot | a second writer gets [`Error::SnapshotBusy`] |
+//!
+//! Locks are `flock`s on open files, so a process that dies releases them.
+//!
+//! # Why a finished file is never lost or half-visible
+//! Every file is written under `.tmp/`, fsynced, renamed to its final name
+//! and the directory fsynced. Renames are atomic, so a name that exists
+//! refers to complete, durable contents. A chunk is durable before the
+//! Ok that acknowledges it; an index is durable before the manifest names
+//! it; the manifest is durable before the client's BackupFinished is
+//! answered. A crash leaves at most files under `.tmp/`.
 
+mod chunk_file;
+mod chunk_store;
+mod datastore;
+mod dynamic_index;
+mod error;
+mod fixed_index;
+mod fsutil;
+mod index_file;
+mod manifest;
+
+pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, ChunkHeader};
+pub use chunk_store::{ChunkStore, Inserted};
+pub use datastore::{Datastore, FileWriter, IndexReader, SnapshotInfo, SnapshotWriter};
+pub use dynamic_index::{DYNAMIC_INDEX_MAGIC, DynamicIndexReader, DynamicIndexWriter};
+pub use error::{Error, Result};
+pub use fixed_index::{
+    FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, IndexSummary, MAX_FIXED_CHUNKS,
+    MIN_FIXED_CHUNK_SIZE,
+};
+pub use manifest::{FileKind, MANIFEST_MAGIC, Manifest, ManifestFile, SnapshotState};
+
+/// Index files start with this many header bytes, entries follow.
+pub const INDEX_HEADER_SIZE: usize = 128;

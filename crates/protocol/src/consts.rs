@@ -21,7 +21,8 @@ pub const DYNAMIC_ENTRY_SIZE: usize = 40;
 /// Chunk packet before the data: header, offset u64, digest.
 pub const CHUNK_PACKET_OVERHEAD: usize = HEADER_SIZE + 8 + 32;
 /// Largest chunk: one that still fits in a Chunk packet when downloaded.
-pub const MAX_CHUNK_SIZE: usize = MAX_PACKET_SIZE as usize - CHUNK_PACKET_OVERHEAD;
+pub const MAX_CHUNK_SIZE: usize = hoard_types::MAX_CHUNK_SIZE;
+const _: () = assert!(MAX_CHUNK_SIZE == MAX_PACKET_SIZE as usize - CHUNK_PACKET_OVERHEAD);
 /// Most digests in one HashListPart or DownloadChunks packet.
 pub const MAX_DIGESTS_PER_PACKET: usize = (MAX_PACKET_SIZE as usize - HEADER_SIZE) / 32;
 /// Most entries in one BackupData packet.

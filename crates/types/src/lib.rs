@@ -14,3 +14,7 @@ pub use names::{
     BackupGroup, BackupId, BackupType, FileName, MAX_BACKUP_ID_LEN, MAX_FILE_NAME_LEN, NameError,
     SnapshotPath, SnapshotTime,
 };
+
+/// Largest chunk, in bytes: one that still fits a protocol Chunk packet
+/// (16 MiB minus a 46-byte packet head). The protocol crate asserts this.
+pub const MAX_CHUNK_SIZE: usize = 16 * 1024 * 1024 - 46;

@@ -1,0 +1,196 @@
+//! The content-addressed chunk store: `.chunks/PPPP/DIGEST`.
+//!
+//! A chunk's file name is its SHA-256, checked against the data before
+//! anything is written, so a name always matches its content unless the
+//! disk damaged it (which the CRC in the header catches). Files appear
+//! atomically; a zero-length file (a crash leftover on some filesystems)
+//! counts as missing and is overwritten by the next insert.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use hoard_types::{Digest, MAX_CHUNK_SIZE};
+
+use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{TempFile, create_dir_durable};
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Existed,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkStore {
+    base: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ChunkStore {
+    pub(crate) fn new(base: PathBuf, tmp: PathBuf) -> Self {
+        ChunkStore { base, tmp }
+    }
+
+    /// Where the chunk with this digest lives.
+    pub fn chunk_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.base.join(&hex[..4]).join(hex)
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Verifies `data` against `digest` and stores it durably unless a
+    /// chunk with that digest exists. Blocking: hashing and fsync.
+    pub fn insert(&self, digest: &Digest, data: &[u8]) -> Result<Inserted> {
+        if data.is_empty() || data.len() > MAX_CHUNK_SIZE {
+            return Err(Error::ChunkSize {
+                size: data.len(),
+                max: MAX_CHUNK_SIZE,
+            });
+        }
+        let actual = Digest::of(data);
+        if actual != *digest {
+            return Err(Error::DigestMismatch {
+                declared: *digest,
+                actual,
+            });
+        }
+        let path = self.chunk_path(digest);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > 0) {
+            return Ok(Inserted::Existed);
+        }
+        let mut tmp = TempFile::create(&self.tmp, "chunk")?;
+        let ctx = || format!("writing chunk {digest}");
+        tmp.file
+            .write_all(&ChunkHeader::for_raw(data).encode())
+            .ctx(ctx)?;
+        tmp.file.write_all(data).ctx(ctx)?;
+        if let Some(dir) = path.parent() {
+            create_dir_durable(dir)?;
+        }
+        tmp.persist(&path)?;
+        Ok(Inserted::New)
+    }
+
+    fn open(&self, digest: &Digest) -> Result<(File, ChunkHeader)> {
+        let path = self.chunk_path(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::ChunkMissing(*digest));
+            }
+            Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
+        };
+        let len = file
+            .metadata()
+            .ctx(|| format!("reading chunk {digest}"))?
+            .len();
+        if len == 0 {
+            return Err(Error::ChunkMissing(*digest));
+        }
+        let mut head = [0u8; CHUNK_HEADER_SIZE];
+        let n = file
+            .read_at(&mut head, 0)
+            .ctx(|| format!("reading chunk {digest}"))?;
+        let header = ChunkHeader::decode(digest, &head[..n], len)?;
+        Ok((file, header))
+    }
+
+    /// The length of the chunk's plain data, from its header only.
+    pub fn raw_size(&self, digest: &Digest) -> Result<u64> {
+        Ok(self.open(digest)?.1.raw_size as u64)
+    }
+
+    /// Whether a usable chunk with this digest is stored.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.open(digest).is_ok()
+    }
+
+    /// Reads a chunk's plain data, checking its CRC.
+    pub fn load(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let (mut file, header) = self.open(digest)?;
+        let mut data = vec![0u8; header.raw_size as usize];
+        std::io::Seek::seek(
+            &mut file,
+            std::io::SeekFrom::Start(CHUNK_HEADER_SIZE as u64),
+        )
+        .and_then(|_| file.read_exact(&mut data))
+        .ctx(|| format!("reading chunk {digest}"))?;
+        header.check_payload(digest, &data)?;
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ChunkStore) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        let s = ChunkStore::new(dir.path().join("chunks"), dir.path().join("tmp"));
+        (dir, s)
+    }
+
+    #[test]
+    fn insert_load_and_dedup() {
+        let (_d, s) = store();
+        let data = b"some chunk data".to_vec();
+        let dg = Digest::of(&data);
+        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::New);
+        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::Existed);
+        assert_eq!(s.load(&dg).unwrap(), data);
+        assert_eq!(s.raw_size(&dg).unwrap(), data.len() as u64);
+        assert!(
+            s.chunk_path(&dg)
+                .to_string_lossy()
+                .contains(&dg.to_hex()[..4])
+        );
+    }
+
+    #[test]
+    fn refuses_wrong_digest_and_sizes() {
+        let (_d, s) = store();
+        let dg = Digest::of(b"a");
+        assert!(matches!(
+            s.insert(&dg, b"b"),
+            Err(Error::DigestMismatch { .. })
+        ));
+        assert!(matches!(s.insert(&dg, b""), Err(Error::ChunkSize { .. })));
+        assert!(!s.chunk_path(&dg).exists());
+        // No temp file left behind.
+        assert_eq!(fs::read_dir(_d.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn zero_length_leftover_counts_as_missing_and_heals() {
+        let (_d, s) = store();
+        let data = b"x".repeat(100);
+        let dg = Digest::of(&data);
+        let p = s.chunk_path(&dg);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        File::create(&p).unwrap();
+        assert!(matches!(s.load(&dg), Err(Error::ChunkMissing(_))));
+        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::New);
+        assert_eq!(s.load(&dg).unwrap(), data);
+    }
+
+    #[test]
+    fn bit_rot_is_detected() {
+        let (_d, s) = store();
+        let data = b"y".repeat(100);
+        let dg = Digest::of(&data);
+        s.insert(&dg, &data).unwrap();
+        let p = s.chunk_path(&dg);
+        let mut raw = fs::read(&p).unwrap();
+        raw[50] ^= 1;
+        fs::write(&p, raw).unwrap();
+        assert!(matches!(s.load(&dg), Err(Error::ChunkCorrupt { .. })));
+    }
+}

@@ -1,0 +1,473 @@
+//! The datastore directory: opening it, writing snapshots into it and
+//! finding what is there.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use hoard_types::{
+    BackupGroup, BackupId, BackupType, Digest, FileName, SnapshotPath, SnapshotTime,
+};
+
+use crate::chunk_store::ChunkStore;
+use crate::dynamic_index::{DynamicIndexReader, DynamicIndexWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::fixed_index::{FixedIndexReader, FixedIndexWriter, IndexSummary};
+use crate::fsutil::{create_dir_durable, fsync_dir, write_atomic};
+use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState};
+
+const MARKER_NAME: &str = ".hoard-datastore";
+const MARKER_CONTENT: &str = "hoard-datastore 1\n";
+const LOCK_NAME: &str = ".lock";
+
+/// An open datastore. Cheap to clone; every method is blocking I/O.
+#[derive(Debug, Clone)]
+pub struct Datastore {
+    root: PathBuf,
+    tmp: PathBuf,
+    chunks: ChunkStore,
+}
+
+impl Datastore {
+    /// Opens the datastore at `root`, creating it if the directory is
+    /// missing or empty. A non-empty directory without the marker is
+    /// refused, so hoard never takes over a directory that is not its own.
+    pub fn open_or_create(root: &Path) -> Result<Self> {
+        let marker = root.join(MARKER_NAME);
+        if !marker.exists() {
+            create_dir_durable(root)?;
+            let empty = fs::read_dir(root)
+                .ctx(|| format!("reading {}", root.display()))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(Error::NotADatastore(root.to_path_buf()));
+            }
+            create_dir_durable(&root.join(".tmp"))?;
+            create_dir_durable(&root.join(".chunks"))?;
+            write_atomic(&root.join(".tmp"), &marker, MARKER_CONTENT.as_bytes())?;
+        }
+        Self::open(root)
+    }
+
+    /// Opens an existing datastore.
+    pub fn open(root: &Path) -> Result<Self> {
+        let marker = root.join(MARKER_NAME);
+        let found =
+            fs::read_to_string(&marker).map_err(|_| Error::NotADatastore(root.to_path_buf()))?;
+        if found != MARKER_CONTENT {
+            return Err(Error::UnsupportedFormat {
+                path: root.to_path_buf(),
+                found: found.trim().to_string(),
+            });
+        }
+        let tmp = root.join(".tmp");
+        create_dir_durable(&tmp)?;
+        Ok(Datastore {
+            root: root.to_path_buf(),
+            chunks: ChunkStore::new(root.join(".chunks"), tmp.clone()),
+            tmp,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    pub fn snapshot_dir(&self, snap: &SnapshotPath) -> PathBuf {
+        self.root
+            .join(snap.group.ty.as_str())
+            .join(snap.group.id.as_str())
+            .join(snap.time.to_string())
+    }
+
+    /// Takes the snapshot for writing, creating it if needed. With `excl`
+    /// the snapshot must not exist yet. Fails with [`Error::SnapshotBusy`]
+    /// while another writer holds it.
+    pub fn begin_snapshot(&self, snap: &SnapshotPath, excl: bool) -> Result<SnapshotWriter> {
+        let dir = self.snapshot_dir(snap);
+        if let Some(group_dir) = dir.parent() {
+            create_dir_durable(group_dir)?;
+        }
+        let created = match fs::create_dir(&dir) {
+            Ok(()) => {
+                fsync_dir(dir.parent().unwrap_or(&self.root))?;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if excl {
+                    return Err(Error::SnapshotExists(snap.clone()));
+                }
+                false
+            }
+            Err(e) => return Err(e).ctx(|| format!("creating snapshot {snap}")),
+        };
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_NAME))
+            .ctx(|| format!("locking snapshot {snap}"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(Error::SnapshotBusy(snap.clone())),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).ctx(|| format!("locking snapshot {snap}"));
+            }
+        }
+        let manifest_path = dir.join(MANIFEST_NAME);
+        let mut manifest = if manifest_path.exists() {
+            Manifest::load(&manifest_path, &snap.to_string())?
+        } else {
+            Manifest::new(snap.to_string())
+        };
+        manifest.state = SnapshotState::Writing;
+        manifest.store(&self.tmp, &manifest_path)?;
+        Ok(SnapshotWriter {
+            ds: self.clone(),
+            snap: snap.clone(),
+            dir,
+            created,
+            manifest,
+            started: HashSet::new(),
+            in_progress: HashSet::new(),
+            _lock: lock,
+        })
+    }
+
+    pub fn load_manifest(&self, snap: &SnapshotPath) -> Result<Manifest> {
+        let path = self.snapshot_dir(snap).join(MANIFEST_NAME);
+        if !path.exists() {
+            return Err(Error::SnapshotNotFound(snap.clone()));
+        }
+        Manifest::load(&path, &snap.to_string())
+    }
+
+    /// Every snapshot with a manifest, sorted by group then time.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let mut out = Vec::new();
+        for ty in BackupType::ALL {
+            for id_name in dir_names(&self.root.join(ty.as_str()))? {
+                let Ok(id) = BackupId::new(&id_name) else {
+                    continue;
+                };
+                let group = BackupGroup { ty, id };
+                let group_dir = self.root.join(ty.as_str()).join(&id_name);
+                for time_name in dir_names(&group_dir)? {
+                    let Ok(time) = time_name.parse::<SnapshotTime>() else {
+                        continue;
+                    };
+                    let path = SnapshotPath {
+                        group: group.clone(),
+                        time,
+                    };
+                    match self.load_manifest(&path) {
+                        Ok(manifest) => out.push(SnapshotInfo { path, manifest }),
+                        Err(Error::SnapshotNotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Opens a finished index by its datastore-relative path, as sent in
+    /// BackupCreated and GetHashList (`vm/100/TIME/NAME.fidx`). Anything
+    /// that is not such a path, or not named by its snapshot's manifest,
+    /// is [`Error::IndexNotFound`].
+    pub fn open_index(&self, rel: &str) -> Result<IndexReader> {
+        let not_found = || Error::IndexNotFound(rel.to_string());
+        let (snap, name) = rel.rsplit_once('/').ok_or_else(not_found)?;
+        let snap: SnapshotPath = snap.parse().map_err(|_| not_found())?;
+        FileName::new(name).map_err(|_| not_found())?;
+        let manifest = match self.load_manifest(&snap) {
+            Err(Error::SnapshotNotFound(_)) => return Err(not_found()),
+            other => other?,
+        };
+        let entry = manifest.file(name).ok_or_else(not_found)?;
+        let path = self.snapshot_dir(&snap).join(name);
+        let reader = match entry.kind {
+            FileKind::Fixed => IndexReader::Fixed(FixedIndexReader::open(&path, rel)?),
+            FileKind::Dynamic => IndexReader::Dynamic(DynamicIndexReader::open(&path, rel)?),
+        };
+        if hex::encode(reader.header_csum()) != entry.index_csum {
+            return Err(Error::IndexCorrupt {
+                path: rel.to_string(),
+                reason: "index checksum differs from the manifest".into(),
+            });
+        }
+        Ok(reader)
+    }
+}
+
+fn dir_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx(|| format!("listing {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Ok(n) = entry.file_name().into_string() {
+                names.push(n);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// A snapshot found on disk.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    pub path: SnapshotPath,
+    pub manifest: Manifest,
+}
+
+/// A finished index of either kind.
+#[derive(Debug)]
+pub enum IndexReader {
+    Fixed(FixedIndexReader),
+    Dynamic(DynamicIndexReader),
+}
+
+impl IndexReader {
+    pub fn chunk_count(&self) -> u64 {
+        match self {
+            IndexReader::Fixed(r) => r.chunk_count(),
+            IndexReader::Dynamic(r) => r.chunk_count(),
+        }
+    }
+
+    pub fn file_size(&self) -> u64 {
+        match self {
+            IndexReader::Fixed(r) => r.file_size(),
+            IndexReader::Dynamic(r) => r.file_size(),
+        }
+    }
+
+    fn header_csum(&self) -> [u8; 32] {
+        match self {
+            IndexReader::Fixed(r) => r.inner.header.csum,
+            IndexReader::Dynamic(r) => r.inner.header.csum,
+        }
+    }
+
+    pub fn verify_checksum(&self) -> Result<()> {
+        match self {
+            IndexReader::Fixed(r) => r.verify_checksum(),
+            IndexReader::Dynamic(r) => r.verify_checksum(),
+        }
+    }
+
+    /// Digests of chunks `start..start+n`, in index order.
+    pub fn digests(&self, start: u64, n: usize) -> Result<Vec<Digest>> {
+        match self {
+            IndexReader::Fixed(r) => r.digests(start, n),
+            IndexReader::Dynamic(r) => {
+                Ok(r.entries(start, n)?.into_iter().map(|(_, d)| d).collect())
+            }
+        }
+    }
+}
+
+/// Holds a snapshot's lock while files are added to it.
+pub struct SnapshotWriter {
+    ds: Datastore,
+    snap: SnapshotPath,
+    dir: PathBuf,
+    created: bool,
+    manifest: Manifest,
+    /// Stored names started since the lock was taken.
+    started: HashSet<String>,
+    /// Stored names started and neither finished nor abandoned.
+    in_progress: HashSet<String>,
+    _lock: File,
+}
+
+/// How a file of a snapshot is being built.
+pub enum FileIndexWriter {
+    Fixed(FixedIndexWriter),
+    Dynamic(DynamicIndexWriter),
+}
+
+/// One file of a snapshot being written; dropped unfinished, it leaves
+/// nothing visible.
+pub struct FileWriter {
+    stored_name: String,
+    rel_path: String,
+    dest: PathBuf,
+    raw: bool,
+    chunk_size: Option<u32>,
+    index: FileIndexWriter,
+}
+
+impl SnapshotWriter {
+    pub fn path(&self) -> &SnapshotPath {
+        &self.snap
+    }
+
+    /// Starts a new file. Sizes are checked before anything is allocated.
+    pub fn start_file(
+        &mut self,
+        name: &FileName,
+        kind: FileKind,
+        raw: bool,
+        file_size: u64,
+        chunk_size: u32,
+    ) -> Result<FileWriter> {
+        let stored_name = format!("{name}{}", kind.suffix());
+        if self.manifest.file(&stored_name).is_some() {
+            return Err(Error::FileExists {
+                snapshot: self.snap.clone(),
+                name: stored_name,
+            });
+        }
+        if self.in_progress.contains(&stored_name) {
+            return Err(Error::FileBusy {
+                snapshot: self.snap.clone(),
+                name: stored_name,
+            });
+        }
+        let index = match kind {
+            FileKind::Fixed => FileIndexWriter::Fixed(FixedIndexWriter::create(
+                &self.ds.tmp,
+                file_size,
+                chunk_size,
+            )?),
+            FileKind::Dynamic => {
+                if file_size != 0 {
+                    return Err(Error::DynamicFileSize(file_size));
+                }
+                FileIndexWriter::Dynamic(DynamicIndexWriter::create(&self.ds.tmp)?)
+            }
+        };
+        self.started.insert(stored_name.clone());
+        self.in_progress.insert(stored_name.clone());
+        Ok(FileWriter {
+            rel_path: format!("{}/{}", self.snap, stored_name),
+            dest: self.dir.join(&stored_name),
+            stored_name,
+            raw,
+            chunk_size: (kind == FileKind::Fixed).then_some(chunk_size),
+            index,
+        })
+    }
+
+    /// Records a file that [`FileWriter::finish`] wrote; from now on it is
+    /// visible.
+    pub fn record(&mut self, file: ManifestFile) -> Result<()> {
+        self.in_progress.remove(&file.name);
+        self.manifest.files.push(file);
+        self.store_manifest()
+    }
+
+    /// Forgets a file that will not be finished (its stream failed).
+    pub fn abandon(&mut self, stored_name: &str) {
+        self.in_progress.remove(stored_name);
+    }
+
+    fn store_manifest(&self) -> Result<()> {
+        self.manifest
+            .store(&self.ds.tmp, &self.dir.join(MANIFEST_NAME))
+    }
+
+    /// Releases the snapshot. It is complete if every file started under
+    /// this lock was finished. A snapshot this writer created that ends
+    /// with no file at all is removed again.
+    pub fn close(mut self) -> Result<SnapshotState> {
+        let all_done = self.started.iter().all(|n| self.manifest.file(n).is_some());
+        if self.created && self.manifest.files.is_empty() {
+            let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
+            let _ = fs::remove_file(self.dir.join(LOCK_NAME));
+            let _ = fs::remove_dir(&self.dir);
+            fsync_dir(self.dir.parent().unwrap_or(&self.ds.root))?;
+            return Ok(SnapshotState::Incomplete);
+        }
+        self.manifest.state = if all_done {
+            SnapshotState::Complete
+        } else {
+            SnapshotState::Incomplete
+        };
+        self.store_manifest()?;
+        Ok(self.manifest.state)
+    }
+}
+
+impl FileWriter {
+    pub fn rel_path(&self) -> &str {
+        &self.rel_path
+    }
+
+    pub fn stored_name(&self) -> &str {
+        &self.stored_name
+    }
+
+    pub fn kind(&self) -> FileKind {
+        match self.index {
+            FileIndexWriter::Fixed(_) => FileKind::Fixed,
+            FileIndexWriter::Dynamic(_) => FileKind::Dynamic,
+        }
+    }
+
+    /// Fills slot `index` of a fixed index with a stored chunk of the
+    /// right size.
+    pub fn add_fixed(&mut self, store: &ChunkStore, index: u64, digest: &Digest) -> Result<()> {
+        let FileIndexWriter::Fixed(w) = &mut self.index else {
+            unreachable!("the server dispatches by kind")
+        };
+        let expected = w.slot_size(index)?;
+        let got = store.raw_size(digest)?;
+        if got != expected {
+            return Err(Error::SlotSize {
+                index,
+                digest: *digest,
+                expected,
+                got,
+            });
+        }
+        w.set(index, digest)
+    }
+
+    /// Appends a stored chunk starting at `offset` to a dynamic index.
+    pub fn add_dynamic(&mut self, store: &ChunkStore, offset: u64, digest: &Digest) -> Result<()> {
+        let FileIndexWriter::Dynamic(w) = &mut self.index else {
+            unreachable!("the server dispatches by kind")
+        };
+        if offset != w.next_offset() {
+            return Err(Error::DynamicOffset {
+                expected: w.next_offset(),
+                got: offset,
+            });
+        }
+        let size = store.raw_size(digest)?;
+        w.push(offset, digest, size)
+    }
+
+    /// Checks the file is whole and writes its index durably; the caller
+    /// then [`SnapshotWriter::record`]s the result.
+    pub fn finish(self) -> Result<ManifestFile> {
+        let (kind, summary): (FileKind, IndexSummary) = match self.index {
+            FileIndexWriter::Fixed(w) => (FileKind::Fixed, w.finish(&self.dest)?),
+            FileIndexWriter::Dynamic(w) => (FileKind::Dynamic, w.finish(&self.dest)?),
+        };
+        Ok(ManifestFile {
+            name: self.stored_name,
+            kind,
+            raw: self.raw,
+            file_size: summary.file_size,
+            chunk_size: self.chunk_size,
+            chunk_count: summary.chunk_count,
+            index_csum: hex::encode(summary.csum),
+            index_uuid: hex::encode(summary.uuid),
+        })
+    }
+}

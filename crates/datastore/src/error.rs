@@ -1,0 +1,92 @@
+//! The datastore's errors, worded for the operator and the client.
+
+use std::path::PathBuf;
+
+use hoard_types::{Digest, NameError, SnapshotPath};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not empty and not a hoard datastore (no .hoard-datastore marker)")]
+    NotADatastore(PathBuf),
+    #[error("{path}: unsupported datastore format {found:?}")]
+    UnsupportedFormat { path: PathBuf, found: String },
+    #[error("snapshot {0} exists already")]
+    SnapshotExists(SnapshotPath),
+    #[error("snapshot {0} is being written by another connection")]
+    SnapshotBusy(SnapshotPath),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(SnapshotPath),
+    #[error("file {name} exists already in snapshot {snapshot}")]
+    FileExists {
+        snapshot: SnapshotPath,
+        name: String,
+    },
+    #[error("file {name} is already being written in snapshot {snapshot}")]
+    FileBusy {
+        snapshot: SnapshotPath,
+        name: String,
+    },
+    #[error("digest mismatch: data hashes to {actual}, not the declared {declared}")]
+    DigestMismatch { declared: Digest, actual: Digest },
+    #[error("chunk of {size} bytes is outside 1..={max}")]
+    ChunkSize { size: usize, max: usize },
+    #[error("chunk {0} is not in the chunk store")]
+    ChunkMissing(Digest),
+    #[error("chunk {digest} is damaged: {reason}")]
+    ChunkCorrupt { digest: Digest, reason: String },
+    #[error("fixed index: chunk size {0} is outside 4096..=16777170")]
+    FixedChunkSize(u32),
+    #[error(
+        "fixed index: {file_size} bytes in chunks of {chunk_size} makes more than {max} chunks"
+    )]
+    TooManyChunks {
+        file_size: u64,
+        chunk_size: u32,
+        max: u64,
+    },
+    #[error("dynamic index: file size must be 0 in CreateBackup, got {0}")]
+    DynamicFileSize(u64),
+    #[error("fixed index: chunk index {index} is beyond the last chunk ({last})")]
+    SlotOutOfRange { index: u64, last: i128 },
+    #[error("chunk {digest} has {got} bytes but slot {index} needs {expected}")]
+    SlotSize {
+        index: u64,
+        digest: Digest,
+        expected: u64,
+        got: u64,
+    },
+    #[error("dynamic index: chunk at offset {got} does not continue the file at offset {expected}")]
+    DynamicOffset { expected: u64, got: u64 },
+    #[error("fixed index incomplete: chunk {0} was never sent")]
+    SlotMissing(u64),
+    #[error("index {path}: {reason}")]
+    IndexCorrupt { path: String, reason: String },
+    #[error("{0} is not a finished index in this datastore")]
+    IndexNotFound(String),
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: String, reason: String },
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+/// Adds "what was being done" to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}

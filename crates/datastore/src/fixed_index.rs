@@ -1,0 +1,258 @@
+//! Fixed index (`.fidx`): the digests of a disk image cut into equal
+//! chunks, slot `i` covering bytes `i*chunk_size ..`. Entries are 32-byte
+//! digests; the header is in [`crate::index_file`].
+//!
+//! The writer keeps no per-slot state in memory: it pre-sizes the temp
+//! file and an all-zero entry marks a slot not yet sent (no data hashes to
+//! zero, and the store never holds such a chunk), so memory stays constant
+//! whatever the image size.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use hoard_types::{DIGEST_SIZE, Digest, MAX_CHUNK_SIZE};
+use sha2::{Digest as _, Sha256};
+
+use crate::INDEX_HEADER_SIZE;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::TempFile;
+use crate::index_file::{IndexFile, IndexHeader, scan_entries};
+
+pub const FIXED_INDEX_MAGIC: [u8; 8] = *b"hoardFI1";
+/// Most slots in one fixed index (32 GiB of entries).
+pub const MAX_FIXED_CHUNKS: u64 = 1 << 30;
+/// Smallest fixed chunk size.
+pub const MIN_FIXED_CHUNK_SIZE: u32 = 4096;
+
+/// What a finished index looks like, for the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub file_size: u64,
+    pub chunk_count: u64,
+    pub csum: [u8; 32],
+    pub uuid: [u8; 16],
+}
+
+pub struct FixedIndexWriter {
+    tmp: TempFile,
+    header: IndexHeader,
+}
+
+impl FixedIndexWriter {
+    /// Checks the declared sizes before anything is allocated on disk.
+    pub fn create(tmp_dir: &Path, file_size: u64, chunk_size: u32) -> Result<Self> {
+        if !(MIN_FIXED_CHUNK_SIZE..=MAX_CHUNK_SIZE as u32).contains(&chunk_size) {
+            return Err(Error::FixedChunkSize(chunk_size));
+        }
+        let count = file_size.div_ceil(chunk_size as u64);
+        if count > MAX_FIXED_CHUNKS {
+            return Err(Error::TooManyChunks {
+                file_size,
+                chunk_size,
+                max: MAX_FIXED_CHUNKS,
+            });
+        }
+        let tmp = TempFile::create(tmp_dir, "fidx")?;
+        tmp.file
+            .set_len(INDEX_HEADER_SIZE as u64 + count * DIGEST_SIZE as u64)
+            .ctx(|| "sizing a new fixed index".to_string())?;
+        let mut header = IndexHeader::new(FIXED_INDEX_MAGIC);
+        header.file_size = file_size;
+        header.chunk_count = count;
+        header.chunk_size = chunk_size;
+        Ok(FixedIndexWriter { tmp, header })
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.header.chunk_count
+    }
+
+    /// The size the chunk in slot `index` must have, or an error if the
+    /// slot is beyond the file.
+    pub fn slot_size(&self, index: u64) -> Result<u64> {
+        let h = &self.header;
+        if index >= h.chunk_count {
+            return Err(Error::SlotOutOfRange {
+                index,
+                last: h.chunk_count as i128 - 1,
+            });
+        }
+        let start = index * h.chunk_size as u64;
+        Ok((h.file_size - start).min(h.chunk_size as u64))
+    }
+
+    /// Fills slot `index`; a slot may be filled again (last one wins).
+    pub fn set(&mut self, index: u64, digest: &Digest) -> Result<()> {
+        self.slot_size(index)?;
+        let off = INDEX_HEADER_SIZE as u64 + index * DIGEST_SIZE as u64;
+        self.tmp
+            .file
+            .write_all_at(digest.as_bytes(), off)
+            .ctx(|| "writing a fixed index entry".to_string())
+    }
+
+    /// Checks every slot is filled, writes the header and moves the index
+    /// durably to `dest`.
+    pub fn finish(mut self, dest: &Path) -> Result<IndexSummary> {
+        let mut hasher = Sha256::new();
+        let mut slot = 0u64;
+        scan_entries(
+            &self.tmp.file,
+            DIGEST_SIZE,
+            self.header.chunk_count,
+            "new fixed index",
+            &mut |block| {
+                for d in block.chunks_exact(DIGEST_SIZE) {
+                    if d.iter().all(|b| *b == 0) {
+                        return Err(Error::SlotMissing(slot));
+                    }
+                    slot += 1;
+                }
+                hasher.update(block);
+                Ok(())
+            },
+        )?;
+        self.header.csum = hasher.finalize().into();
+        self.tmp
+            .file
+            .write_all_at(&self.header.encode(), 0)
+            .ctx(|| "writing a fixed index header".to_string())?;
+        let summary = IndexSummary {
+            file_size: self.header.file_size,
+            chunk_count: self.header.chunk_count,
+            csum: self.header.csum,
+            uuid: self.header.uuid,
+        };
+        self.tmp.persist(dest)?;
+        Ok(summary)
+    }
+}
+
+/// A finished fixed index, opened and checked for truncation and kind.
+#[derive(Debug)]
+pub struct FixedIndexReader {
+    pub(crate) inner: IndexFile,
+}
+
+impl FixedIndexReader {
+    pub fn open(path: &Path, name: &str) -> Result<Self> {
+        let inner = IndexFile::open(path, name, FIXED_INDEX_MAGIC, DIGEST_SIZE)?;
+        let h = &inner.header;
+        let consistent = (MIN_FIXED_CHUNK_SIZE..=MAX_CHUNK_SIZE as u32).contains(&h.chunk_size)
+            && h.file_size.div_ceil(h.chunk_size as u64) == h.chunk_count;
+        if !consistent {
+            return Err(Error::IndexCorrupt {
+                path: name.to_string(),
+                reason: format!(
+                    "file size {} and chunk size {} do not give {} chunks",
+                    h.file_size, h.chunk_size, h.chunk_count
+                ),
+            });
+        }
+        Ok(FixedIndexReader { inner })
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.inner.header.file_size
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.inner.header.chunk_size
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.inner.header.chunk_count
+    }
+
+    pub fn verify_checksum(&self) -> Result<()> {
+        self.inner.verify_checksum()
+    }
+
+    /// Digests of slots `start..start+n`.
+    pub fn digests(&self, start: u64, n: usize) -> Result<Vec<Digest>> {
+        let mut buf = Vec::new();
+        self.inner.read_entries(start, n, &mut buf)?;
+        Ok(buf
+            .chunks_exact(DIGEST_SIZE)
+            .map(Digest::from_slice)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_round_trip_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = FixedIndexWriter::create(dir.path(), 10_000, 4096).unwrap();
+        assert_eq!(w.chunk_count(), 3);
+        assert_eq!(w.slot_size(2).unwrap(), 10_000 - 8192);
+        assert!(matches!(w.slot_size(3), Err(Error::SlotOutOfRange { .. })));
+        let ds: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
+        for i in [2usize, 0, 1] {
+            w.set(i as u64, &ds[i]).unwrap();
+        }
+        let dest = dir.path().join("x.fidx");
+        let s = w.finish(&dest).unwrap();
+        assert_eq!(s.chunk_count, 3);
+        let r = FixedIndexReader::open(&dest, "x.fidx").unwrap();
+        r.verify_checksum().unwrap();
+        assert_eq!(r.digests(0, 3).unwrap(), ds);
+        assert_eq!(r.file_size(), 10_000);
+    }
+
+    #[test]
+    fn missing_slot_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = FixedIndexWriter::create(dir.path(), 8192, 4096).unwrap();
+        w.set(0, &Digest::of(b"a")).unwrap();
+        let dest = dir.path().join("y.fidx");
+        assert!(matches!(w.finish(&dest), Err(Error::SlotMissing(1))));
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn declared_sizes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            FixedIndexWriter::create(dir.path(), 1, 0),
+            Err(Error::FixedChunkSize(0))
+        ));
+        assert!(matches!(
+            FixedIndexWriter::create(dir.path(), u64::MAX, 4096),
+            Err(Error::TooManyChunks { .. })
+        ));
+        let w = FixedIndexWriter::create(dir.path(), 0, 4096).unwrap();
+        assert_eq!(w.chunk_count(), 0);
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = FixedIndexWriter::create(dir.path(), 4096, 4096).unwrap();
+        w.set(0, &Digest::of(b"a")).unwrap();
+        let dest = dir.path().join("z.fidx");
+        w.finish(&dest).unwrap();
+        let raw = std::fs::read(&dest).unwrap();
+        std::fs::write(&dest, &raw[..raw.len() - 1]).unwrap();
+        assert!(matches!(
+            FixedIndexReader::open(&dest, "z"),
+            Err(Error::IndexCorrupt { .. })
+        ));
+        let mut foreign = raw.clone();
+        foreign[..8].copy_from_slice(b"hoardDI1");
+        std::fs::write(&dest, &foreign).unwrap();
+        assert!(matches!(
+            FixedIndexReader::open(&dest, "z"),
+            Err(Error::IndexCorrupt { .. })
+        ));
+        let mut flipped = raw;
+        flipped[INDEX_HEADER_SIZE] ^= 1;
+        std::fs::write(&dest, &flipped).unwrap();
+        let r = FixedIndexReader::open(&dest, "z").unwrap();
+        assert!(r.verify_checksum().is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! Durable file creation: temp name, fsync, rename, fsync the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+
+use crate::error::{IoContext, Result};
+
+/// fsync a directory so that renames and creations in it are durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent that gained
+/// an entry, so that the new directory survives a crash.
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e).ctx(|| format!("creating directory {}", dir.display())),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// A file under the datastore's `.tmp/` that is removed on drop unless
+/// [`TempFile::persist`] moved it to its final name.
+pub(crate) struct TempFile {
+    pub file: File,
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl TempFile {
+    pub fn create(tmp_dir: &Path, hint: &str) -> Result<Self> {
+        let tag: u64 = rand::rng().random();
+        let path = tmp_dir.join(format!("{hint}.{tag:016x}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        Ok(TempFile {
+            file,
+            path,
+            persisted: false,
+        })
+    }
+
+    /// fsync, rename to `dest`, fsync `dest`'s directory.
+    pub fn persist(mut self, dest: &Path) -> Result<()> {
+        self.file
+            .sync_all()
+            .ctx(|| format!("syncing {}", self.path.display()))?;
+        fs::rename(&self.path, dest).ctx(|| format!("renaming to {}", dest.display()))?;
+        self.persisted = true;
+        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `data` to `dest` atomically and durably via a temp file.
+pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
+    let mut t = TempFile::create(tmp_dir, "atomic")?;
+    t.file
+        .write_all(data)
+        .ctx(|| format!("writing {}", dest.display()))?;
+    t.persist(dest)
+}

@@ -1,0 +1,115 @@
+//! The snapshot manifest (`manifest.json`): which files a snapshot holds,
+//! their kind, sizes and index checksums, and whether the snapshot is
+//! complete. It is the source of truth for visibility: an index file that
+//! the manifest does not name (a crash between the two renames) does not
+//! exist for readers.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::write_atomic;
+
+/// The first member of every manifest, naming kind and version.
+pub const MANIFEST_MAGIC: &str = "hoard-manifest-1";
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// A manifest larger than this is refused rather than read (a snapshot
+/// with thousands of files stays far below it).
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    /// A writer holds the snapshot, or died while holding it.
+    Writing,
+    /// Every file the writer started was finished.
+    Complete,
+    /// The writer ended with a file started but not finished.
+    Incomplete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Fixed,
+    Dynamic,
+}
+
+impl FileKind {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            FileKind::Fixed => ".fidx",
+            FileKind::Dynamic => ".didx",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Stored name, with its `.fidx`/`.didx` suffix.
+    pub name: String,
+    pub kind: FileKind,
+    /// The data is a raw file (disk image) rather than an archive.
+    pub raw: bool,
+    pub file_size: u64,
+    /// Fixed indexes only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chunk_size: Option<u32>,
+    pub chunk_count: u64,
+    /// Hex SHA-256 of the index's entry region (as in its header).
+    pub index_csum: String,
+    /// Hex unique id of the index (as in its header).
+    pub index_uuid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub magic: String,
+    pub snapshot: String,
+    pub state: SnapshotState,
+    pub files: Vec<ManifestFile>,
+}
+
+impl Manifest {
+    pub fn new(snapshot: String) -> Self {
+        Manifest {
+            magic: MANIFEST_MAGIC.to_string(),
+            snapshot,
+            state: SnapshotState::Writing,
+            files: Vec::new(),
+        }
+    }
+
+    pub fn file(&self, name: &str) -> Option<&ManifestFile> {
+        self.files.iter().find(|f| f.name == name)
+    }
+
+    pub fn load(path: &Path, display: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Manifest {
+            path: display.to_string(),
+            reason,
+        };
+        let len = std::fs::metadata(path)
+            .ctx(|| format!("reading manifest {display}"))?
+            .len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(bad(format!("{len} bytes is larger than any manifest")));
+        }
+        let raw = std::fs::read(path).ctx(|| format!("reading manifest {display}"))?;
+        let m: Manifest = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+        if m.magic != MANIFEST_MAGIC {
+            return Err(bad(format!("unknown magic {:?}", m.magic)));
+        }
+        Ok(m)
+    }
+
+    pub fn store(&self, tmp_dir: &Path, path: &Path) -> Result<()> {
+        let mut raw = serde_json::to_vec_pretty(self).map_err(|e| Error::Manifest {
+            path: self.snapshot.clone(),
+            reason: e.to_string(),
+        })?;
+        raw.push(b'\n');
+        write_atomic(tmp_dir, path, &raw)
+    }
+}
