@@ -268,6 +268,25 @@ impl IndexReader {
         }
     }
 
+    /// Digests of chunks `start..start+n` back to back, as the protocol
+    /// sends them.
+    pub fn digest_block(&self, start: u64, n: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        match self {
+            IndexReader::Fixed(r) => r.inner.read_entries(start, n, &mut buf)?,
+            IndexReader::Dynamic(r) => {
+                r.inner.read_entries(start, n, &mut buf)?;
+                let mut w = 0;
+                for i in 0..n {
+                    buf.copy_within(i * 40 + 8..i * 40 + 40, w);
+                    w += 32;
+                }
+                buf.truncate(w);
+            }
+        }
+        Ok(buf)
+    }
+
     /// Digests of chunks `start..start+n`, in index order.
     pub fn digests(&self, start: u64, n: usize) -> Result<Vec<Digest>> {
         match self {
@@ -367,7 +386,16 @@ impl SnapshotWriter {
     pub fn record(&mut self, file: ManifestFile) -> Result<()> {
         self.in_progress.remove(&file.name);
         self.manifest.files.push(file);
-        self.store_manifest()
+        let stored = self.store_manifest();
+        if stored.is_err() {
+            self.manifest.files.pop();
+        }
+        stored
+    }
+
+    /// Whether this writer created the snapshot (it did not exist before).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Forgets a file that will not be finished (its stream failed).

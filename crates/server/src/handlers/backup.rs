@@ -1,0 +1,160 @@
+//! CreateBackup, BackupDataFixed, BackupDataDynamic, BackupFinished: one
+//! file of a snapshot, written on its own stream.
+
+use hoard_datastore::{FileKind, FileWriter};
+use hoard_protocol::{CreateBackup, DynamicEntryList, FixedEntryList, Message};
+use hoard_types::{BackupGroup, SnapshotPath};
+use tokio::task::block_in_place;
+
+use crate::connection::{BackupStream, Connection, Flow, Stream};
+
+impl Connection {
+    pub(crate) async fn create_backup(&mut self, stream: u8, req: CreateBackup) -> Flow {
+        if self.stream_busy(stream) {
+            return self
+                .fail(stream, format!("stream {stream} is in use"))
+                .await;
+        }
+        let snapshot = SnapshotPath {
+            group: BackupGroup {
+                ty: req.backup_type,
+                id: req.id.clone(),
+            },
+            time: req.time,
+        };
+        let kind = if req.flags.dynamic() {
+            FileKind::Dynamic
+        } else {
+            FileKind::Fixed
+        };
+        let result = block_in_place(|| -> hoard_datastore::Result<FileWriter> {
+            match self.snapshots.get(&snapshot) {
+                // EXCL means "did not exist before this connection made
+                // it", so a client may create every file with EXCL.
+                Some(w) if req.flags.excl() && !w.created() => {
+                    return Err(hoard_datastore::Error::SnapshotExists(snapshot.clone()));
+                }
+                Some(_) => {}
+                None => {
+                    let w = self.ds.begin_snapshot(&snapshot, req.flags.excl())?;
+                    self.snapshots.insert(snapshot.clone(), w);
+                }
+            }
+            let writer = self.snapshots.get_mut(&snapshot).expect("inserted above");
+            writer.start_file(
+                &req.name,
+                kind,
+                req.flags.raw(),
+                req.file_size,
+                req.chunk_size,
+            )
+        });
+        match result {
+            Ok(file) => {
+                let path = file.rel_path().to_string();
+                self.streams
+                    .insert(stream, Stream::Backup(BackupStream { snapshot, file }));
+                self.send(stream, Message::BackupCreated { path }).await
+            }
+            Err(e) => self.fail_ds(stream, e).await,
+        }
+    }
+
+    /// Checks `stream` has a backup of `kind` open; answers Error if not.
+    async fn expect_backup(
+        &mut self,
+        stream: u8,
+        kind: FileKind,
+        what: &str,
+    ) -> Result<bool, crate::connection::Closed> {
+        let problem = match self.streams.get(&stream) {
+            Some(Stream::Backup(b)) if b.file.kind() == kind => return Ok(true),
+            Some(Stream::Backup(_)) => {
+                format!("{what} does not match the kind of file open on stream {stream}")
+            }
+            _ => format!("{what} on stream {stream}, which has no backup open"),
+        };
+        self.fail(stream, problem).await?;
+        Ok(false)
+    }
+
+    pub(crate) async fn backup_data_fixed(&mut self, stream: u8, list: FixedEntryList) -> Flow {
+        if !self
+            .expect_backup(stream, FileKind::Fixed, "BackupDataFixed")
+            .await?
+        {
+            return Ok(());
+        }
+        self.settle_uploads(list.iter().map(|e| e.digest)).await?;
+        // A failed upload on this stream may have cancelled it meanwhile;
+        // the client has its Error already.
+        let Some(Stream::Backup(b)) = self.streams.get_mut(&stream) else {
+            return Ok(());
+        };
+        let store = self.ds.chunks();
+        let result = block_in_place(|| {
+            list.iter()
+                .try_for_each(|e| b.file.add_fixed(store, e.index, &e.digest))
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail_ds(stream, e).await,
+        }
+    }
+
+    pub(crate) async fn backup_data_dynamic(&mut self, stream: u8, list: DynamicEntryList) -> Flow {
+        if !self
+            .expect_backup(stream, FileKind::Dynamic, "BackupDataDynamic")
+            .await?
+        {
+            return Ok(());
+        }
+        self.settle_uploads(list.iter().map(|e| e.digest)).await?;
+        let Some(Stream::Backup(b)) = self.streams.get_mut(&stream) else {
+            return Ok(());
+        };
+        let store = self.ds.chunks();
+        let result = block_in_place(|| {
+            list.iter()
+                .try_for_each(|e| b.file.add_dynamic(store, e.offset, &e.digest))
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail_ds(stream, e).await,
+        }
+    }
+
+    pub(crate) async fn backup_finished(&mut self, stream: u8) -> Flow {
+        let problem = match self.streams.get(&stream) {
+            Some(Stream::Backup(_)) => None,
+            Some(_) => Some(format!(
+                "BackupFinished on stream {stream}, which is not a backup"
+            )),
+            None => Some(format!(
+                "BackupFinished on stream {stream}, which has no backup open"
+            )),
+        };
+        if let Some(problem) = problem {
+            return self.fail(stream, problem).await;
+        }
+        let Some(Stream::Backup(b)) = self.streams.remove(&stream) else {
+            unreachable!("checked above")
+        };
+        let name = b.file.stored_name().to_string();
+        let writer = self
+            .snapshots
+            .get_mut(&b.snapshot)
+            .expect("a backup stream's snapshot stays open with the connection");
+        let result = block_in_place(|| {
+            let entry = b.file.finish()?;
+            writer.record(entry)
+        });
+        match result {
+            Ok(()) => self.send(stream, Message::Ok).await,
+            Err(e) => {
+                writer.abandon(&name);
+                self.fail_ds(stream, e).await
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! DownloadChunks: one Chunk packet per requested digest, in request
+//! order, each carrying its offset within the concatenation of the
+//! requested chunks. A few chunk reads run ahead of the socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use hoard_datastore::Datastore;
+use hoard_protocol::{DigestList, ErrorId, Message};
+
+use crate::connection::{Connection, Flow, Stream};
+use crate::writer::Outbox;
+
+/// Chunk reads in flight ahead of the one being sent.
+const READ_AHEAD: usize = 3;
+
+impl Connection {
+    pub(crate) async fn download_chunks(&mut self, stream: u8, list: DigestList) -> Flow {
+        if self.stream_busy(stream) {
+            return self
+                .fail(stream, format!("stream {stream} is in use"))
+                .await;
+        }
+        if list.is_empty() {
+            return Ok(());
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(send_chunks(
+            self.ds.clone(),
+            self.out.clone(),
+            stream,
+            list,
+            done.clone(),
+        ));
+        self.streams.insert(
+            stream,
+            Stream::Task {
+                hash_list: false,
+                done,
+                abort: task.abort_handle(),
+            },
+        );
+        Ok(())
+    }
+}
+
+async fn send_chunks(
+    ds: Datastore,
+    out: Outbox,
+    stream: u8,
+    list: DigestList,
+    done: Arc<AtomicBool>,
+) {
+    let mut digests = list.iter();
+    let mut reads = VecDeque::new();
+    let mut offset = 0u64;
+    loop {
+        while reads.len() < READ_AHEAD {
+            let Some(digest) = digests.next() else { break };
+            let ds = ds.clone();
+            reads.push_back((
+                digest,
+                tokio::task::spawn_blocking(move || ds.chunks().load(&digest)),
+            ));
+        }
+        let Some((digest, read)) = reads.pop_front() else {
+            break;
+        };
+        let last = reads.is_empty() && digests.len() == 0;
+        let msg = match read.await {
+            Ok(Ok(data)) => {
+                let len = data.len() as u64;
+                let msg = Message::Chunk {
+                    offset,
+                    digest,
+                    data: Bytes::from(data),
+                };
+                offset += len;
+                msg
+            }
+            Ok(Err(e)) => {
+                done.store(true, Ordering::Release);
+                let _ = out
+                    .send((
+                        stream,
+                        Message::Error {
+                            id: ErrorId::Generic,
+                            message: e.to_string(),
+                        },
+                    ))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                done.store(true, Ordering::Release);
+                let message = format!("internal error: {e}");
+                let _ = out
+                    .send((
+                        stream,
+                        Message::Error {
+                            id: ErrorId::Generic,
+                            message,
+                        },
+                    ))
+                    .await;
+                return;
+            }
+        };
+        if last {
+            done.store(true, Ordering::Release);
+        }
+        if out.send((stream, msg)).await.is_err() {
+            return;
+        }
+    }
+    done.store(true, Ordering::Release);
+}
