@@ -215,10 +215,10 @@ fn dir_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in rd {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Ok(n) = entry.file_name().into_string() {
-                names.push(n);
-            }
+        if entry.file_type().is_ok_and(|t| t.is_dir())
+            && let Ok(n) = entry.file_name().into_string()
+        {
+            names.push(n);
         }
     }
     names.sort();
@@ -295,6 +295,16 @@ impl IndexReader {
                 Ok(r.entries(start, n)?.into_iter().map(|(_, d)| d).collect())
             }
         }
+    }
+}
+
+/// Checks what a new file declares, before any directory or file is made
+/// for it.
+pub fn check_new_file(kind: FileKind, file_size: u64, chunk_size: u32) -> Result<()> {
+    match kind {
+        FileKind::Fixed => FixedIndexWriter::check_sizes(file_size, chunk_size).map(|_| ()),
+        FileKind::Dynamic if file_size != 0 => Err(Error::DynamicFileSize(file_size)),
+        FileKind::Dynamic => Ok(()),
     }
 }
 
@@ -417,7 +427,11 @@ impl SnapshotWriter {
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
             let _ = fs::remove_file(self.dir.join(LOCK_NAME));
             let _ = fs::remove_dir(&self.dir);
-            fsync_dir(self.dir.parent().unwrap_or(&self.ds.root))?;
+            // The group directory too, if this was its only snapshot.
+            if let Some(group) = self.dir.parent() {
+                let _ = fs::remove_dir(group);
+                fsync_dir(group.parent().unwrap_or(&self.ds.root))?;
+            }
             return Ok(SnapshotState::Incomplete);
         }
         self.manifest.state = if all_done {

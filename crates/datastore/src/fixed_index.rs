@@ -39,8 +39,9 @@ pub struct FixedIndexWriter {
 }
 
 impl FixedIndexWriter {
-    /// Checks the declared sizes before anything is allocated on disk.
-    pub fn create(tmp_dir: &Path, file_size: u64, chunk_size: u32) -> Result<Self> {
+    /// Checks declared sizes: the chunk size is in range and the slot count
+    /// bounded. Returns the slot count.
+    pub fn check_sizes(file_size: u64, chunk_size: u32) -> Result<u64> {
         if !(MIN_FIXED_CHUNK_SIZE..=MAX_CHUNK_SIZE as u32).contains(&chunk_size) {
             return Err(Error::FixedChunkSize(chunk_size));
         }
@@ -52,6 +53,12 @@ impl FixedIndexWriter {
                 max: MAX_FIXED_CHUNKS,
             });
         }
+        Ok(count)
+    }
+
+    /// Checks the declared sizes before anything is allocated on disk.
+    pub fn create(tmp_dir: &Path, file_size: u64, chunk_size: u32) -> Result<Self> {
+        let count = Self::check_sizes(file_size, chunk_size)?;
         let tmp = TempFile::create(tmp_dir, "fidx")?;
         tmp.file
             .set_len(INDEX_HEADER_SIZE as u64 + count * DIGEST_SIZE as u64)

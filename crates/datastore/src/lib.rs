@@ -45,7 +45,9 @@ mod manifest;
 
 pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, ChunkHeader};
 pub use chunk_store::{ChunkStore, Inserted};
-pub use datastore::{Datastore, FileWriter, IndexReader, SnapshotInfo, SnapshotWriter};
+pub use datastore::{
+    Datastore, FileWriter, IndexReader, SnapshotInfo, SnapshotWriter, check_new_file,
+};
 pub use dynamic_index::{DYNAMIC_INDEX_MAGIC, DynamicIndexReader, DynamicIndexWriter};
 pub use error::{Error, Result};
 pub use fixed_index::{

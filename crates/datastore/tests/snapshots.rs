@@ -57,7 +57,7 @@ fn fixed_file_round_trip_and_listing() {
     let list = ds.list_snapshots().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].manifest.files[0].file_size, 4196);
-    assert_eq!(list[0].manifest.files[0].raw, true);
+    assert!(list[0].manifest.files[0].raw);
 
     // Reopening works; EXCL refuses; a finished name cannot be rewritten.
     let ds = Datastore::open(&dir.path().join("ds")).unwrap();

@@ -16,7 +16,9 @@ pub struct DigestList(Bytes);
 impl DigestList {
     /// `None` if `raw` is not a whole number of digests.
     pub fn from_bytes(raw: Bytes) -> Option<Self> {
-        (raw.len() % DIGEST_SIZE == 0).then_some(DigestList(raw))
+        raw.len()
+            .is_multiple_of(DIGEST_SIZE)
+            .then_some(DigestList(raw))
     }
 
     pub fn from_digests<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Self {
@@ -72,7 +74,7 @@ macro_rules! entry_list {
         impl $list {
             /// `None` if `raw` is not a whole number of entries.
             pub fn from_bytes(raw: Bytes) -> Option<Self> {
-                (raw.len() % $size == 0).then_some($list(raw))
+                raw.len().is_multiple_of($size).then_some($list(raw))
             }
 
             pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a $entry>) -> Self {

@@ -38,7 +38,7 @@ pub(crate) type Flow = Result<(), Closed>;
 /// What a stream id is busy with.
 pub(crate) enum Stream {
     /// CreateBackup … BackupFinished.
-    Backup(BackupStream),
+    Backup(Box<BackupStream>),
     /// A GetHashList or DownloadChunks answered by a task. `done` is set by
     /// the task before it sends its last packet, so the client may reuse
     /// the stream id as soon as it has read that packet.
@@ -108,6 +108,8 @@ pub(crate) async fn run(
         conn.serve(&mut reader, &mut stop).await;
     }
     conn.finish().await;
+    // The writer ends when the last sender is gone.
+    drop(conn);
     match writer.await {
         Ok(Ok(())) | Ok(Err(_)) => {}
         Err(e) => warn!(%peer, "writer task failed: {e}"),

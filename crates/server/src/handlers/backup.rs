@@ -28,6 +28,7 @@ impl Connection {
             FileKind::Fixed
         };
         let result = block_in_place(|| -> hoard_datastore::Result<FileWriter> {
+            hoard_datastore::check_new_file(kind, req.file_size, req.chunk_size)?;
             match self.snapshots.get(&snapshot) {
                 // EXCL means "did not exist before this connection made
                 // it", so a client may create every file with EXCL.
@@ -52,8 +53,10 @@ impl Connection {
         match result {
             Ok(file) => {
                 let path = file.rel_path().to_string();
-                self.streams
-                    .insert(stream, Stream::Backup(BackupStream { snapshot, file }));
+                self.streams.insert(
+                    stream,
+                    Stream::Backup(Box::new(BackupStream { snapshot, file })),
+                );
                 self.send(stream, Message::BackupCreated { path }).await
             }
             Err(e) => self.fail_ds(stream, e).await,

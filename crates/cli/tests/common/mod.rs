@@ -1,0 +1,165 @@
+//! Test harness: the real `hoard` binary serving a temporary datastore on
+//! a loopback port, and a raw packet connection to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hoard_protocol::{Message, check_frame};
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
+            .arg(dir.path().join("ds"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(addr.starts_with("127.0.0.1:"), "unexpected banner {line:?}");
+        Server { child, addr, dir }
+    }
+
+    pub fn datastore(&self) -> PathBuf {
+        self.dir.path().join("ds")
+    }
+
+    pub fn connect(&self) -> Conn {
+        let mut c = Conn::connect(&self.addr);
+        match c.recv() {
+            (0, Message::Hello { version: 1 }) => {}
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        c
+    }
+
+    /// Sends SIGINT and waits for a clean exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// Files left under the datastore's `.tmp/`.
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.datastore().join(".tmp"))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+}
+
+impl Conn {
+    pub fn connect(addr: &str) -> Conn {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        Conn { sock }
+    }
+
+    pub fn send(&mut self, stream: u8, msg: &Message) {
+        self.sock.write_all(&msg.encode(stream)).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).unwrap();
+    }
+
+    /// Next packet; panics on timeout or a closed connection.
+    pub fn recv(&mut self) -> (u8, Message) {
+        self.try_recv().expect("connection closed")
+    }
+
+    /// Next packet, or None if the server closed the connection.
+    pub fn try_recv(&mut self) -> Option<(u8, Message)> {
+        let mut head = [0u8; 6];
+        if self.sock.read_exact(&mut head).is_err() {
+            return None;
+        }
+        let h = check_frame(&head).unwrap().unwrap();
+        let mut payload = vec![0u8; h.payload_len()];
+        self.sock.read_exact(&mut payload).unwrap();
+        Some((h.stream, Message::decode(&h, Bytes::from(payload)).unwrap()))
+    }
+
+    /// Expects an Error on `stream` whose message contains `needle`.
+    pub fn expect_error(&mut self, stream: u8, needle: &str) -> hoard_protocol::ErrorId {
+        match self.recv() {
+            (s, Message::Error { id, message }) if s == stream => {
+                assert!(
+                    message.contains(needle),
+                    "error {message:?} lacks {needle:?}"
+                );
+                id
+            }
+            other => {
+                panic!("expected Error on stream {stream} containing {needle:?}, got {other:?}")
+            }
+        }
+    }
+
+    pub fn expect_ok(&mut self, stream: u8) {
+        match self.recv() {
+            (s, Message::Ok) if s == stream => {}
+            other => panic!("expected Ok on stream {stream}, got {other:?}"),
+        }
+    }
+
+    /// True if the server closed the connection (after any queued packets).
+    pub fn closed(&mut self) -> bool {
+        self.try_recv().is_none()
+    }
+}
+
+pub fn count_files(dir: &Path, suffix: &str) -> usize {
+    let mut n = 0;
+    for e in walk(dir) {
+        if e.to_string_lossy().ends_with(suffix) {
+            n += 1;
+        }
+    }
+    n
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

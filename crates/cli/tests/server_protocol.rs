@@ -1,0 +1,751 @@
+//! The real server on a loopback port, driven with raw packets the way a
+//! client written from the seed alone would: every path of the version 1
+//! contract and every error case of it.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Conn, Server, count_files};
+use hoard_protocol::consts::MAX_PACKET_SIZE;
+use hoard_protocol::*;
+use hoard_types::{BackupId, BackupType, Digest, FileName, SnapshotTime};
+
+const T0: u64 = 1_556_022_216; // 2019-04-23T12:23:36Z
+
+fn create(
+    ty: BackupType,
+    id: &str,
+    time: u64,
+    flags: u8,
+    name: &str,
+    chunk_size: u32,
+    file_size: u64,
+) -> Message {
+    Message::CreateBackup(CreateBackup {
+        backup_type: ty,
+        id: BackupId::new(id).unwrap(),
+        time: SnapshotTime::from_epoch(time).unwrap(),
+        flags: BackupFlags(flags),
+        name: FileName::new(name).unwrap(),
+        chunk_size,
+        file_size,
+    })
+}
+
+fn upload(c: &mut Conn, stream: u8, data: &[u8]) -> Digest {
+    let digest = Digest::of(data);
+    c.send(
+        stream,
+        &Message::UploadChunk {
+            digest,
+            data: Bytes::copy_from_slice(data),
+        },
+    );
+    c.expect_ok(stream);
+    digest
+}
+
+fn expect_created(c: &mut Conn, stream: u8) -> String {
+    match c.recv() {
+        (s, Message::BackupCreated { path }) if s == stream => path,
+        other => panic!("expected BackupCreated on {stream}, got {other:?}"),
+    }
+}
+
+fn fixed(entries: &[(u64, Digest)]) -> Message {
+    let e: Vec<_> = entries
+        .iter()
+        .map(|&(index, digest)| FixedEntry { index, digest })
+        .collect();
+    Message::BackupDataFixed(FixedEntryList::from_entries(&e))
+}
+
+fn dynamic(entries: &[(u64, Digest)]) -> Message {
+    let e: Vec<_> = entries
+        .iter()
+        .map(|&(offset, digest)| DynamicEntry { offset, digest })
+        .collect();
+    Message::BackupDataDynamic(DynamicEntryList::from_entries(&e))
+}
+
+fn hash_list(c: &mut Conn, stream: u8, path: &str) -> Vec<Digest> {
+    c.send(stream, &Message::GetHashList { path: path.into() });
+    let mut out = Vec::new();
+    loop {
+        match c.recv() {
+            (s, Message::HashListPart(l)) if s == stream => {
+                if l.is_empty() {
+                    return out;
+                }
+                out.extend(l.iter());
+            }
+            other => panic!("expected HashListPart, got {other:?}"),
+        }
+    }
+}
+
+fn download(c: &mut Conn, stream: u8, digests: &[Digest]) -> Vec<u8> {
+    c.send(
+        stream,
+        &Message::DownloadChunks(DigestList::from_digests(digests)),
+    );
+    let mut out = Vec::new();
+    for d in digests {
+        match c.recv() {
+            (
+                s,
+                Message::Chunk {
+                    offset,
+                    digest,
+                    data,
+                },
+            ) if s == stream => {
+                assert_eq!(offset, out.len() as u64, "chunk offset");
+                assert_eq!(digest, *d);
+                assert_eq!(Digest::of(&data), digest);
+                out.extend_from_slice(&data);
+            }
+            other => panic!("expected Chunk, got {other:?}"),
+        }
+    }
+    out
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).rotate_left(3) ^ (i >> 9) as u8)
+        .collect()
+}
+
+/// Writes a complete 3-chunk fixed file; returns its path and data.
+fn write_fixed(c: &mut Conn, stream: u8, id: &str, name: &str) -> (String, Vec<u8>) {
+    let data = pattern(4096 * 2 + 1000, stream);
+    c.send(
+        stream,
+        &create(
+            BackupType::Vm,
+            id,
+            T0,
+            BackupFlags::RAW,
+            name,
+            4096,
+            data.len() as u64,
+        ),
+    );
+    let path = expect_created(c, stream);
+    let ds: Vec<Digest> = data.chunks(4096).map(|ch| upload(c, stream, ch)).collect();
+    // Out of order and over two packets.
+    c.send(stream, &fixed(&[(2, ds[2]), (0, ds[0])]));
+    c.send(stream, &fixed(&[(1, ds[1])]));
+    c.send(stream, &Message::BackupFinished);
+    c.expect_ok(stream);
+    (path, data)
+}
+
+#[test]
+fn fixed_file_written_listed_and_read_back() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let (path, data) = write_fixed(&mut c, 1, "100", "drive-scsi0.img");
+    assert_eq!(path, "vm/100/2019-04-23T12:23:36Z/drive-scsi0.img.fidx");
+    let digests = hash_list(&mut c, 2, &path);
+    assert_eq!(digests.len(), 3);
+    assert_eq!(download(&mut c, 3, &digests), data);
+    // The same stream ids can be reused once their requests are done.
+    assert_eq!(hash_list(&mut c, 2, &path), digests);
+    assert_eq!(download(&mut c, 3, &digests[1..]), data[4096..]);
+    drop(c);
+    // The manifest says what the snapshot holds.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let m = std::fs::read_to_string(
+        server
+            .datastore()
+            .join("vm/100/2019-04-23T12:23:36Z/manifest.json"),
+    )
+    .unwrap();
+    assert!(m.contains("\"state\": \"complete\""), "{m}");
+    assert!(m.contains("\"raw\": true"), "{m}");
+    assert_eq!(server.temp_files(), 0);
+}
+
+#[test]
+fn dynamic_file_written_listed_and_read_back() {
+    let server = Server::start();
+    let mut c = server.connect();
+    c.send(
+        5,
+        &create(
+            BackupType::Ct,
+            "101",
+            T0,
+            BackupFlags::DYNAMIC_CHUNKS | BackupFlags::EXCL,
+            "root.pxar",
+            0,
+            0,
+        ),
+    );
+    let path = expect_created(&mut c, 5);
+    assert_eq!(path, "ct/101/2019-04-23T12:23:36Z/root.pxar.didx");
+    let parts = [
+        pattern(700, 1),
+        pattern(3000, 2),
+        pattern(1, 3),
+        pattern(700, 1),
+    ];
+    let mut offset = 0u64;
+    let mut entries = Vec::new();
+    for p in &parts {
+        let d = Digest::of(p);
+        c.send(
+            5,
+            &Message::UploadChunk {
+                digest: d,
+                data: Bytes::copy_from_slice(p),
+            },
+        );
+        entries.push((offset, d));
+        offset += p.len() as u64;
+    }
+    // Pipelined: the entries follow the uploads without waiting for Ok.
+    c.send(5, &dynamic(&entries[..2]));
+    c.send(5, &dynamic(&entries[2..]));
+    c.send(5, &Message::BackupFinished);
+    for _ in 0..4 {
+        c.expect_ok(5);
+    }
+    c.expect_ok(5);
+    let digests = hash_list(&mut c, 6, &path);
+    assert_eq!(digests, entries.iter().map(|e| e.1).collect::<Vec<_>>());
+    assert_eq!(download(&mut c, 7, &digests), parts.concat());
+}
+
+#[test]
+fn framing_errors_close_the_connection() {
+    let server = Server::start();
+    // Length below the header.
+    let mut c = server.connect();
+    c.send_raw(&[9, 1, 5, 0, 0, 0]);
+    c.expect_error(9, "below the 6-byte header");
+    assert!(c.closed());
+    // Length above 16 MiB: refused before anything is allocated.
+    let mut c = server.connect();
+    let too_long = (MAX_PACKET_SIZE + 1).to_le_bytes();
+    c.send_raw(&[4, 7, too_long[0], too_long[1], too_long[2], too_long[3]]);
+    c.expect_error(4, "exceeds the maximum");
+    assert!(c.closed());
+    // The server is still fine.
+    let mut c = server.connect();
+    write_fixed(&mut c, 1, "1", "a");
+}
+
+#[test]
+fn unknown_and_server_only_types_are_errors() {
+    let server = Server::start();
+    let mut c = server.connect();
+    c.send_raw(&[3, 13, 8, 0, 0, 0, 0xde, 0xad]);
+    c.expect_error(3, "unknown packet type 13");
+    c.send_raw(&[3, 255, 6, 0, 0, 0]);
+    c.expect_error(3, "unknown packet type 255");
+    let server_only = [
+        Message::Hello { version: 1 },
+        Message::Ok,
+        Message::Error {
+            id: ErrorId::Generic,
+            message: "x".into(),
+        },
+        Message::HashListPart(DigestList::default()),
+        Message::Chunk {
+            offset: 0,
+            digest: Digest([1; 32]),
+            data: Bytes::from_static(b"x"),
+        },
+        Message::BackupCreated { path: "x".into() },
+    ];
+    for m in server_only {
+        c.send(8, &m);
+        c.expect_error(8, "sent by the server only");
+    }
+    // The connection still works.
+    write_fixed(&mut c, 1, "2", "b");
+}
+
+#[test]
+fn upload_errors() {
+    let server = Server::start();
+    let mut c = server.connect();
+    // Digest does not match the data.
+    c.send(
+        1,
+        &Message::UploadChunk {
+            digest: Digest([7; 32]),
+            data: Bytes::from_static(b"data"),
+        },
+    );
+    c.expect_error(1, "digest mismatch");
+    // Empty chunk.
+    c.send_raw(
+        &[1, 7, 38, 0, 0, 0]
+            .iter()
+            .copied()
+            .chain([0u8; 32])
+            .collect::<Vec<_>>(),
+    );
+    c.expect_error(1, "at least 1 byte of data");
+    // Larger than a downloadable chunk (but within the packet limit).
+    let big = vec![1u8; hoard_types::MAX_CHUNK_SIZE + 1];
+    c.send(
+        2,
+        &Message::UploadChunk {
+            digest: Digest::of(&big),
+            data: Bytes::from(big),
+        },
+    );
+    c.expect_error(2, "outside 1..=16777170");
+    // The largest allowed chunk is fine, twice (the second is cheap).
+    let max = vec![2u8; hoard_types::MAX_CHUNK_SIZE];
+    upload(&mut c, 3, &max);
+    upload(&mut c, 3, &max);
+    assert_eq!(count_files(&server.datastore().join(".chunks"), ""), 1);
+    assert_eq!(server.temp_files(), 0);
+}
+
+#[test]
+fn create_backup_errors() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let raw_create = |ty: u8, id: &[u8], ts: u64, flags: u8, name: &[u8], chunk: u32, size: u64| {
+        let mut p = vec![ty, id.len() as u8];
+        p.extend_from_slice(&ts.to_le_bytes());
+        p.push(flags);
+        p.push(name.len() as u8);
+        p.extend_from_slice(&chunk.to_le_bytes());
+        p.extend_from_slice(&size.to_le_bytes());
+        p.extend_from_slice(id);
+        p.extend_from_slice(name);
+        let mut pkt = vec![1u8, 8];
+        pkt.extend_from_slice(&(6 + p.len() as u32).to_le_bytes());
+        pkt.extend_from_slice(&p);
+        pkt
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            raw_create(3, b"100", T0, 0, b"d", 4096, 1),
+            "unknown backup type 3",
+        ),
+        (
+            raw_create(0, b"../x", T0, 0, b"d", 4096, 1),
+            "invalid backup id",
+        ),
+        (
+            raw_create(0, b"", T0, 0, b"d", 4096, 1),
+            "invalid backup id",
+        ),
+        (
+            raw_create(0, b"100", T0, 0, b"a/b", 4096, 1),
+            "invalid file name",
+        ),
+        (
+            raw_create(0, b"100", T0, 0, b"..", 4096, 1),
+            "invalid file name",
+        ),
+        (
+            raw_create(0, b"100", T0, 0, b"a\0", 4096, 1),
+            "invalid file name",
+        ),
+        (
+            raw_create(0, b"100", T0, 0, b"", 4096, 1),
+            "invalid file name",
+        ),
+        (
+            raw_create(0, b"100", u64::MAX, 0, b"d", 4096, 1),
+            "invalid snapshot time",
+        ),
+        (
+            raw_create(0, b"100", T0, 0x40, b"d", 4096, 1),
+            "unknown flags",
+        ),
+        (raw_create(0, b"100", T0, 0, b"d", 0, 1), "chunk size 0"),
+        (
+            raw_create(0, b"100", T0, 0, b"d", 1 << 24, 1),
+            "chunk size 16777216",
+        ),
+        (
+            raw_create(0, b"100", T0, 0, b"d", 4096, u64::MAX),
+            "more than",
+        ),
+        (
+            raw_create(0, b"100", T0, BackupFlags::DYNAMIC_CHUNKS, b"d", 0, 5),
+            "file size must be 0",
+        ),
+    ];
+    for (pkt, needle) in cases {
+        c.send_raw(&pkt);
+        c.expect_error(1, needle);
+    }
+    // Declared lengths that lie about the bytes that follow.
+    let mut lying = raw_create(0, b"100", T0, 0, b"d", 4096, 1);
+    lying[7] = 9; // id length 9, only 4 bytes follow
+    c.send_raw(&lying);
+    c.expect_error(1, "declares id length 9");
+    let short = [1u8, 8, 10, 0, 0, 0, 0, 0, 0, 0];
+    c.send_raw(&short);
+    c.expect_error(1, "at least 24 bytes");
+    // Nothing was created by any of them.
+    assert!(!server.datastore().join("vm").exists());
+
+    // A stream id already in use.
+    c.send(
+        1,
+        &create(
+            BackupType::Vm,
+            "100",
+            T0,
+            BackupFlags::EXCL,
+            "d",
+            4096,
+            4096,
+        ),
+    );
+    expect_created(&mut c, 1);
+    c.send(1, &create(BackupType::Vm, "100", T0, 0, "e", 4096, 4096));
+    c.expect_error(1, "stream 1 is in use");
+    // Same name twice at once on two streams.
+    c.send(
+        2,
+        &create(
+            BackupType::Vm,
+            "100",
+            T0,
+            BackupFlags::EXCL,
+            "f",
+            4096,
+            4096,
+        ),
+    );
+    expect_created(&mut c, 2);
+    c.send(3, &create(BackupType::Vm, "100", T0, 0, "f", 4096, 4096));
+    assert_eq!(c.expect_error(3, "already being written"), ErrorId::Busy);
+    drop(c);
+
+    // EXCL on a snapshot that exists from an earlier connection.
+    let mut c = server.connect();
+    write_fixed(&mut c, 1, "200", "a");
+    drop(c);
+    // The server releases the snapshot when it sees the connection end.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut c = server.connect();
+    c.send(
+        1,
+        &create(
+            BackupType::Vm,
+            "200",
+            T0,
+            BackupFlags::EXCL,
+            "b",
+            4096,
+            4096,
+        ),
+    );
+    c.expect_error(1, "exists already");
+    // Without EXCL a new file may be added, but not an existing name.
+    c.send(1, &create(BackupType::Vm, "200", T0, 0, "a", 4096, 4096));
+    c.expect_error(1, "a.fidx exists already");
+    c.send(2, &create(BackupType::Vm, "200", T0, 0, "b", 4096, 4096));
+    expect_created(&mut c, 2);
+}
+
+#[test]
+fn backup_data_errors() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let a = upload(&mut c, 1, &pattern(4096, 1));
+    let small = upload(&mut c, 1, &pattern(10, 2));
+    // Data on a stream with nothing open.
+    c.send(4, &fixed(&[(0, a)]));
+    c.expect_error(4, "has no backup open");
+    c.send(4, &dynamic(&[(0, a)]));
+    c.expect_error(4, "has no backup open");
+    c.send(4, &Message::BackupFinished);
+    c.expect_error(4, "has no backup open");
+
+    c.send(1, &create(BackupType::Vm, "1", T0, 0, "img", 4096, 8192));
+    expect_created(&mut c, 1);
+    c.send(1, &fixed(&[(2, a)]));
+    c.expect_error(1, "beyond the last chunk");
+    // The Error cancelled the stream.
+    c.send(1, &fixed(&[(0, a)]));
+    c.expect_error(1, "has no backup open");
+
+    c.send(1, &create(BackupType::Vm, "1", T0, 0, "img2", 4096, 8192));
+    expect_created(&mut c, 1);
+    c.send(1, &fixed(&[(0, Digest([0x42; 32]))]));
+    c.expect_error(1, "is not in the chunk store");
+
+    c.send(1, &create(BackupType::Vm, "1", T0, 0, "img3", 4096, 8192));
+    expect_created(&mut c, 1);
+    c.send(1, &fixed(&[(1, small)]));
+    c.expect_error(1, "needs 4096");
+
+    c.send(1, &create(BackupType::Vm, "1", T0, 0, "img4", 4096, 8192));
+    expect_created(&mut c, 1);
+    c.send_raw(
+        &[1, 10, 6 + 39, 0, 0, 0]
+            .iter()
+            .copied()
+            .chain([0u8; 39])
+            .collect::<Vec<_>>(),
+    );
+    c.expect_error(1, "multiple of 40");
+
+    c.send(1, &create(BackupType::Vm, "1", T0, 0, "img5", 4096, 8192));
+    expect_created(&mut c, 1);
+    c.send(1, &dynamic(&[(0, a)]));
+    c.expect_error(1, "does not match the kind");
+
+    // Fixed file with a slot never sent.
+    c.send(1, &create(BackupType::Vm, "1", T0, 0, "img6", 4096, 8192));
+    let path = expect_created(&mut c, 1);
+    c.send(1, &fixed(&[(0, a)]));
+    c.send(1, &Message::BackupFinished);
+    c.expect_error(1, "chunk 1 was never sent");
+    c.send(2, &Message::GetHashList { path });
+    c.expect_error(2, "not a finished index");
+
+    // Dynamic: gaps, overlaps, unknown chunks.
+    for (entries, needle) in [
+        (
+            vec![(0, small), (11, small)],
+            "does not continue the file at offset 10",
+        ),
+        (
+            vec![(0, small), (9, small)],
+            "does not continue the file at offset 10",
+        ),
+        (vec![(5, small)], "does not continue the file at offset 0"),
+        (vec![(0, Digest([3; 32]))], "is not in the chunk store"),
+    ] {
+        c.send(
+            1,
+            &create(
+                BackupType::Ct,
+                "1",
+                T0,
+                BackupFlags::DYNAMIC_CHUNKS,
+                "tree",
+                0,
+                0,
+            ),
+        );
+        expect_created(&mut c, 1);
+        c.send(1, &dynamic(&entries));
+        c.expect_error(1, needle);
+    }
+    assert_eq!(count_files(&server.datastore(), ".fidx"), 0);
+    assert_eq!(count_files(&server.datastore(), ".didx"), 0);
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Snapshots that ended with no file at all are removed again.
+    assert!(
+        !server
+            .datastore()
+            .join("vm/1/2019-04-23T12:23:36Z")
+            .exists()
+    );
+    assert_eq!(server.temp_files(), 0);
+}
+
+#[test]
+fn hash_list_and_download_errors() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let (path, _) = write_fixed(&mut c, 1, "9", "disk");
+    for bad in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "vm/9/2019-04-23T12:23:36Z/../../../../etc/passwd",
+        "vm/9/2019-04-23T12:23:36Z/manifest.json",
+        "vm/9/2019-04-23T12:23:36Z/nope.fidx",
+        "vm/9/2019-04-23T12:23:37Z/disk.fidx",
+        "",
+    ] {
+        c.send(2, &Message::GetHashList { path: bad.into() });
+        c.expect_error(2, "not a finished index");
+    }
+    // u16 length that lies.
+    c.send_raw(&[2, 3, 9, 0, 0, 0, 9, 0, b'a']);
+    c.expect_error(2, "declares a path of 9 bytes");
+
+    // A second hash list while one is running is Busy. Make the first one
+    // long enough (a big index) that it is still running.
+    let chunk = pattern(4096, 9);
+    let d = upload(&mut c, 1, &chunk);
+    let slots = 600_000u64; // > one HashListPart
+    c.send(
+        1,
+        &create(BackupType::Vm, "9", T0, 0, "big", 4096, slots * 4096),
+    );
+    let big = expect_created(&mut c, 1);
+    let entries: Vec<(u64, Digest)> = (0..slots).map(|i| (i, d)).collect();
+    for part in entries.chunks(100_000) {
+        c.send(1, &fixed(part));
+    }
+    c.send(1, &Message::BackupFinished);
+    c.expect_ok(1);
+    c.send(3, &Message::GetHashList { path: big.clone() });
+    c.send(4, &Message::GetHashList { path: path.clone() });
+    let mut got = 0usize;
+    let mut busy = false;
+    loop {
+        match c.recv() {
+            (3, Message::HashListPart(l)) if l.is_empty() => break,
+            (3, Message::HashListPart(l)) => got += l.len(),
+            (
+                4,
+                Message::Error {
+                    id: ErrorId::Busy, ..
+                },
+            ) => busy = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(busy, "second hash list was not refused as Busy");
+    assert_eq!(got, slots as usize);
+
+    // Downloads: a missing chunk, and a list that is not whole digests.
+    c.send(
+        5,
+        &Message::DownloadChunks(DigestList::from_digests(&[d, Digest([1; 32])])),
+    );
+    match c.recv() {
+        (5, Message::Chunk { offset: 0, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    c.expect_error(5, "is not in the chunk store");
+    c.send_raw(
+        &[5, 5, 6 + 31, 0, 0, 0]
+            .iter()
+            .copied()
+            .chain([0u8; 31])
+            .collect::<Vec<_>>(),
+    );
+    c.expect_error(5, "multiple of 32");
+}
+
+#[test]
+fn disconnect_mid_stream_leaves_nothing_visible() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let (done_path, _) = write_fixed(&mut c, 1, "7", "done");
+    c.send(2, &create(BackupType::Vm, "7", T0, 0, "half", 4096, 8192));
+    let half = expect_created(&mut c, 2);
+    let a = upload(&mut c, 2, &pattern(4096, 5));
+    c.send(2, &fixed(&[(0, a)]));
+    // A packet cut off in the middle.
+    c.send_raw(&[2, 7, 100, 0, 0, 0, 1, 2, 3]);
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut c = server.connect();
+    c.send(1, &Message::GetHashList { path: half });
+    c.expect_error(1, "not a finished index");
+    assert_eq!(hash_list(&mut c, 1, &done_path).len(), 3);
+    let m = std::fs::read_to_string(
+        server
+            .datastore()
+            .join("vm/7/2019-04-23T12:23:36Z/manifest.json"),
+    )
+    .unwrap();
+    assert!(m.contains("\"state\": \"incomplete\""), "{m}");
+    assert_eq!(count_files(&server.datastore(), ".fidx"), 1);
+    assert_eq!(server.temp_files(), 0);
+}
+
+#[test]
+fn connections_are_isolated_and_snapshots_locked() {
+    let server = Server::start();
+    let mut a = server.connect();
+    let mut b = server.connect();
+    a.send(
+        1,
+        &create(
+            BackupType::Host,
+            "h1",
+            T0,
+            BackupFlags::DYNAMIC_CHUNKS,
+            "root",
+            0,
+            0,
+        ),
+    );
+    expect_created(&mut a, 1);
+    // Another connection may not write into a snapshot being written.
+    b.send(
+        1,
+        &create(
+            BackupType::Host,
+            "h1",
+            T0,
+            BackupFlags::DYNAMIC_CHUNKS,
+            "etc",
+            0,
+            0,
+        ),
+    );
+    assert_eq!(
+        b.expect_error(1, "being written by another connection"),
+        ErrorId::Busy
+    );
+    // A broken third connection does not disturb the first.
+    let mut bad = server.connect();
+    bad.send_raw(&[0, 0, 0xff, 0xff, 0xff, 0xff]);
+    let d = upload(&mut a, 1, &pattern(5000, 4));
+    a.send(1, &dynamic(&[(0, d)]));
+    a.send(1, &Message::BackupFinished);
+    a.expect_ok(1);
+    assert!(
+        bad.try_recv()
+            .is_some_and(|(_, m)| matches!(m, Message::Error { .. }))
+    );
+    drop(a);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Once the first connection is gone, the snapshot is free again.
+    b.send(
+        2,
+        &create(
+            BackupType::Host,
+            "h1",
+            T0,
+            BackupFlags::DYNAMIC_CHUNKS,
+            "etc",
+            0,
+            0,
+        ),
+    );
+    expect_created(&mut b, 2);
+}
+
+#[test]
+fn interrupt_shuts_down_cleanly_without_partial_files() {
+    let mut server = Server::start();
+    let mut c = server.connect();
+    write_fixed(&mut c, 1, "5", "whole");
+    c.send(
+        2,
+        &create(BackupType::Vm, "5", T0, 0, "partial", 4096, 8192),
+    );
+    expect_created(&mut c, 2);
+    let a = upload(&mut c, 2, &pattern(4096, 6));
+    c.send(2, &fixed(&[(0, a)]));
+    let status = server.interrupt();
+    assert!(status.success(), "server exited with {status}");
+    assert!(c.closed());
+    assert_eq!(server.temp_files(), 0);
+    assert_eq!(count_files(&server.datastore(), ".fidx"), 1);
+    let m = std::fs::read_to_string(
+        server
+            .datastore()
+            .join("vm/5/2019-04-23T12:23:36Z/manifest.json"),
+    )
+    .unwrap();
+    assert!(m.contains("\"state\": \"incomplete\""), "{m}");
+    assert!(!m.contains("partial"));
+}
