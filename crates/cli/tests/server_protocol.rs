@@ -749,3 +749,62 @@ fn interrupt_shuts_down_cleanly_without_partial_files() {
     assert!(m.contains("\"state\": \"incomplete\""), "{m}");
     assert!(!m.contains("partial"));
 }
+
+#[test]
+fn full_disk_is_a_clear_error_and_loses_nothing() {
+    let server = Server::start_on_small_disk("3m");
+    let mut c = server.connect();
+    let (path, data) = write_fixed(&mut c, 1, "full", "before");
+    // Upload distinct 512 KiB chunks until the 3 MiB file system is full.
+    let mut refused = None;
+    for i in 0..16u8 {
+        let chunk = pattern(512 * 1024, i.wrapping_add(100));
+        c.send(
+            2,
+            &Message::UploadChunk {
+                digest: Digest::of(&chunk),
+                data: Bytes::from(chunk),
+            },
+        );
+        match c.recv() {
+            (2, Message::Ok) => {}
+            (2, Message::Error { message, .. }) => {
+                refused = Some(message);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let message = refused.expect("the small disk never filled up");
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(
+        message.contains("chunk"),
+        "the error names the chunk: {message}"
+    );
+    // A file finished when the disk is full fails with the same clarity.
+    c.send(
+        3,
+        &create(BackupType::Vm, "full", T0 + 1, 0, "after", 4096, 4096),
+    );
+    match c.recv() {
+        (3, Message::BackupCreated { .. }) => {
+            let d = Digest::of(&data[..4096]);
+            c.send(3, &fixed(&[(0, d)]));
+            c.send(3, &Message::BackupFinished);
+            match c.recv() {
+                (3, Message::Ok) => {}
+                (3, Message::Error { message, .. }) => {
+                    assert!(message.contains("No space left on device"), "{message}")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (3, Message::Error { message, .. }) => {
+            assert!(message.contains("No space left on device"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // What was finished before is intact and readable.
+    let digests = hash_list(&mut c, 4, &path);
+    assert_eq!(download(&mut c, 5, &digests), data);
+}

@@ -20,9 +20,31 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
-            .arg(dir.path().join("ds"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
+            .arg(dir.path().join("ds"));
+        Self::spawn(cmd, dir)
+    }
+
+    /// A server whose datastore lives on a tmpfs of `size` (like "3m") in
+    /// a private mount namespace (`unshare`), so that writes hit a real
+    /// "No space left on device". Only the server sees that file system.
+    pub fn start_on_small_disk(size: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let script = format!(
+            "mount -t tmpfs -o size={size} tmpfs '{m}' && exec '{bin}' serve --listen 127.0.0.1:0 --datastore '{m}/ds'",
+            m = mnt.display(),
+            bin = env!("CARGO_BIN_EXE_hoard"),
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", &script]);
+        Self::spawn(cmd, dir)
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
