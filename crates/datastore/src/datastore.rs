@@ -12,8 +12,9 @@ use hoard_types::{
 use crate::chunk_store::ChunkStore;
 use crate::dynamic_index::{DynamicIndexReader, DynamicIndexWriter};
 use crate::error::{Error, IoContext, Result};
-use crate::fixed_index::{FixedIndexReader, FixedIndexWriter, IndexSummary};
+use crate::fixed_index::{FixedIndexReader, FixedIndexWriter};
 use crate::fsutil::{create_dir_durable, fsync_dir, write_atomic};
+use crate::index_file::IndexSummary;
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState};
 
 const MARKER_NAME: &str = ".hoard-datastore";

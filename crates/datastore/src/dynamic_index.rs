@@ -6,7 +6,6 @@
 //! gaps and stores ends. The header is in [`crate::index_file`].
 
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use hoard_types::Digest;
@@ -14,9 +13,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::INDEX_HEADER_SIZE;
 use crate::error::{Error, IoContext, Result};
-use crate::fixed_index::IndexSummary;
 use crate::fsutil::TempFile;
-use crate::index_file::{IndexFile, IndexHeader};
+use crate::index_file::{IndexFile, IndexHeader, IndexSummary, finish_index};
 
 pub const DYNAMIC_INDEX_MAGIC: [u8; 8] = *b"hoardDI1";
 pub const DYNAMIC_ENTRY_SIZE: usize = 40;
@@ -79,18 +77,7 @@ impl DynamicIndexWriter {
             .flush()
             .ctx(|| "writing a dynamic index".to_string())?;
         self.header.csum = self.hasher.finalize().into();
-        self.tmp
-            .file
-            .write_all_at(&self.header.encode(), 0)
-            .ctx(|| "writing a dynamic index header".to_string())?;
-        let summary = IndexSummary {
-            file_size: self.header.file_size,
-            chunk_count: self.header.chunk_count,
-            csum: self.header.csum,
-            uuid: self.header.uuid,
-        };
-        self.tmp.persist(dest)?;
-        Ok(summary)
+        finish_index(self.tmp, &self.header, dest)
     }
 }
 

@@ -16,22 +16,13 @@ use sha2::{Digest as _, Sha256};
 use crate::INDEX_HEADER_SIZE;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::TempFile;
-use crate::index_file::{IndexFile, IndexHeader, scan_entries};
+use crate::index_file::{IndexFile, IndexHeader, IndexSummary, finish_index, scan_entries};
 
 pub const FIXED_INDEX_MAGIC: [u8; 8] = *b"hoardFI1";
 /// Most slots in one fixed index (32 GiB of entries).
 pub const MAX_FIXED_CHUNKS: u64 = 1 << 30;
 /// Smallest fixed chunk size.
 pub const MIN_FIXED_CHUNK_SIZE: u32 = 4096;
-
-/// What a finished index looks like, for the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexSummary {
-    pub file_size: u64,
-    pub chunk_count: u64,
-    pub csum: [u8; 32],
-    pub uuid: [u8; 16],
-}
 
 pub struct FixedIndexWriter {
     tmp: TempFile,
@@ -120,18 +111,7 @@ impl FixedIndexWriter {
             },
         )?;
         self.header.csum = hasher.finalize().into();
-        self.tmp
-            .file
-            .write_all_at(&self.header.encode(), 0)
-            .ctx(|| "writing a fixed index header".to_string())?;
-        let summary = IndexSummary {
-            file_size: self.header.file_size,
-            chunk_count: self.header.chunk_count,
-            csum: self.header.csum,
-            uuid: self.header.uuid,
-        };
-        self.tmp.persist(dest)?;
-        Ok(summary)
+        finish_index(self.tmp, &self.header, dest)
     }
 }
 

@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::INDEX_HEADER_SIZE;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::TempFile;
 
 /// Entries are read and hashed in blocks of about this size.
 const SCAN_BLOCK_BYTES: usize = 1 << 20;
@@ -171,6 +172,33 @@ impl IndexFile {
             })
         }
     }
+}
+
+/// What a finished index looks like, for the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub file_size: u64,
+    pub chunk_count: u64,
+    pub csum: [u8; 32],
+    pub uuid: [u8; 16],
+}
+
+/// Writes the final header into `tmp` and moves it durably to `dest`.
+pub(crate) fn finish_index(
+    tmp: TempFile,
+    header: &IndexHeader,
+    dest: &Path,
+) -> Result<IndexSummary> {
+    tmp.file
+        .write_all_at(&header.encode(), 0)
+        .ctx(|| format!("writing the header of {}", dest.display()))?;
+    tmp.persist(dest)?;
+    Ok(IndexSummary {
+        file_size: header.file_size,
+        chunk_count: header.chunk_count,
+        csum: header.csum,
+        uuid: header.uuid,
+    })
 }
 
 pub(crate) fn scan_entries(

@@ -51,9 +51,9 @@ pub use datastore::{
 pub use dynamic_index::{DYNAMIC_INDEX_MAGIC, DynamicIndexReader, DynamicIndexWriter};
 pub use error::{Error, Result};
 pub use fixed_index::{
-    FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, IndexSummary, MAX_FIXED_CHUNKS,
-    MIN_FIXED_CHUNK_SIZE,
+    FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, MAX_FIXED_CHUNKS, MIN_FIXED_CHUNK_SIZE,
 };
+pub use index_file::IndexSummary;
 pub use manifest::{FileKind, MANIFEST_MAGIC, Manifest, ManifestFile, SnapshotState};
 
 /// Index files start with this many header bytes, entries follow.

@@ -1,9 +1,9 @@
 //! CreateBackup, BackupDataFixed, BackupDataDynamic, BackupFinished: one
 //! file of a snapshot, written on its own stream.
 
-use hoard_datastore::{FileKind, FileWriter};
+use hoard_datastore::{ChunkStore, FileKind, FileWriter};
 use hoard_protocol::{CreateBackup, DynamicEntryList, FixedEntryList, Message};
-use hoard_types::{BackupGroup, SnapshotPath};
+use hoard_types::{BackupGroup, Digest, SnapshotPath};
 use tokio::task::block_in_place;
 
 use crate::connection::{BackupStream, Connection, Flow, Stream};
@@ -82,46 +82,56 @@ impl Connection {
     }
 
     pub(crate) async fn backup_data_fixed(&mut self, stream: u8, list: FixedEntryList) -> Flow {
-        if !self
-            .expect_backup(stream, FileKind::Fixed, "BackupDataFixed")
-            .await?
-        {
+        let digests = list.iter().map(|e| e.digest);
+        self.backup_data(
+            stream,
+            FileKind::Fixed,
+            "BackupDataFixed",
+            digests,
+            |file, store| {
+                list.iter()
+                    .try_for_each(|e| file.add_fixed(store, e.index, &e.digest))
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn backup_data_dynamic(&mut self, stream: u8, list: DynamicEntryList) -> Flow {
+        let digests = list.iter().map(|e| e.digest);
+        self.backup_data(
+            stream,
+            FileKind::Dynamic,
+            "BackupDataDynamic",
+            digests,
+            |file, store| {
+                list.iter()
+                    .try_for_each(|e| file.add_dynamic(store, e.offset, &e.digest))
+            },
+        )
+        .await
+    }
+
+    /// Adds entries to the file open on `stream` once every upload they
+    /// reference has landed.
+    async fn backup_data(
+        &mut self,
+        stream: u8,
+        kind: FileKind,
+        what: &str,
+        digests: impl Iterator<Item = Digest>,
+        apply: impl FnOnce(&mut FileWriter, &ChunkStore) -> hoard_datastore::Result<()>,
+    ) -> Flow {
+        if !self.expect_backup(stream, kind, what).await? {
             return Ok(());
         }
-        self.settle_uploads(list.iter().map(|e| e.digest)).await?;
+        self.settle_uploads(digests).await?;
         // A failed upload on this stream may have cancelled it meanwhile;
         // the client has its Error already.
         let Some(Stream::Backup(b)) = self.streams.get_mut(&stream) else {
             return Ok(());
         };
         let store = self.ds.chunks();
-        let result = block_in_place(|| {
-            list.iter()
-                .try_for_each(|e| b.file.add_fixed(store, e.index, &e.digest))
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail_ds(stream, e).await,
-        }
-    }
-
-    pub(crate) async fn backup_data_dynamic(&mut self, stream: u8, list: DynamicEntryList) -> Flow {
-        if !self
-            .expect_backup(stream, FileKind::Dynamic, "BackupDataDynamic")
-            .await?
-        {
-            return Ok(());
-        }
-        self.settle_uploads(list.iter().map(|e| e.digest)).await?;
-        let Some(Stream::Backup(b)) = self.streams.get_mut(&stream) else {
-            return Ok(());
-        };
-        let store = self.ds.chunks();
-        let result = block_in_place(|| {
-            list.iter()
-                .try_for_each(|e| b.file.add_dynamic(store, e.offset, &e.digest))
-        });
-        match result {
+        match block_in_place(|| apply(&mut b.file, store)) {
             Ok(()) => Ok(()),
             Err(e) => self.fail_ds(stream, e).await,
         }
