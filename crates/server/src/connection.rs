@@ -236,6 +236,29 @@ impl Connection {
         }
     }
 
+    /// Runs a request's answer as a task on `stream`; the task sets the
+    /// flag it is given before sending its last packet.
+    pub fn spawn_stream_task<F>(
+        &mut self,
+        stream: u8,
+        hash_list: bool,
+        make: impl FnOnce(Arc<AtomicBool>) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let done = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(make(done.clone()));
+        let abort = task.abort_handle();
+        self.streams.insert(
+            stream,
+            Stream::Task {
+                hash_list,
+                done,
+                abort,
+            },
+        );
+    }
+
     pub fn hash_list_running(&self) -> bool {
         self.streams.values().any(|s| {
             matches!(s, Stream::Task { hash_list: true, done, .. } if !done.load(Ordering::Acquire))

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hoard_datastore::Datastore;
 use hoard_protocol::{DigestList, ErrorId, Message};
 
-use crate::connection::{Connection, Flow, Stream};
+use crate::connection::{Connection, Flow};
 use crate::writer::Outbox;
 
 /// Chunk reads in flight ahead of the one being sent.
@@ -26,22 +26,10 @@ impl Connection {
         if list.is_empty() {
             return Ok(());
         }
-        let done = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(send_chunks(
-            self.ds.clone(),
-            self.out.clone(),
-            stream,
-            list,
-            done.clone(),
-        ));
-        self.streams.insert(
-            stream,
-            Stream::Task {
-                hash_list: false,
-                done,
-                abort: task.abort_handle(),
-            },
-        );
+        let (ds, out) = (self.ds.clone(), self.out.clone());
+        self.spawn_stream_task(stream, false, |done| {
+            send_chunks(ds, out, stream, list, done)
+        });
         Ok(())
     }
 }

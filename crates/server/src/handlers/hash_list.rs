@@ -10,7 +10,7 @@ use hoard_datastore::Datastore;
 use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
 use hoard_protocol::{DigestList, ErrorId, Message};
 
-use crate::connection::{Connection, Flow, Stream};
+use crate::connection::{Connection, Flow};
 use crate::writer::Outbox;
 
 impl Connection {
@@ -29,22 +29,10 @@ impl Connection {
                 )
                 .await;
         }
-        let done = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(send_hash_list(
-            self.ds.clone(),
-            self.out.clone(),
-            stream,
-            path,
-            done.clone(),
-        ));
-        self.streams.insert(
-            stream,
-            Stream::Task {
-                hash_list: true,
-                done,
-                abort: task.abort_handle(),
-            },
-        );
+        let (ds, out) = (self.ds.clone(), self.out.clone());
+        self.spawn_stream_task(stream, true, |done| {
+            send_hash_list(ds, out, stream, path, done)
+        });
         Ok(())
     }
 }
