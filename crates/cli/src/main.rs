@@ -1,6 +1,10 @@
-//! The `hoard` command: server and (later) client subcommands.
+//! The `hoard` command: the server and the client subcommands.
 
+mod backup;
+mod client_args;
+mod restore;
 mod serve;
+mod snapshots;
 
 use std::process::ExitCode;
 
@@ -21,18 +25,36 @@ struct Cli {
 enum Command {
     /// Serve a datastore over the hoard protocol.
     Serve(serve::ServeArgs),
+    /// Back up disk images (regular files or block devices) into a new
+    /// snapshot, uploading only what the server lacks.
+    Backup(backup::BackupArgs),
+    /// List the snapshots on the server.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Restore an image of a snapshot to a file, a block device or stdout.
+    Restore(restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Backup(args) => backup::run(args),
+        Command::Snapshots(args) => snapshots::run(args),
+        Command::Restore(args) => restore::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hoard: {e:#}");
-            ExitCode::from(1)
-        }
+        // Client errors carry their kind's exit code (README) and name
+        // their cause in their own message.
+        Err(e) => match e.downcast_ref::<hoard_client::Error>() {
+            Some(client) => {
+                eprintln!("hoard: {client}");
+                ExitCode::from(client.exit_code())
+            }
+            None => {
+                eprintln!("hoard: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

@@ -260,6 +260,7 @@ fn unknown_and_server_only_types_are_errors() {
             data: Bytes::from_static(b"x"),
         },
         Message::BackupCreated { path: "x".into() },
+        Message::SnapshotEntry(Bytes::new()),
     ];
     for m in server_only {
         c.send(8, &m);
@@ -807,4 +808,104 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
     // What was finished before is intact and readable.
     let digests = hash_list(&mut c, 4, &path);
     assert_eq!(download(&mut c, 5, &digests), data);
+}
+
+/// Collects a ListSnapshots answer: one manifest per entry, then an empty
+/// entry.
+fn list(c: &mut Conn, stream: u8, filter: SnapshotFilter) -> Vec<serde_json::Value> {
+    c.send(stream, &Message::ListSnapshots(filter));
+    let mut out = Vec::new();
+    loop {
+        match c.recv() {
+            (s, Message::SnapshotEntry(j)) if s == stream && j.is_empty() => return out,
+            (s, Message::SnapshotEntry(j)) if s == stream => {
+                out.push(serde_json::from_slice(&j).unwrap())
+            }
+            other => panic!("expected SnapshotEntry on {stream}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn extension_list_snapshots_and_file_attributes() {
+    let server = Server::start();
+    let mut c = server.connect();
+    // Attributes sent after CreateBackup land in the manifest entry.
+    let data = pattern(5000, 1);
+    c.send(
+        1,
+        &create(
+            BackupType::Vm,
+            "7",
+            T0,
+            BackupFlags::RAW,
+            "d.img",
+            4096,
+            5000,
+        ),
+    );
+    expect_created(&mut c, 1);
+    let attrs = hoard_types::SourceAttributes {
+        mtime_ns: 1_700_000_000_123_456_789,
+        ctime_ns: -5,
+        inode: 42,
+    };
+    c.send(1, &Message::FileAttributes(attrs));
+    let d0 = upload(&mut c, 1, &data[..4096]);
+    let d1 = upload(&mut c, 1, &data[4096..]);
+    c.send(1, &fixed(&[(0, d0), (1, d1)]));
+    c.send(1, &Message::BackupFinished);
+    c.expect_ok(1);
+    write_fixed(&mut c, 2, "8", "e.img");
+
+    // While the writer holds them, the snapshots are listed as writing.
+    let all = list(&mut c, 3, SnapshotFilter::default());
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["snapshot"], "vm/7/2019-04-23T12:23:36Z");
+    assert_eq!(all[0]["state"], "writing");
+    let file = &all[0]["files"][0];
+    assert_eq!(file["name"], "d.img.fidx");
+    assert_eq!(file["source"]["inode"], 42);
+    assert_eq!(file["source"]["mtime_ns"], 1_700_000_000_123_456_789i64);
+    assert_eq!(file["source"]["ctime_ns"], -5);
+    let only = list(
+        &mut c,
+        3,
+        SnapshotFilter {
+            ty: Some(BackupType::Vm),
+            id: Some(BackupId::new("8").unwrap()),
+        },
+    );
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["snapshot"], "vm/8/2019-04-23T12:23:36Z");
+    assert!(
+        list(
+            &mut c,
+            3,
+            SnapshotFilter {
+                ty: Some(BackupType::Ct),
+                id: None
+            }
+        )
+        .is_empty()
+    );
+
+    // Errors: attributes with no backup open; a malformed filter; a bad id.
+    c.send(4, &Message::FileAttributes(attrs));
+    c.expect_error(4, "no backup open");
+    c.send_raw(&[5, 64, 8, 0, 0, 0, 9, 0]);
+    c.expect_error(5, "backup type");
+    c.send_raw(&[5, 64, 11, 0, 0, 0, 0, 3, b'.', b'.', b'/']);
+    c.expect_error(5, "");
+    c.send_raw(&[5, 64, 10, 0, 0, 0, 0, 9, b'a', b'b']);
+    c.expect_error(5, "declares");
+    c.send_raw(&[5, 66, 10, 0, 0, 0, 1, 2, 3, 4]);
+    c.expect_error(5, "FileAttributes payload has 4 bytes");
+    // A client that half-closes and waits for the server to close finds
+    // its snapshots complete.
+    c.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(c.closed());
+    let mut c = server.connect();
+    let all = list(&mut c, 1, SnapshotFilter::default());
+    assert!(all.iter().all(|s| s["state"] == "complete"), "{all:?}");
 }

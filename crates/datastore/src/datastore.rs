@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use hoard_types::{
     BackupGroup, BackupId, BackupType, Digest, FileName, SnapshotPath, SnapshotTime,
+    SourceAttributes,
 };
 
 use crate::chunk_store::ChunkStore;
@@ -337,6 +338,7 @@ pub struct FileWriter {
     dest: PathBuf,
     raw: bool,
     chunk_size: Option<u32>,
+    source: Option<SourceAttributes>,
     index: FileIndexWriter,
 }
 
@@ -388,6 +390,7 @@ impl SnapshotWriter {
             stored_name,
             raw,
             chunk_size: (kind == FileKind::Fixed).then_some(chunk_size),
+            source: None,
             index,
         })
     }
@@ -446,6 +449,11 @@ impl SnapshotWriter {
 }
 
 impl FileWriter {
+    /// Records what the client's source looked like; kept in the manifest.
+    pub fn set_source(&mut self, source: SourceAttributes) {
+        self.source = Some(source);
+    }
+
     pub fn rel_path(&self) -> &str {
         &self.rel_path
     }
@@ -511,6 +519,7 @@ impl FileWriter {
             chunk_count: summary.chunk_count,
             index_csum: hex::encode(summary.csum),
             index_uuid: hex::encode(summary.uuid),
+            source: self.source,
         })
     }
 }

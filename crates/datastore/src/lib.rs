@@ -54,7 +54,10 @@ pub use fixed_index::{
     FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, MAX_FIXED_CHUNKS, MIN_FIXED_CHUNK_SIZE,
 };
 pub use index_file::IndexSummary;
-pub use manifest::{FileKind, MANIFEST_MAGIC, Manifest, ManifestFile, SnapshotState};
+pub use manifest::{
+    FileKind, MANIFEST_MAGIC, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState, Verification,
+    VerifyState,
+};
 
 /// Index files start with this many header bytes, entries follow.
 pub const INDEX_HEADER_SIZE: usize = 128;

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use hoard_types::SourceAttributes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -61,6 +62,25 @@ pub struct ManifestFile {
     pub index_csum: String,
     /// Hex unique id of the index (as in its header).
     pub index_uuid: String,
+    /// What the client's source file looked like (extension packet
+    /// FileAttributes), so the next backup can skip an unchanged file.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<SourceAttributes>,
+}
+
+/// Outcome of the last verification of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyState {
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub state: VerifyState,
+    /// When the verification ended, seconds since the epoch.
+    pub time: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +89,10 @@ pub struct Manifest {
     pub snapshot: String,
     pub state: SnapshotState,
     pub files: Vec<ManifestFile>,
+    /// The last verification, if any. A snapshot that failed is never an
+    /// incremental base.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verification: Option<Verification>,
 }
 
 impl Manifest {
@@ -78,11 +102,22 @@ impl Manifest {
             snapshot,
             state: SnapshotState::Writing,
             files: Vec::new(),
+            verification: None,
         }
     }
 
     pub fn file(&self, name: &str) -> Option<&ManifestFile> {
         self.files.iter().find(|f| f.name == name)
+    }
+
+    /// Whether a client may use this snapshot as an incremental base:
+    /// finished, and not known to be damaged.
+    pub fn usable_as_base(&self) -> bool {
+        self.state == SnapshotState::Complete
+            && self
+                .verification
+                .as_ref()
+                .is_none_or(|v| v.state != VerifyState::Failed)
     }
 
     pub fn load(path: &Path, display: &str) -> Result<Self> {

@@ -18,6 +18,11 @@ pub enum PacketType {
     BackupDataFixed = 10,
     BackupDataDynamic = 11,
     BackupFinished = 12,
+    // hoard extensions (docs/protocol.md, "Extensions"). Version 1 peers
+    // never send them; a server without them answers Error.
+    ListSnapshots = 64,
+    SnapshotEntry = 65,
+    FileAttributes = 66,
 }
 
 /// Which side of a connection may send a packet type.
@@ -44,6 +49,9 @@ impl PacketType {
             10 => BackupDataFixed,
             11 => BackupDataDynamic,
             12 => BackupFinished,
+            64 => ListSnapshots,
+            65 => SnapshotEntry,
+            66 => FileAttributes,
             _ => return None,
         })
     }
@@ -55,9 +63,11 @@ impl PacketType {
     pub fn sender(self) -> Sender {
         use PacketType::*;
         match self {
-            Hello | Ok | Error | HashListPart | Chunk | BackupCreated => Sender::Server,
+            Hello | Ok | Error | HashListPart | Chunk | BackupCreated | SnapshotEntry => {
+                Sender::Server
+            }
             GetHashList | DownloadChunks | UploadChunk | CreateBackup | BackupDataFixed
-            | BackupDataDynamic | BackupFinished => Sender::Client,
+            | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes => Sender::Client,
         }
     }
 }
@@ -123,12 +133,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_type_round_trips_and_13_is_unknown() {
-        for v in 0..=12u8 {
-            assert_eq!(PacketType::from_u8(v).unwrap().as_u8(), v);
-        }
-        for v in 13..=255u8 {
-            assert!(PacketType::from_u8(v).is_none());
+    fn every_type_round_trips_and_others_are_unknown() {
+        let known: Vec<u8> = (0..=12u8).chain(64..=66).collect();
+        for v in 0..=255u8 {
+            match PacketType::from_u8(v) {
+                Some(t) => {
+                    assert!(known.contains(&v), "{v}");
+                    assert_eq!(t.as_u8(), v);
+                }
+                None => assert!(!known.contains(&v), "{v}"),
+            }
         }
     }
 

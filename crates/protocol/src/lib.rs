@@ -20,4 +20,4 @@ mod message;
 pub use create_backup::{BackupFlags, CreateBackup};
 pub use header::{FrameError, Header, PacketType, Sender, check_frame};
 pub use lists::{DigestList, DynamicEntry, DynamicEntryList, FixedEntry, FixedEntryList};
-pub use message::{DecodeError, ErrorId, Message};
+pub use message::{ANY_TYPE, DecodeError, ErrorId, FILE_ATTRIBUTES_SIZE, Message, SnapshotFilter};

@@ -1,7 +1,7 @@
 //! Typed packets: decode one payload, encode one packet.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use hoard_types::{DIGEST_SIZE, Digest, NameError};
+use hoard_types::{BackupId, BackupType, DIGEST_SIZE, Digest, NameError, SourceAttributes};
 
 use crate::consts::{HEADER_SIZE, HELLO_MAGIC, HELLO_SIZE, MAX_PACKET_SIZE};
 use crate::create_backup::CreateBackup;
@@ -49,7 +49,29 @@ pub enum Message {
     BackupDataFixed(FixedEntryList),
     BackupDataDynamic(DynamicEntryList),
     BackupFinished,
+    /// Extension: the snapshots matching a filter, answered by
+    /// [`Message::SnapshotEntry`] packets.
+    ListSnapshots(SnapshotFilter),
+    /// Extension: one snapshot's manifest as JSON; an empty one ends the
+    /// list.
+    SnapshotEntry(Bytes),
+    /// Extension: what the source of the file open on this stream looked
+    /// like, recorded in the manifest.
+    FileAttributes(SourceAttributes),
 }
+
+/// Which snapshots a [`Message::ListSnapshots`] asks for. An id without a
+/// type is not expressible on the wire (the id is scoped by the type).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotFilter {
+    pub ty: Option<BackupType>,
+    pub id: Option<BackupId>,
+}
+
+/// Wire value of "any type" in a ListSnapshots filter.
+pub const ANY_TYPE: u8 = 0xff;
+/// FileAttributes payload: mtime ns i64, ctime ns i64, inode u64.
+pub const FILE_ATTRIBUTES_SIZE: usize = 24;
 
 /// A payload that does not fit its packet type. The connection survives:
 /// the header's length said where the next packet starts.
@@ -85,6 +107,8 @@ pub enum DecodeError {
     PathUtf8(&'static str),
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error("ListSnapshots names a backup id but no backup type")]
+    FilterIdWithoutType,
 }
 
 fn exact(
@@ -134,6 +158,34 @@ fn decode_path(what: &'static str, mut p: &[u8]) -> Result<String, DecodeError> 
     String::from_utf8(p.to_vec()).map_err(|_| DecodeError::PathUtf8(what))
 }
 
+fn decode_filter(mut p: &[u8]) -> Result<SnapshotFilter, DecodeError> {
+    at_least("ListSnapshots", "at least 2 bytes", 2, p)?;
+    let ty = p.get_u8();
+    let id_len = p.get_u8() as usize;
+    if id_len != p.len() {
+        return Err(DecodeError::PathLength {
+            what: "ListSnapshots",
+            declared: id_len,
+            got: p.len(),
+        });
+    }
+    let ty = match ty {
+        ANY_TYPE => None,
+        t => Some(BackupType::from_u8(t)?),
+    };
+    let id = match p {
+        [] => None,
+        _ => {
+            let s = std::str::from_utf8(p).map_err(|_| DecodeError::PathUtf8("ListSnapshots"))?;
+            Some(BackupId::new(s)?)
+        }
+    };
+    if id.is_some() && ty.is_none() {
+        return Err(DecodeError::FilterIdWithoutType);
+    }
+    Ok(SnapshotFilter { ty, id })
+}
+
 fn whole<T>(
     what: &'static str,
     expected: &'static str,
@@ -164,6 +216,9 @@ impl Message {
             BackupDataFixed(_) => PacketType::BackupDataFixed,
             BackupDataDynamic(_) => PacketType::BackupDataDynamic,
             BackupFinished => PacketType::BackupFinished,
+            ListSnapshots(_) => PacketType::ListSnapshots,
+            SnapshotEntry(_) => PacketType::SnapshotEntry,
+            FileAttributes(_) => PacketType::FileAttributes,
         }
     }
 
@@ -262,6 +317,16 @@ impl Message {
                 exact("BackupFinished", "0 bytes", 0, p)?;
                 Message::BackupFinished
             }
+            PacketType::ListSnapshots => Message::ListSnapshots(decode_filter(p)?),
+            PacketType::SnapshotEntry => Message::SnapshotEntry(payload),
+            PacketType::FileAttributes => {
+                exact("FileAttributes", "24 bytes", FILE_ATTRIBUTES_SIZE, p)?;
+                Message::FileAttributes(SourceAttributes {
+                    mtime_ns: payload.get_i64_le(),
+                    ctime_ns: payload.get_i64_le(),
+                    inode: payload.get_u64_le(),
+                })
+            }
         })
     }
 
@@ -273,6 +338,7 @@ impl Message {
             Message::HashListPart(l) | Message::DownloadChunks(l) => Some(l.as_bytes()),
             Message::BackupDataFixed(l) => Some(l.as_bytes()),
             Message::BackupDataDynamic(l) => Some(l.as_bytes()),
+            Message::SnapshotEntry(json) => Some(json),
             _ => None,
         }
     }
@@ -286,6 +352,8 @@ impl Message {
             Message::Chunk { .. } => 8 + DIGEST_SIZE,
             Message::UploadChunk { .. } => DIGEST_SIZE,
             Message::CreateBackup(c) => c.encoded_len(),
+            Message::ListSnapshots(f) => 2 + f.id.as_ref().map_or(0, |id| id.as_str().len()),
+            Message::FileAttributes(_) => FILE_ATTRIBUTES_SIZE,
             _ => 0,
         }
     }
@@ -333,6 +401,17 @@ impl Message {
             }
             Message::UploadChunk { digest, .. } => out.put_slice(digest.as_bytes()),
             Message::CreateBackup(c) => c.encode_payload(out),
+            Message::ListSnapshots(f) => {
+                out.put_u8(f.ty.map_or(ANY_TYPE, |t| t.as_u8()));
+                let id = f.id.as_ref().map_or("", |id| id.as_str());
+                out.put_u8(id.len() as u8);
+                out.put_slice(id.as_bytes());
+            }
+            Message::FileAttributes(a) => {
+                out.put_i64_le(a.mtime_ns);
+                out.put_i64_le(a.ctime_ns);
+                out.put_u64_le(a.inode);
+            }
             _ => {}
         }
     }

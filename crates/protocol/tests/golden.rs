@@ -168,3 +168,54 @@ fn backup_data_fixed_and_dynamic() {
 fn backup_finished() {
     golden(1, Message::BackupFinished, "01 0c 06000000");
 }
+
+#[test]
+fn extension_list_snapshots() {
+    // filter type, id length, id
+    golden(
+        4,
+        Message::ListSnapshots(SnapshotFilter {
+            ty: Some(BackupType::Vm),
+            id: Some(BackupId::new("100").unwrap()),
+        }),
+        "04 40 0b000000 00 03 313030",
+    );
+    golden(
+        4,
+        Message::ListSnapshots(SnapshotFilter::default()),
+        "04 40 08000000 ff 00",
+    );
+    golden(
+        4,
+        Message::SnapshotEntry(Bytes::from_static(b"{}")),
+        "04 41 08000000 7b7d",
+    );
+    golden(4, Message::SnapshotEntry(Bytes::new()), "04 41 06000000");
+}
+
+#[test]
+fn extension_list_snapshots_refuses_an_id_without_type() {
+    let wire = hexb("04 40 0b000000 ff 03 313030");
+    let header = check_frame(&wire).unwrap().unwrap();
+    assert_eq!(
+        Message::decode(&header, Bytes::copy_from_slice(&wire[6..])),
+        Err(DecodeError::FilterIdWithoutType)
+    );
+    let wire = hexb("04 40 0a000000 00 03 3130");
+    let header = check_frame(&wire).unwrap().unwrap();
+    assert!(Message::decode(&header, Bytes::copy_from_slice(&wire[6..])).is_err());
+}
+
+#[test]
+fn extension_file_attributes() {
+    // mtime ns i64, ctime ns i64, inode u64
+    golden(
+        2,
+        Message::FileAttributes(hoard_types::SourceAttributes {
+            mtime_ns: 0x0102030405060708,
+            ctime_ns: -1,
+            inode: 0x99,
+        }),
+        "02 42 1e000000 0807060504030201 ffffffffffffffff 9900000000000000",
+    );
+}

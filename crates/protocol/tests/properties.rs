@@ -80,6 +80,25 @@ fn message() -> impl Strategy<Value = Message> {
             Message::BackupDataDynamic(DynamicEntryList::from_entries(&e))
         }),
         Just(Message::BackupFinished),
+        (
+            prop::option::of(0u8..3),
+            "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}",
+            any::<bool>()
+        )
+            .prop_map(|(ty, id, with_id)| {
+                let ty = ty.map(|t| BackupType::from_u8(t).unwrap());
+                let id = (with_id && ty.is_some()).then(|| BackupId::new(&id).unwrap());
+                Message::ListSnapshots(SnapshotFilter { ty, id })
+            }),
+        prop::collection::vec(any::<u8>(), 0..300)
+            .prop_map(|j| Message::SnapshotEntry(Bytes::from(j))),
+        (any::<i64>(), any::<i64>(), any::<u64>()).prop_map(|(mtime_ns, ctime_ns, inode)| {
+            Message::FileAttributes(hoard_types::SourceAttributes {
+                mtime_ns,
+                ctime_ns,
+                inode,
+            })
+        }),
     ]
 }
 

@@ -26,8 +26,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
-use crate::frame_reader::{FrameReader, ReadError};
-use crate::writer::{self, OUTBOX_DEPTH, Outbox};
+use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, ReadError, writer};
 
 /// The client went away; nothing more can be sent.
 #[derive(Debug)]
@@ -181,6 +180,8 @@ impl Connection {
             Message::BackupFinished => self.backup_finished(stream).await,
             Message::GetHashList { path } => self.get_hash_list(stream, path).await,
             Message::DownloadChunks(list) => self.download_chunks(stream, list).await,
+            Message::ListSnapshots(filter) => self.list_snapshots(stream, filter).await,
+            Message::FileAttributes(attrs) => self.file_attributes(stream, attrs).await,
             other => {
                 debug_assert!(other.packet_type().sender() == Sender::Server);
                 self.fail(

@@ -2,7 +2,7 @@
 //!
 //! Each connection is a task that reads packets in order and dispatches
 //! them ([`connection`]); responses go through a bounded channel to a
-//! writer task ([`writer`]), so a client that does not read slows only its
+//! writer task (`hoard_transport::writer`), so a client that does not read slows only its
 //! own connection. Chunk uploads are hashed and written on blocking
 //! threads, at most [`ServerConfig::max_chunk_writes`] at a time across
 //! all connections; while a connection waits for a slot it stops reading
@@ -13,9 +13,7 @@
 //! closed connection; it never reaches another connection's state.
 
 mod connection;
-mod frame_reader;
 mod handlers;
-mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;

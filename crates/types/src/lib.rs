@@ -8,12 +8,14 @@
 
 mod digest;
 mod names;
+mod source;
 
 pub use digest::{DIGEST_SIZE, Digest, DigestParseError};
 pub use names::{
     BackupGroup, BackupId, BackupType, FileName, MAX_BACKUP_ID_LEN, MAX_FILE_NAME_LEN, NameError,
     SnapshotPath, SnapshotTime,
 };
+pub use source::SourceAttributes;
 
 /// Largest chunk, in bytes: one that still fits a protocol Chunk packet
 /// (16 MiB minus a 46-byte packet head). The protocol crate asserts this.

@@ -176,6 +176,11 @@ impl SnapshotTime {
         self.0 as u64
     }
 
+    /// The current time, to the second.
+    pub fn now() -> Self {
+        SnapshotTime(jiff::Timestamp::now().as_second().max(0))
+    }
+
     pub fn timestamp(self) -> jiff::Timestamp {
         // The constructor checked the range.
         jiff::Timestamp::from_second(self.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH)

@@ -3,7 +3,7 @@
 
 use hoard_datastore::{ChunkStore, FileKind, FileWriter};
 use hoard_protocol::{CreateBackup, DynamicEntryList, FixedEntryList, Message};
-use hoard_types::{BackupGroup, Digest, SnapshotPath};
+use hoard_types::{BackupGroup, Digest, SnapshotPath, SourceAttributes};
 use tokio::task::block_in_place;
 
 use crate::connection::{BackupStream, Connection, Flow, Stream};
@@ -134,6 +134,23 @@ impl Connection {
         match block_in_place(|| apply(&mut b.file, store)) {
             Ok(()) => Ok(()),
             Err(e) => self.fail_ds(stream, e).await,
+        }
+    }
+
+    /// Extension FileAttributes: remembered for the file's manifest entry.
+    pub(crate) async fn file_attributes(&mut self, stream: u8, attrs: SourceAttributes) -> Flow {
+        match self.streams.get_mut(&stream) {
+            Some(Stream::Backup(b)) => {
+                b.file.set_source(attrs);
+                Ok(())
+            }
+            _ => {
+                self.fail(
+                    stream,
+                    format!("FileAttributes on stream {stream}, which has no backup open"),
+                )
+                .await
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use hoard_datastore::Datastore;
 use hoard_protocol::{DigestList, ErrorId, Message};
 
 use crate::connection::{Connection, Flow};
-use crate::writer::Outbox;
+use hoard_transport::Outbox;
 
 /// Chunk reads in flight ahead of the one being sent.
 const READ_AHEAD: usize = 3;

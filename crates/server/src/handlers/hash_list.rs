@@ -11,7 +11,7 @@ use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
 use hoard_protocol::{DigestList, ErrorId, Message};
 
 use crate::connection::{Connection, Flow};
-use crate::writer::Outbox;
+use hoard_transport::Outbox;
 
 impl Connection {
     pub(crate) async fn get_hash_list(&mut self, stream: u8, path: String) -> Flow {

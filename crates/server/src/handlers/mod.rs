@@ -4,6 +4,7 @@
 mod backup;
 mod download;
 mod hash_list;
+mod list_snapshots;
 mod upload;
 
 use hoard_protocol::ErrorId;

@@ -6,7 +6,8 @@ use hoard_protocol::Message;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-/// Messages queued for the client; bounded so a slow reader pushes back.
+/// Messages queued for the peer; bounded so a slow reader pushes back.
+/// The sending side of a connection's outbox.
 pub type Outbox = mpsc::Sender<(u8, Message)>;
 
 /// How many messages may wait for the socket.

@@ -1,0 +1,190 @@
+//! `hoard backup`: disk images into one new snapshot.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+use hoard_client::backup::{BackupOptions, BackupReport, ImageSpec, backup_images};
+use hoard_client::{Error, Progress};
+use hoard_types::{BackupGroup, BackupId, BackupType, FileName, SnapshotPath, SnapshotTime};
+
+use crate::client_args::{
+    ClientArgs, OutputFormat, ProgressView, buffers, bytes, print_json, rate, runtime,
+};
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Backup type.
+    #[arg(long = "type", value_parser = parse_type)]
+    ty: BackupType,
+    /// Backup id, e.g. the VM number.
+    #[arg(long, value_parser = parse_id)]
+    id: BackupId,
+    /// Snapshot time: `YYYY-MM-DDTHH:MM:SSZ` or seconds since the epoch.
+    /// [default: now]
+    #[arg(long, value_parser = parse_time)]
+    time: Option<SnapshotTime>,
+    /// Fixed chunk size: a power of two from 4K to 8M.
+    #[arg(long, default_value = "4M", value_parser = parse_chunk_size)]
+    chunk_size: u32,
+    /// Read every image, even one whose size, mtime, ctime and inode match
+    /// the previous snapshot.
+    #[arg(long)]
+    reread: bool,
+    /// Images to back up, as NAME=PATH (a regular file or a block device);
+    /// NAME is how the image is stored and restored, e.g. drive-scsi0.img.
+    #[arg(required = true, value_parser = parse_image)]
+    images: Vec<(FileName, PathBuf)>,
+}
+
+pub fn parse_type(s: &str) -> Result<BackupType, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+pub fn parse_id(s: &str) -> Result<BackupId, String> {
+    BackupId::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_time(s: &str) -> Result<SnapshotTime, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => SnapshotTime::from_epoch(secs).map_err(|e| e.to_string()),
+        Err(_) => s.parse().map_err(|e| format!("{e}")),
+    }
+}
+
+/// `4M`, `64K`, `4MiB`, `4194304`.
+fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let lower = s.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mul) = match trimmed.chars().last() {
+        Some('k') => (&trimmed[..trimmed.len() - 1], 1u64 << 10),
+        Some('m') => (&trimmed[..trimmed.len() - 1], 1 << 20),
+        _ => (trimmed, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4M or 64K"))?;
+    let size = n.saturating_mul(mul);
+    if !size.is_power_of_two() || !(4096..=8 << 20).contains(&size) {
+        return Err(format!("{s} is not a power of two from 4K to 8M"));
+    }
+    Ok(size as u32)
+}
+
+fn parse_image(s: &str) -> Result<(FileName, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
+    let name = FileName::new(name).map_err(|e| format!("image name {name:?}: {e}"))?;
+    if path.is_empty() {
+        return Err(format!("{s:?} names no path"));
+    }
+    Ok((name, PathBuf::from(path)))
+}
+
+pub fn run(args: BackupArgs) -> Result<()> {
+    let mut seen = HashSet::new();
+    for (name, _) in &args.images {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::Usage(format!("image name {name} is given twice")).into());
+        }
+    }
+    let time = match args.time {
+        Some(t) => t,
+        None => SnapshotTime::now(),
+    };
+    let snapshot = SnapshotPath {
+        group: BackupGroup {
+            ty: args.ty,
+            id: args.id.clone(),
+        },
+        time,
+    };
+    let opts = BackupOptions {
+        snapshot,
+        chunk_size: args.chunk_size,
+        reuse_unchanged: !args.reread,
+        buffers: buffers(),
+    };
+    let images = args
+        .images
+        .iter()
+        .map(|(name, path)| ImageSpec {
+            name: name.clone(),
+            path: path.clone(),
+        })
+        .collect();
+    let progress = Arc::new(Progress::default());
+    let report = runtime()?.block_on(async {
+        let conn = Arc::new(args.client.connect().await?);
+        let view = ProgressView::start(progress.clone(), args.client.quiet, "backup");
+        let result = backup_images(conn.clone(), opts, images, progress).await;
+        view.finish();
+        let report = result?;
+        // Closing waits for the server to mark the snapshot complete.
+        Arc::into_inner(conn)
+            .expect("backup tasks have ended")
+            .close()
+            .await?;
+        Ok::<_, Error>(report)
+    })?;
+    if args.client.output_format == OutputFormat::Json {
+        print_json(&report)?;
+    }
+    args.client.summary(&summary(&report));
+    Ok(())
+}
+
+fn summary(r: &BackupReport) -> String {
+    let size = r.total(|i| i.size);
+    let unchanged = r.images.iter().filter(|i| i.unchanged).count();
+    let unchanged = match unchanged {
+        0 => String::new(),
+        1 => ", 1 image unchanged".to_string(),
+        n => format!(", {n} images unchanged"),
+    };
+    format!(
+        "backup {}: read {}, uploaded {} in {} chunks, reused {} of {} chunks{unchanged}, {:.2} s, {}",
+        r.snapshot,
+        bytes(r.total(|i| i.bytes_read)),
+        bytes(r.total(|i| i.bytes_uploaded)),
+        r.total(|i| i.chunks_uploaded),
+        r.total(|i| i.chunks_reused),
+        r.total(|i| i.chunks),
+        r.seconds,
+        rate(size, r.seconds),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_chunk_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_chunk_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_chunk_size("4096"), Ok(4096));
+        assert!(parse_chunk_size("3M").is_err());
+        assert!(parse_chunk_size("2K").is_err());
+        assert!(parse_chunk_size("16M").is_err());
+        assert!(parse_chunk_size("x").is_err());
+    }
+
+    #[test]
+    fn images_and_times() {
+        let (n, p) = parse_image("d.img=/dev/sda").unwrap();
+        assert_eq!((n.as_str(), p.to_str().unwrap()), ("d.img", "/dev/sda"));
+        assert!(parse_image("d.img").is_err());
+        assert!(parse_image("a/b=/x").is_err());
+        assert!(parse_image("d.img=").is_err());
+        assert_eq!(parse_time("0").unwrap().to_string(), "1970-01-01T00:00:00Z");
+        assert!(parse_time("2026-11-24T10:00:00Z").is_ok());
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! `hoard snapshots`: what the server holds.
+
+use anyhow::Result;
+use clap::Args;
+use hoard_client::requests::{Listed, display_name, list_snapshots};
+use hoard_protocol::SnapshotFilter;
+use hoard_types::{BackupId, BackupType};
+use serde::Serialize;
+
+use crate::backup::{parse_id, parse_type};
+use crate::client_args::{ClientArgs, OutputFormat, bytes, print_json, runtime};
+
+#[derive(Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only snapshots of this backup type.
+    #[arg(long = "type", value_parser = parse_type)]
+    ty: Option<BackupType>,
+    /// Only snapshots of this backup id.
+    #[arg(long, value_parser = parse_id)]
+    id: Option<BackupId>,
+}
+
+/// One snapshot as `--output-format json` prints it.
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    snapshot: String,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    id: &'a str,
+    time: String,
+    state: hoard_datastore::SnapshotState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verification: Option<&'a hoard_datastore::Verification>,
+    files: Vec<FileJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct FileJson<'a> {
+    name: &'a str,
+    kind: hoard_datastore::FileKind,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk_size: Option<u32>,
+    chunks: u64,
+}
+
+fn to_json(s: &Listed) -> SnapshotJson<'_> {
+    SnapshotJson {
+        snapshot: s.path.to_string(),
+        ty: s.path.group.ty.as_str(),
+        id: s.path.group.id.as_str(),
+        time: s.path.time.to_string(),
+        state: s.manifest.state,
+        verification: s.manifest.verification.as_ref(),
+        files: s
+            .manifest
+            .files
+            .iter()
+            .map(|f| FileJson {
+                name: display_name(f),
+                kind: f.kind,
+                size: f.file_size,
+                chunk_size: f.chunk_size,
+                chunks: f.chunk_count,
+            })
+            .collect(),
+    }
+}
+
+pub fn run(args: SnapshotsArgs) -> Result<()> {
+    // The wire filter scopes an id by its type; an id alone is filtered
+    // here.
+    let filter = SnapshotFilter {
+        ty: args.ty,
+        id: args.ty.and(args.id.clone()),
+    };
+    let list = runtime()?.block_on(async {
+        let conn = args.client.connect().await?;
+        let list = list_snapshots(&conn, filter).await?;
+        conn.close().await?;
+        Ok::<_, hoard_client::Error>(list)
+    })?;
+    let list: Vec<&Listed> = list
+        .iter()
+        .filter(|s| args.id.as_ref().is_none_or(|id| *id == s.path.group.id))
+        .collect();
+    if args.client.output_format == OutputFormat::Json {
+        let json: Vec<SnapshotJson> = list.iter().map(|s| to_json(s)).collect();
+        return print_json(&json);
+    }
+    if list.is_empty() {
+        eprintln!("no snapshots");
+        return Ok(());
+    }
+    let width = list
+        .iter()
+        .map(|s| s.path.to_string().len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "{:width$}  {:10}  {:>11}  FILE",
+        "SNAPSHOT", "STATE", "SIZE"
+    );
+    for s in list {
+        let mut state = format!("{:?}", s.manifest.state).to_lowercase();
+        if let Some(v) = &s.manifest.verification
+            && v.state == hoard_datastore::VerifyState::Failed
+        {
+            state = "damaged".into();
+        }
+        let mut first = true;
+        for f in &s.manifest.files {
+            let snap = if first {
+                s.path.to_string()
+            } else {
+                String::new()
+            };
+            let st = if first { state.as_str() } else { "" };
+            println!(
+                "{snap:width$}  {st:10}  {:>11}  {}",
+                bytes(f.file_size),
+                display_name(f)
+            );
+            first = false;
+        }
+        if first {
+            println!("{:width$}  {state:10}  {:>11}  -", s.path.to_string(), "");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! Image backup: disk images as fixed-size chunks, one stream per image,
+//! all images of a snapshot at once over one connection.
+//!
+//! Per image, a reader thread reads the source sequentially in chunk-size
+//! pieces (skipping the holes of sparse files without reading them) and
+//! hands each piece to a blocking task that hashes it, so hashing runs on
+//! every core. The stream task takes the hashed chunks back in order,
+//! uploads those the server does not have and sends the index entries.
+//! A semaphore shared by all images bounds the chunk buffers alive at
+//! once, which bounds memory whatever the image sizes.
+//!
+//! What the server "has": the chunks of the file's base (the newest
+//! finished, undamaged snapshot of the group holding a file of that name,
+//! fetched with GetHashList) and every chunk sent earlier in this run.
+
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hoard_datastore::{FileKind, ManifestFile};
+use hoard_protocol::consts::MAX_ENTRIES_PER_PACKET;
+use hoard_protocol::{
+    BackupFlags, CreateBackup, FixedEntry, FixedEntryList, Message, SnapshotFilter,
+};
+use hoard_types::{Digest, FileName, SnapshotPath};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::conn::{Connection, Stream, unexpected};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::requests::{Listed, find_base, hash_list, list_snapshots};
+use crate::source::Source;
+use crate::zero::{is_zero, zero_digest};
+
+/// Uploads sent on one stream whose Ok has not arrived yet.
+const UPLOAD_WINDOW: usize = 16;
+/// Index entries per BackupDataFixed packet (40 bytes each).
+const ENTRY_BATCH: usize = 4096;
+const _: () = assert!(ENTRY_BATCH <= MAX_ENTRIES_PER_PACKET);
+
+/// One image to back up: stored as `NAME.fidx`.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    pub name: FileName,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub snapshot: SnapshotPath,
+    pub chunk_size: u32,
+    /// Reuse the base's index for a regular file whose size, mtime, ctime
+    /// and inode are unchanged, without reading it.
+    pub reuse_unchanged: bool,
+    /// Chunk buffers alive at once, all images together.
+    pub buffers: usize,
+}
+
+/// What one image's backup did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImageReport {
+    pub name: String,
+    pub source: PathBuf,
+    pub size: u64,
+    /// The index this backup compared against, if any.
+    pub base: Option<String>,
+    /// The base's index was reused without reading the source.
+    pub unchanged: bool,
+    pub bytes_read: u64,
+    pub chunks: u64,
+    pub chunks_uploaded: u64,
+    pub bytes_uploaded: u64,
+    /// Chunks the server had already (from the base or this run).
+    pub chunks_reused: u64,
+    /// All-zero chunks (counted in uploaded or reused as well).
+    pub chunks_zero: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub snapshot: String,
+    pub images: Vec<ImageReport>,
+    pub seconds: f64,
+}
+
+impl BackupReport {
+    pub fn total(&self, f: impl Fn(&ImageReport) -> u64) -> u64 {
+        self.images.iter().map(f).sum()
+    }
+}
+
+/// Backs up `images` into one new snapshot over `conn`. Every source is
+/// opened before anything is sent, so an unreadable one fails early.
+pub async fn backup_images(
+    conn: Arc<Connection>,
+    opts: BackupOptions,
+    images: Vec<ImageSpec>,
+    progress: Arc<Progress>,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let mut sources = Vec::with_capacity(images.len());
+    for spec in &images {
+        let src = Source::open(&spec.path)?;
+        progress.add_total(src.size);
+        sources.push(src);
+    }
+    let group = opts.snapshot.group.clone();
+    let filter = SnapshotFilter {
+        ty: Some(group.ty),
+        id: Some(group.id.clone()),
+    };
+    let (listed, extensions) = match list_snapshots(&conn, filter).await {
+        Ok(l) => (l, true),
+        // A server without hoard's extensions: no bases, no attributes.
+        Err(Error::Server { message, .. }) => {
+            tracing::warn!("no incremental base: the server cannot list snapshots ({message})");
+            (Vec::new(), false)
+        }
+        Err(e) => return Err(e),
+    };
+    let listed = Arc::new(listed);
+    let shared = Arc::new(RunState {
+        known: Mutex::new(HashSet::new()),
+        buffers: Arc::new(Semaphore::new(opts.buffers.max(1))),
+        progress,
+        extensions,
+    });
+    let mut tasks = Vec::new();
+    for (spec, src) in images.into_iter().zip(sources) {
+        let job = ImageJob {
+            conn: conn.clone(),
+            opts: opts.clone(),
+            spec,
+            src,
+            listed: listed.clone(),
+            run: shared.clone(),
+        };
+        tasks.push(tokio::spawn(job.run()));
+    }
+    let mut reports = Vec::new();
+    let mut first_err = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(Error::Protocol(format!("backup task failed: {e}")));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(BackupReport {
+        snapshot: opts.snapshot.to_string(),
+        images: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// State shared by the images of one run.
+struct RunState {
+    /// Digests the server is known to hold, or that were queued for
+    /// upload on this connection (the server orders references after
+    /// uploads on one connection).
+    known: Mutex<HashSet<Digest>>,
+    buffers: Arc<Semaphore>,
+    progress: Arc<Progress>,
+    /// The server understands hoard's extension packets.
+    extensions: bool,
+}
+
+struct ImageJob {
+    conn: Arc<Connection>,
+    opts: BackupOptions,
+    spec: ImageSpec,
+    src: Source,
+    listed: Arc<Vec<Listed>>,
+    run: Arc<RunState>,
+}
+
+/// A chunk read and hashed; `data` is `None` for an all-zero chunk.
+struct Hashed {
+    index: u64,
+    len: usize,
+    digest: Digest,
+    data: Option<Bytes>,
+    _buffer: OwnedSemaphorePermit,
+}
+
+fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+    size.div_ceil(chunk_size as u64)
+}
+
+impl ImageJob {
+    async fn run(self) -> Result<ImageReport> {
+        let stored_name = format!("{}{}", self.spec.name, FileKind::Fixed.suffix());
+        let base = find_base(
+            &self.listed,
+            &self.opts.snapshot.group,
+            &self.opts.snapshot,
+            &stored_name,
+        )
+        .map(|(s, f)| (format!("{}/{}", s.path, f.name), f.clone()));
+        let mut report = ImageReport {
+            name: self.spec.name.to_string(),
+            source: self.src.path.clone(),
+            size: self.src.size,
+            base: base.as_ref().map(|(p, _)| p.clone()),
+            chunks: chunk_count(self.src.size, self.opts.chunk_size),
+            ..ImageReport::default()
+        };
+        let mut stream = self.conn.open_stream(UPLOAD_WINDOW + 8)?;
+        let what = format!("the backup of {}", self.spec.name);
+        // EXCL: a run never adds to a snapshot that existed before it.
+        let flags = BackupFlags::EXCL | BackupFlags::RAW;
+        stream
+            .send(Message::CreateBackup(CreateBackup {
+                backup_type: self.opts.snapshot.group.ty,
+                id: self.opts.snapshot.group.id.clone(),
+                time: self.opts.snapshot.time,
+                flags: BackupFlags(flags),
+                name: self.spec.name.clone(),
+                chunk_size: self.opts.chunk_size,
+                file_size: self.src.size,
+            }))
+            .await?;
+        match stream.recv(&what).await? {
+            Message::BackupCreated { .. } => {}
+            other => return Err(unexpected(&what, &other)),
+        }
+        if self.run.extensions
+            && let Some(attrs) = self.src.attrs
+        {
+            stream.send(Message::FileAttributes(attrs)).await?;
+        }
+        if let Some((path, file)) = &base {
+            let digests = hash_list(&self.conn, path).await?;
+            if self.unchanged(file) && digests.len() as u64 == report.chunks {
+                report.unchanged = true;
+                report.chunks_reused = report.chunks;
+                self.run.progress.advance(self.src.size);
+                send_entries(&mut stream, digests.into_iter().enumerate()).await?;
+                stream.send(Message::BackupFinished).await?;
+                stream.recv_ok(&what).await?;
+                stream.finish();
+                return Ok(report);
+            }
+            self.run
+                .known
+                .lock()
+                .expect("lock poisoned")
+                .extend(digests);
+        }
+        self.stream_chunks(&mut stream, &what, &mut report).await?;
+        stream.finish();
+        Ok(report)
+    }
+
+    /// The metadata shortcut applies: same source file, untouched since.
+    fn unchanged(&self, base: &ManifestFile) -> bool {
+        self.opts.reuse_unchanged
+            && self.src.attrs.is_some()
+            && base.source == self.src.attrs
+            && base.kind == FileKind::Fixed
+            && base.file_size == self.src.size
+            && base.chunk_size == Some(self.opts.chunk_size)
+    }
+
+    async fn stream_chunks(
+        &self,
+        stream: &mut Stream,
+        what: &str,
+        report: &mut ImageReport,
+    ) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<JoinHandle<Hashed>>(self.opts.buffers.max(1));
+        let reader = {
+            let file = self
+                .src
+                .file
+                .try_clone()
+                .map_err(Error::source_io(&self.src.path))?;
+            let src = Source {
+                path: self.src.path.clone(),
+                file,
+                size: self.src.size,
+                attrs: self.src.attrs,
+            };
+            let buffers = self.run.buffers.clone();
+            let chunk_size = self.opts.chunk_size;
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || read_chunks(src, chunk_size, buffers, tx, rt))
+        };
+        let mut entries = Vec::with_capacity(ENTRY_BATCH);
+        let mut in_flight = 0usize;
+        let mut zero_bytes: Option<Bytes> = None;
+        while let Some(job) = rx.recv().await {
+            let chunk = job
+                .await
+                .map_err(|e| Error::Protocol(format!("hashing task failed: {e}")))?;
+            self.run.progress.advance(chunk.len as u64);
+            report.bytes_read += chunk.len as u64;
+            if chunk.data.is_none() {
+                report.chunks_zero += 1;
+            }
+            let known = self
+                .run
+                .known
+                .lock()
+                .expect("lock poisoned")
+                .contains(&chunk.digest);
+            if known {
+                report.chunks_reused += 1;
+            } else {
+                let data = match chunk.data {
+                    Some(d) => d,
+                    None => zero_bytes
+                        .get_or_insert_with(|| Bytes::from(vec![0u8; chunk.len]))
+                        .slice(..chunk.len),
+                };
+                stream
+                    .send(Message::UploadChunk {
+                        digest: chunk.digest,
+                        data,
+                    })
+                    .await?;
+                // Queued behind the upload: any later reference, on any
+                // stream, reaches the server after it.
+                self.run
+                    .known
+                    .lock()
+                    .expect("lock poisoned")
+                    .insert(chunk.digest);
+                report.chunks_uploaded += 1;
+                report.bytes_uploaded += chunk.len as u64;
+                in_flight += 1;
+            }
+            entries.push(FixedEntry {
+                index: chunk.index,
+                digest: chunk.digest,
+            });
+            if entries.len() == ENTRY_BATCH {
+                send_fixed(stream, &entries).await?;
+                entries.clear();
+            }
+            // Oks (and an Error, should one come) are taken as they
+            // arrive, so the stream's queue never fills.
+            while let Some(m) = stream.try_recv(what) {
+                expect_ok(m?, what)?;
+                in_flight -= 1;
+            }
+            while in_flight >= UPLOAD_WINDOW {
+                stream.recv_ok(what).await?;
+                in_flight -= 1;
+            }
+        }
+        // The reader ended: completely, or with an error that must not
+        // become a finished file.
+        reader
+            .await
+            .map_err(|e| Error::Protocol(format!("reader task failed: {e}")))??;
+        if !entries.is_empty() {
+            send_fixed(stream, &entries).await?;
+        }
+        stream.send(Message::BackupFinished).await?;
+        for _ in 0..=in_flight {
+            stream.recv_ok(what).await?;
+        }
+        Ok(())
+    }
+}
+
+fn expect_ok(m: Message, what: &str) -> Result<()> {
+    match m {
+        Message::Ok => Ok(()),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+async fn send_fixed(stream: &Stream, entries: &[FixedEntry]) -> Result<()> {
+    stream
+        .send(Message::BackupDataFixed(FixedEntryList::from_entries(
+            entries,
+        )))
+        .await
+}
+
+async fn send_entries(
+    stream: &mut Stream,
+    digests: impl Iterator<Item = (usize, Digest)>,
+) -> Result<()> {
+    let mut entries = Vec::with_capacity(ENTRY_BATCH);
+    for (index, digest) in digests {
+        entries.push(FixedEntry {
+            index: index as u64,
+            digest,
+        });
+        if entries.len() == ENTRY_BATCH {
+            send_fixed(stream, &entries).await?;
+            entries.clear();
+        }
+    }
+    if !entries.is_empty() {
+        send_fixed(stream, &entries).await?;
+    }
+    Ok(())
+}
+
+/// Reads `src` in order, one chunk at a time, and starts hashing each on
+/// the blocking pool. Runs on a blocking thread.
+fn read_chunks(
+    src: Source,
+    chunk_size: u32,
+    buffers: Arc<Semaphore>,
+    tx: mpsc::Sender<JoinHandle<Hashed>>,
+    rt: tokio::runtime::Handle,
+) -> Result<()> {
+    let _ = rustix::fs::fadvise(&src.file, 0, None, rustix::fs::Advice::Sequential);
+    let count = chunk_count(src.size, chunk_size);
+    for index in 0..count {
+        let offset = index * chunk_size as u64;
+        let len = (src.size - offset).min(chunk_size as u64) as usize;
+        let Ok(permit) = rt.block_on(buffers.clone().acquire_owned()) else {
+            return Ok(());
+        };
+        let job = if src.is_hole(offset, len as u64) {
+            rt.spawn(async move {
+                Hashed {
+                    index,
+                    len,
+                    digest: zero_digest(len),
+                    data: None,
+                    _buffer: permit,
+                }
+            })
+        } else {
+            let mut buf = vec![0u8; len];
+            src.file
+                .read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::Source {
+                    path: src.path.clone(),
+                    source: std::io::Error::new(e.kind(), format!("at offset {offset}: {e}")),
+                })?;
+            rt.spawn_blocking(move || {
+                let (digest, data) = if is_zero(&buf) {
+                    (zero_digest(len), None)
+                } else {
+                    (Digest::of(&buf), Some(Bytes::from(buf)))
+                };
+                Hashed {
+                    index,
+                    len,
+                    digest,
+                    data,
+                    _buffer: permit,
+                }
+            })
+        };
+        if tx.blocking_send(job).is_err() {
+            // The stream task gave up; its error is what matters.
+            return Ok(());
+        }
+    }
+    Ok(())
+}

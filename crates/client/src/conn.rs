@@ -1,0 +1,275 @@
+//! One connection to a server, shared by many concurrent streams.
+//!
+//! A reader task routes each incoming packet to the [`Stream`] that owns
+//! its stream id; a writer task drains one bounded outbox to the socket.
+//! A stream id goes back to the pool only when its exchange ended cleanly
+//! ([`Stream::finish`]), so late packets of an abandoned request can never
+//! reach a new user of the id.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hoard_protocol::consts::{HELLO_STREAM, PROTOCOL_VERSION};
+use hoard_protocol::{ErrorId, Message};
+use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, writer};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Shared {
+    routes: Mutex<Routes>,
+    /// Why the connection ended, once it has.
+    lost: Mutex<Option<String>>,
+}
+
+struct Routes {
+    by_id: HashMap<u8, mpsc::Sender<Message>>,
+    free: VecDeque<u8>,
+    closed: bool,
+}
+
+impl Shared {
+    fn lost_reason(&self) -> String {
+        self.lost
+            .lock()
+            .expect("lock poisoned")
+            .clone()
+            .unwrap_or_else(|| "the server closed the connection".into())
+    }
+}
+
+pub struct Connection {
+    out: Outbox,
+    shared: Arc<Shared>,
+    /// The server answers one hash list per connection at a time.
+    pub(crate) hash_list_turn: tokio::sync::Mutex<()>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<std::io::Result<()>>,
+}
+
+impl Connection {
+    /// Connects and reads the server's Hello.
+    pub async fn connect(server: &str) -> Result<Connection> {
+        let connect_err = |source| Error::Connect {
+            server: server.to_string(),
+            source,
+        };
+        let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
+            .await
+            .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect_err)?;
+        sock.set_nodelay(true).map_err(connect_err)?;
+        let (read_half, write_half) = sock.into_split();
+        let mut reader =
+            FrameReader::new(tokio::io::BufReader::with_capacity(256 * 1024, read_half));
+        let hello = tokio::time::timeout(CONNECT_TIMEOUT, reader.next())
+            .await
+            .map_err(|_| Error::Protocol(format!("{server} sent no Hello")))?;
+        match hello {
+            Ok(Some((h, payload))) if h.stream == HELLO_STREAM => {
+                match Message::decode(&h, payload) {
+                    Ok(Message::Hello { version }) if version == PROTOCOL_VERSION => {}
+                    Ok(Message::Hello { version }) => {
+                        return Err(Error::Protocol(format!(
+                            "{server} speaks protocol version {version}, this client {PROTOCOL_VERSION}"
+                        )));
+                    }
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "{server} is not a hoard server (first packet {other:?})"
+                        )));
+                    }
+                }
+            }
+            Ok(_) => {
+                return Err(Error::Protocol(format!(
+                    "{server} is not a hoard server (no Hello)"
+                )));
+            }
+            Err(e) => return Err(Error::Protocol(format!("{server}: {e}"))),
+        }
+        let shared = Arc::new(Shared {
+            routes: Mutex::new(Routes {
+                by_id: HashMap::new(),
+                free: (1..=255).collect(),
+                closed: false,
+            }),
+            lost: Mutex::new(None),
+        });
+        let (out, rx) = mpsc::channel(OUTBOX_DEPTH);
+        let writer = tokio::spawn(writer::run(write_half, rx));
+        let reader = tokio::spawn(route_packets(reader, shared.clone()));
+        Ok(Connection {
+            out,
+            shared,
+            hash_list_turn: tokio::sync::Mutex::new(()),
+            reader,
+            writer,
+        })
+    }
+
+    /// A new stream whose incoming packets queue up to `depth` deep; a
+    /// full queue stops the reader for every stream, so a stream's owner
+    /// must keep reading (or bound what it asks for).
+    pub fn open_stream(&self, depth: usize) -> Result<Stream> {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        let mut routes = self.shared.routes.lock().expect("lock poisoned");
+        if routes.closed {
+            return Err(Error::ConnectionLost(self.shared.lost_reason()));
+        }
+        let id = routes
+            .free
+            .pop_front()
+            .ok_or_else(|| Error::Usage("more than 255 concurrent streams".into()))?;
+        routes.by_id.insert(id, tx);
+        Ok(Stream {
+            id,
+            rx,
+            out: self.out.clone(),
+            shared: self.shared.clone(),
+            clean: false,
+        })
+    }
+
+    /// Half-closes the connection and waits until the server closed its
+    /// side too: by then it has closed the snapshots this connection
+    /// wrote (docs/protocol.md), so they are complete when this returns.
+    pub async fn close(self) -> Result<()> {
+        drop(self.out);
+        match self.writer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::ConnectionLost(e.to_string())),
+            Err(e) => return Err(Error::ConnectionLost(e.to_string())),
+        }
+        let _ = self.reader.await;
+        Ok(())
+    }
+}
+
+async fn route_packets(
+    mut reader: FrameReader<tokio::io::BufReader<OwnedReadHalf>>,
+    shared: Arc<Shared>,
+) {
+    let reason = loop {
+        let (header, payload) = match reader.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        let msg = match Message::decode(&header, payload) {
+            Ok(m) => m,
+            Err(e) => break Some(format!("undecodable packet from the server: {e}")),
+        };
+        let route = {
+            let routes = shared.routes.lock().expect("lock poisoned");
+            routes.by_id.get(&header.stream).cloned()
+        };
+        match route {
+            // The owner may have given up on the stream; that is its call.
+            Some(tx) => drop(tx.send(msg).await),
+            None => match msg {
+                Message::Error { message, .. } => {
+                    // An Error on an unowned stream is what the server
+                    // sends before closing after a framing error.
+                    *shared.lost.lock().expect("lock poisoned") = Some(message);
+                }
+                other => tracing::debug!(stream = header.stream, "dropping {other:?}"),
+            },
+        }
+    };
+    if let Some(r) = reason {
+        shared.lost.lock().expect("lock poisoned").get_or_insert(r);
+    }
+    let mut routes = shared.routes.lock().expect("lock poisoned");
+    routes.closed = true;
+    routes.by_id.clear();
+}
+
+/// One stream id of a connection.
+pub struct Stream {
+    id: u8,
+    rx: mpsc::Receiver<Message>,
+    out: Outbox,
+    shared: Arc<Shared>,
+    clean: bool,
+}
+
+impl Stream {
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    pub async fn send(&self, msg: Message) -> Result<()> {
+        self.out
+            .send((self.id, msg))
+            .await
+            .map_err(|_| Error::ConnectionLost(self.shared.lost_reason()))
+    }
+
+    /// The next packet on this stream. An Error packet is returned as
+    /// [`Error::Server`], naming `what` was asked.
+    pub async fn recv(&mut self, what: &str) -> Result<Message> {
+        match self.rx.recv().await {
+            Some(Message::Error { id, message }) => Err(Error::Server {
+                what: what.to_string(),
+                message,
+                busy: id == ErrorId::Busy,
+            }),
+            Some(m) => Ok(m),
+            None => Err(Error::ConnectionLost(self.shared.lost_reason())),
+        }
+    }
+
+    /// A packet already queued on this stream, without waiting.
+    pub fn try_recv(&mut self, what: &str) -> Option<Result<Message>> {
+        match self.rx.try_recv() {
+            Ok(Message::Error { id, message }) => Some(Err(Error::Server {
+                what: what.to_string(),
+                message,
+                busy: id == ErrorId::Busy,
+            })),
+            Ok(m) => Some(Ok(m)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                Some(Err(Error::ConnectionLost(self.shared.lost_reason())))
+            }
+        }
+    }
+
+    /// Expects an Ok.
+    pub async fn recv_ok(&mut self, what: &str) -> Result<()> {
+        match self.recv(what).await? {
+            Message::Ok => Ok(()),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
+    /// The exchange on this stream ended as the protocol says: the id may
+    /// be reused.
+    pub fn finish(mut self) {
+        self.clean = true;
+    }
+}
+
+pub(crate) fn unexpected(what: &str, got: &Message) -> Error {
+    Error::Protocol(format!(
+        "unexpected {:?} packet while waiting for {what}",
+        got.packet_type()
+    ))
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut routes = self.shared.routes.lock().expect("lock poisoned");
+        routes.by_id.remove(&self.id);
+        if self.clean {
+            routes.free.push_back(self.id);
+        }
+    }
+}

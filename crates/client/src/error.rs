@@ -1,0 +1,71 @@
+//! What can go wrong on the client side, sorted by what the user has to
+//! do about it: each kind has its own exit code (README, "Exit codes").
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to server {server}: {source}")]
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("connection to the server lost: {0}")]
+    ConnectionLost(String),
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+    /// The server answered an Error packet.
+    #[error("server refused {what}: {message}{}", if *.busy { " (busy, try again later)" } else { "" })]
+    Server {
+        what: String,
+        message: String,
+        busy: bool,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cannot read source {}: {source}", .path.display())]
+    Source {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write target {}: {source}", .path.display())]
+    Target {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Damaged(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The process exit code for this error (README, "Exit codes").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Protocol(_) => 3,
+            Error::NotFound(_) => 4,
+            Error::Server { .. } => 5,
+            Error::Source { .. } => 6,
+            Error::Target { .. } => 7,
+            Error::Damaged(_) => 8,
+        }
+    }
+
+    pub(crate) fn source_io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Source {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn target_io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Target {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! hoard's client library: everything the `hoard` command does against a
+//! server, without the command line.
+//!
+//! - [`conn`]: one connection, many concurrent streams.
+//! - [`requests`]: hash lists and the snapshot list, and choosing a base.
+//! - [`backup`]: disk images as fixed-size chunks, incrementally.
+//! - [`restore`]: an image back to a file, a block device or a pipe.
+//!
+//! Errors are sorted by what the user has to do ([`Error::exit_code`]).
+
+pub mod backup;
+pub mod conn;
+mod error;
+pub mod progress;
+pub mod requests;
+pub mod restore;
+mod source;
+mod zero;
+
+pub use conn::Connection;
+pub use error::{Error, Result};
+pub use progress::Progress;

@@ -1,0 +1,198 @@
+//! The read-only requests: a finished file's digests (GetHashList) and
+//! the snapshot list (extension ListSnapshots), and the choices built on
+//! them: which snapshot is "latest", which is an incremental base.
+
+use hoard_datastore::{FileKind, Manifest, ManifestFile};
+use hoard_protocol::{Message, SnapshotFilter};
+use hoard_types::{BackupGroup, Digest, SnapshotPath};
+
+use crate::conn::{Connection, unexpected};
+use crate::error::{Error, Result};
+
+/// Packets of a hash list or listing that may queue before the reader
+/// waits for us; each is at most one packet (16 MiB) of digests.
+const LIST_DEPTH: usize = 4;
+
+/// The digests of a finished index, in index order.
+pub async fn hash_list(conn: &Connection, index_path: &str) -> Result<Vec<Digest>> {
+    let _turn = conn.hash_list_turn.lock().await;
+    let mut stream = conn.open_stream(LIST_DEPTH)?;
+    stream
+        .send(Message::GetHashList {
+            path: index_path.to_string(),
+        })
+        .await?;
+    let what = format!("the hash list of {index_path}");
+    let mut out = Vec::new();
+    loop {
+        match stream.recv(&what).await? {
+            Message::HashListPart(list) if list.is_empty() => break,
+            Message::HashListPart(list) => out.extend(list.iter()),
+            other => return Err(unexpected(&what, &other)),
+        }
+    }
+    stream.finish();
+    Ok(out)
+}
+
+/// A snapshot as listed by the server.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub path: SnapshotPath,
+    pub manifest: Manifest,
+}
+
+/// Every snapshot matching `filter`, oldest first within each group.
+pub async fn list_snapshots(conn: &Connection, filter: SnapshotFilter) -> Result<Vec<Listed>> {
+    let mut stream = conn.open_stream(LIST_DEPTH)?;
+    stream.send(Message::ListSnapshots(filter)).await?;
+    let what = "the snapshot list";
+    let mut out = Vec::new();
+    loop {
+        match stream.recv(what).await? {
+            Message::SnapshotEntry(json) if json.is_empty() => break,
+            Message::SnapshotEntry(json) => {
+                let manifest: Manifest = serde_json::from_slice(&json)
+                    .map_err(|e| Error::Protocol(format!("unreadable snapshot entry: {e}")))?;
+                let path = manifest.snapshot.parse().map_err(|e| {
+                    Error::Protocol(format!("snapshot entry names {:?}: {e}", manifest.snapshot))
+                })?;
+                out.push(Listed { path, manifest });
+            }
+            other => return Err(unexpected(what, &other)),
+        }
+    }
+    stream.finish();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The names a user may give for a stored file: its stored name
+/// (`disk.img.fidx`) or the name it was backed up under (`disk.img`).
+pub fn find_file<'a>(manifest: &'a Manifest, name: &str) -> Option<&'a ManifestFile> {
+    manifest.file(name).or_else(|| {
+        [FileKind::Fixed, FileKind::Dynamic]
+            .iter()
+            .find_map(|k| manifest.file(&format!("{name}{}", k.suffix())))
+    })
+}
+
+/// The name a file was backed up under (its stored name without suffix).
+pub fn display_name(file: &ManifestFile) -> &str {
+    file.name
+        .strip_suffix(file.kind.suffix())
+        .unwrap_or(&file.name)
+}
+
+/// The newest snapshot of `group` that is complete and holds `name`.
+pub fn latest<'a>(list: &'a [Listed], group: &BackupGroup, name: &str) -> Option<&'a Listed> {
+    list.iter().rev().find(|s| {
+        s.path.group == *group
+            && s.manifest.state == hoard_datastore::SnapshotState::Complete
+            && find_file(&s.manifest, name).is_some()
+    })
+}
+
+/// The incremental base for file `stored_name` of a new snapshot of
+/// `group`: the newest snapshot that is complete, not known to be
+/// damaged, older than `before`, and holds that file.
+pub fn find_base<'a>(
+    list: &'a [Listed],
+    group: &BackupGroup,
+    before: &SnapshotPath,
+    stored_name: &str,
+) -> Option<(&'a Listed, &'a ManifestFile)> {
+    list.iter()
+        .rev()
+        .filter(|s| s.path.group == *group && s.path.time < before.time)
+        .filter(|s| s.manifest.usable_as_base())
+        .find_map(|s| s.manifest.file(stored_name).map(|f| (s, f)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoard_datastore::{SnapshotState, Verification, VerifyState};
+
+    fn listed(path: &str, state: SnapshotState, failed: bool, files: &[&str]) -> Listed {
+        let mut manifest = Manifest::new(path.to_string());
+        manifest.state = state;
+        manifest.verification = failed.then_some(Verification {
+            state: VerifyState::Failed,
+            time: 0,
+        });
+        manifest.files = files
+            .iter()
+            .map(|n| ManifestFile {
+                name: format!("{n}.fidx"),
+                kind: FileKind::Fixed,
+                raw: true,
+                file_size: 1,
+                chunk_size: Some(4096),
+                chunk_count: 1,
+                index_csum: String::new(),
+                index_uuid: String::new(),
+                source: None,
+            })
+            .collect();
+        Listed {
+            path: path.parse().unwrap(),
+            manifest,
+        }
+    }
+
+    #[test]
+    fn base_is_the_newest_usable_snapshot_with_the_file() {
+        let list = vec![
+            listed(
+                "vm/1/2026-01-01T00:00:00Z",
+                SnapshotState::Complete,
+                false,
+                &["a", "b"],
+            ),
+            listed(
+                "vm/1/2026-01-02T00:00:00Z",
+                SnapshotState::Complete,
+                false,
+                &["a"],
+            ),
+            listed(
+                "vm/1/2026-01-03T00:00:00Z",
+                SnapshotState::Complete,
+                true,
+                &["a", "b"],
+            ),
+            listed(
+                "vm/1/2026-01-04T00:00:00Z",
+                SnapshotState::Incomplete,
+                false,
+                &["a", "b"],
+            ),
+            listed(
+                "vm/1/2026-01-05T00:00:00Z",
+                SnapshotState::Writing,
+                false,
+                &["a", "b"],
+            ),
+            listed(
+                "vm/2/2026-01-06T00:00:00Z",
+                SnapshotState::Complete,
+                false,
+                &["a", "b"],
+            ),
+        ];
+        let group = list[0].path.group.clone();
+        let now: SnapshotPath = "vm/1/2026-02-01T00:00:00Z".parse().unwrap();
+        let (s, _) = find_base(&list, &group, &now, "a.fidx").unwrap();
+        assert_eq!(s.path.to_string(), "vm/1/2026-01-02T00:00:00Z");
+        let (s, _) = find_base(&list, &group, &now, "b.fidx").unwrap();
+        assert_eq!(s.path.to_string(), "vm/1/2026-01-01T00:00:00Z");
+        assert!(find_base(&list, &group, &now, "c.fidx").is_none());
+        let early: SnapshotPath = "vm/1/2026-01-01T00:00:00Z".parse().unwrap();
+        assert!(find_base(&list, &group, &early, "a.fidx").is_none());
+
+        let l = latest(&list, &group, "a").unwrap();
+        assert_eq!(l.path.to_string(), "vm/1/2026-01-03T00:00:00Z");
+        assert_eq!(display_name(find_file(&l.manifest, "a").unwrap()), "a");
+    }
+}

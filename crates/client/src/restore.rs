@@ -1,0 +1,517 @@
+//! Image restore: a fixed-index file back to a file, a block device or
+//! standard output.
+//!
+//! The digests come from GetHashList; all-zero chunks are never
+//! downloaded (a file target gets a hole, other targets zeros). The other
+//! chunks are requested in one DownloadChunks per 524,287 digests, so the
+//! server streams them back to back; each is checked against its digest
+//! on the blocking pool, in parallel, and a writer thread puts them in
+//! place in order. A file target is written under a temporary name and
+//! renamed when complete, so a failed restore leaves no partial file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hoard_datastore::{FileKind, ManifestFile};
+use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
+use hoard_protocol::{DigestList, Message};
+use hoard_types::{Digest, SnapshotPath};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::conn::{Connection, unexpected};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::requests::{display_name, hash_list};
+use crate::zero::{is_zero, zero_digest};
+
+/// Chunk packets that may queue on the download stream.
+const DOWNLOAD_DEPTH: usize = 4;
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Stdout,
+    Path(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stdout => f.write_str("-"),
+            Target::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub snapshot: String,
+    pub file: String,
+    pub target: String,
+    pub size: u64,
+    pub chunks: u64,
+    pub chunks_downloaded: u64,
+    pub bytes_downloaded: u64,
+    pub chunks_zero: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Replace an existing target file.
+    pub overwrite: bool,
+    /// Chunks being checked or waiting to be written, at most.
+    pub buffers: usize,
+}
+
+/// Restores `file` of `snapshot` to `target`.
+pub async fn restore_image(
+    conn: &Connection,
+    snapshot: &SnapshotPath,
+    file: &ManifestFile,
+    target: &Target,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let name = display_name(file).to_string();
+    let chunk_size = match (file.kind, file.chunk_size) {
+        (FileKind::Fixed, Some(cs)) if cs > 0 => cs as u64,
+        _ => {
+            return Err(Error::Usage(format!(
+                "{snapshot}/{name} is a file-tree archive, not a disk image"
+            )));
+        }
+    };
+    let size = file.file_size;
+    let output = Output::open(target, size, opts.overwrite)?;
+    progress.add_total(size);
+    let index_path = format!("{snapshot}/{}", file.name);
+    let digests = match hash_list(conn, &index_path).await {
+        Ok(d) => d,
+        Err(e) => return Err(e),
+    };
+    let mut report = RestoreReport {
+        snapshot: snapshot.to_string(),
+        file: name,
+        target: target.to_string(),
+        size,
+        chunks: digests.len() as u64,
+        chunks_downloaded: 0,
+        bytes_downloaded: 0,
+        chunks_zero: 0,
+        seconds: 0.0,
+    };
+    if digests.len() as u64 != size.div_ceil(chunk_size) {
+        return Err(Error::Damaged(format!(
+            "{index_path} lists {} chunks, its size calls for {}",
+            digests.len(),
+            size.div_ceil(chunk_size)
+        )));
+    }
+    let (tx, rx) = mpsc::channel::<Item>(opts.buffers.max(1));
+    let writer = {
+        let rt = tokio::runtime::Handle::current();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || write_items(output, rx, rt, size, chunk_size, progress))
+    };
+    let fetched = fetch(
+        conn,
+        &digests,
+        size,
+        chunk_size,
+        &index_path,
+        tx,
+        &mut report,
+    )
+    .await;
+    let written = writer
+        .await
+        .map_err(|e| Error::Protocol(format!("writer task failed: {e}")))?;
+    // A fetch that failed is the cause (the writer then stopped short);
+    // a fetch that stopped because the writer went away is explained by
+    // the writer's error.
+    match (fetched, written) {
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(e)) => return Err(e),
+        (Ok(true), Ok(())) => {}
+        (Ok(false), Ok(())) => {
+            return Err(Error::Protocol("restore writer stopped early".into()));
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Ok(false): the writer went away (its result says why).
+type Fetched = Result<bool>;
+
+/// What the writer thread gets, in file order.
+enum Item {
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    Data {
+        offset: u64,
+        checked: JoinHandle<Result<Bytes>>,
+    },
+}
+
+async fn fetch(
+    conn: &Connection,
+    digests: &[Digest],
+    size: u64,
+    chunk_size: u64,
+    index_path: &str,
+    tx: mpsc::Sender<Item>,
+    report: &mut RestoreReport,
+) -> Fetched {
+    let len_of = |i: usize| (size - i as u64 * chunk_size).min(chunk_size);
+    let data_slots: Vec<usize> = (0..digests.len())
+        .filter(|&i| digests[i] != zero_digest(len_of(i) as usize))
+        .collect();
+    let mut next_data = data_slots.iter().peekable();
+    let mut slot = 0usize;
+    for batch in data_slots.chunks(MAX_DIGESTS_PER_PACKET) {
+        let mut stream = conn.open_stream(DOWNLOAD_DEPTH)?;
+        let list = DigestList::from_digests(batch.iter().map(|&i| &digests[i]));
+        stream.send(Message::DownloadChunks(list)).await?;
+        let what = format!("chunks of {index_path}");
+        let mut stream_offset = 0u64;
+        for _ in batch {
+            let want = *next_data.next().expect("batch of data slots");
+            // Zero chunks before this one.
+            while slot < want {
+                report.chunks_zero += 1;
+                let item = Item::Zero {
+                    offset: slot as u64 * chunk_size,
+                    len: len_of(slot),
+                };
+                if tx.send(item).await.is_err() {
+                    return Ok(false);
+                }
+                slot += 1;
+            }
+            let (offset, digest, data) = match stream.recv(&what).await? {
+                Message::Chunk {
+                    offset,
+                    digest,
+                    data,
+                } => (offset, digest, data),
+                other => return Err(unexpected(&what, &other)),
+            };
+            let expected = digests[want];
+            let len = len_of(want);
+            if digest != expected || offset != stream_offset || data.len() as u64 != len {
+                return Err(Error::Protocol(format!(
+                    "the server sent chunk {digest} ({} bytes at {offset}) for slot {want} of {index_path}, \
+                     expected {expected} ({len} bytes at {stream_offset})",
+                    data.len()
+                )));
+            }
+            stream_offset += len;
+            report.chunks_downloaded += 1;
+            report.bytes_downloaded += len;
+            let path = index_path.to_string();
+            let checked = tokio::task::spawn_blocking(move || {
+                if Digest::of(&data) == expected {
+                    Ok(data)
+                } else {
+                    Err(Error::Damaged(format!(
+                        "chunk {expected} (slot {want} of {path}) arrived damaged: its content does not match its digest"
+                    )))
+                }
+            });
+            let item = Item::Data {
+                offset: want as u64 * chunk_size,
+                checked,
+            };
+            if tx.send(item).await.is_err() {
+                return Ok(false);
+            }
+            slot += 1;
+        }
+        stream.finish();
+    }
+    while slot < digests.len() {
+        report.chunks_zero += 1;
+        let item = Item::Zero {
+            offset: slot as u64 * chunk_size,
+            len: len_of(slot),
+        };
+        if tx.send(item).await.is_err() {
+            return Ok(false);
+        }
+        slot += 1;
+    }
+    Ok(true)
+}
+
+/// Runs on a blocking thread: writes items in order, then completes the
+/// target. Any failure removes a temporary file.
+fn write_items(
+    mut output: Output,
+    mut rx: mpsc::Receiver<Item>,
+    rt: tokio::runtime::Handle,
+    size: u64,
+    chunk_size: u64,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    let mut zeros: Vec<u8> = Vec::new();
+    let mut done = 0u64;
+    let result = (|| {
+        while let Some(item) = rx.blocking_recv() {
+            match item {
+                Item::Zero { offset, len } => {
+                    if !output.sparse() {
+                        if zeros.len() < len as usize {
+                            zeros = vec![0; chunk_size as usize];
+                        }
+                        output.write_at(offset, &zeros[..len as usize])?;
+                    }
+                    done += len;
+                    progress.advance(len);
+                }
+                Item::Data { offset, checked } => {
+                    let data = rt
+                        .block_on(checked)
+                        .map_err(|e| Error::Protocol(format!("check task failed: {e}")))??;
+                    output.write_at(offset, &data)?;
+                    done += data.len() as u64;
+                    progress.advance(data.len() as u64);
+                }
+            }
+        }
+        if done != size {
+            // The fetch stopped early; its error is reported by the caller.
+            return Err(Error::Protocol(format!(
+                "restore stopped at byte {done} of {size}"
+            )));
+        }
+        output.finish(size)
+    })();
+    if result.is_err() {
+        rx.close();
+    }
+    result
+}
+
+/// Where restored bytes go.
+enum Output {
+    Stdout(std::io::Stdout),
+    /// A block device, written in place.
+    Device {
+        file: File,
+        path: PathBuf,
+    },
+    /// A new file under a temporary name, renamed over `dest` at the end.
+    File {
+        file: File,
+        temp: PathBuf,
+        dest: PathBuf,
+        renamed: bool,
+    },
+}
+
+impl Output {
+    fn open(target: &Target, size: u64, overwrite: bool) -> Result<Output> {
+        let path = match target {
+            Target::Stdout => return Ok(Output::Stdout(std::io::stdout())),
+            Target::Path(p) => p,
+        };
+        let err = |source| Error::Target {
+            path: path.clone(),
+            source,
+        };
+        let invalid = |msg: &str| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                msg.to_string(),
+            ))
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_block_device() => {
+                let mut file = OpenOptions::new().write(true).open(path).map_err(err)?;
+                let dev_size = file.seek(SeekFrom::End(0)).map_err(err)?;
+                if dev_size < size {
+                    return Err(invalid(&format!(
+                        "the device has {dev_size} bytes, the image {size}"
+                    )));
+                }
+                return Ok(Output::Device {
+                    file,
+                    path: path.clone(),
+                });
+            }
+            Ok(m) if m.is_dir() => return Err(invalid("is a directory")),
+            Ok(m) if !m.is_file() => {
+                return Err(invalid("is neither a regular file nor a block device"));
+            }
+            Ok(_) if !overwrite => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists already (--overwrite replaces it)",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = path
+            .file_name()
+            .ok_or_else(|| invalid("names no file"))?
+            .to_string_lossy()
+            .into_owned();
+        let temp = dir.join(format!(".{base}.hoard-restore-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(err)?;
+        Ok(Output::File {
+            file,
+            temp,
+            dest: path.clone(),
+            renamed: false,
+        })
+    }
+
+    /// Zero ranges need no writing: a fresh file reads zeros in holes.
+    fn sparse(&self) -> bool {
+        matches!(self, Output::File { .. })
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        match self {
+            // Items come in file order, so stdout is written sequentially.
+            Output::Stdout(out) => out.lock().write_all(data).map_err(|source| Error::Target {
+                path: PathBuf::from("-"),
+                source,
+            }),
+            Output::Device { file, path } => file
+                .write_all_at(data, offset)
+                .map_err(Error::target_io(path)),
+            // The file started empty: zero blocks inside a chunk stay
+            // holes too, so the restored image is as sparse as the
+            // original (at 4 KiB granularity).
+            Output::File { file, dest, .. } => {
+                for (start, run) in nonzero_runs(data, SPARSE_BLOCK) {
+                    file.write_all_at(run, offset + start as u64)
+                        .map_err(Error::target_io(dest))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(mut self, size: u64) -> Result<()> {
+        match &mut self {
+            Output::Stdout(out) => out.lock().flush().map_err(|source| Error::Target {
+                path: PathBuf::from("-"),
+                source,
+            }),
+            Output::Device { file, path } => file.sync_all().map_err(Error::target_io(path)),
+            Output::File {
+                file,
+                temp,
+                dest,
+                renamed,
+            } => {
+                // Trailing zero chunks are a hole up to the end.
+                file.set_len(size).map_err(Error::target_io(dest))?;
+                file.sync_all().map_err(Error::target_io(dest))?;
+                std::fs::rename(&*temp, &*dest).map_err(Error::target_io(dest))?;
+                *renamed = true;
+                sync_parent(dest).map_err(Error::target_io(dest))
+            }
+        }
+    }
+}
+
+impl Drop for Output {
+    /// A temporary file that was not completed never survives.
+    fn drop(&mut self) {
+        if let Output::File {
+            temp,
+            renamed: false,
+            ..
+        } = self
+        {
+            let _ = std::fs::remove_file(&*temp);
+        }
+    }
+}
+
+/// Granularity of holes in a restored file: the usual file system block.
+const SPARSE_BLOCK: usize = 4096;
+
+/// The runs of `data` that are not all-zero blocks of `block` bytes, with
+/// their start offsets.
+fn nonzero_runs(data: &[u8], block: usize) -> Vec<(usize, &[u8])> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, b) in data.chunks(block).enumerate() {
+        match (is_zero(b), start) {
+            (false, None) => start = Some(i * block),
+            (true, Some(s)) => {
+                runs.push((s, &data[s..i * block]));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push((s, &data[s..]));
+    }
+    runs
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Writing the runs into zeros gives back the data.
+        #[test]
+        fn nonzero_runs_rebuild_the_data(
+            blocks in prop::collection::vec(prop::option::of(1u8..), 0..20),
+            tail in 0usize..7,
+        ) {
+            let block = 8;
+            let mut data: Vec<u8> = blocks
+                .iter()
+                .flat_map(|b| std::iter::repeat_n(b.unwrap_or(0), block))
+                .collect();
+            data.extend(std::iter::repeat_n(3u8, tail));
+            let mut rebuilt = vec![0u8; data.len()];
+            let mut last_end = 0;
+            for (start, run) in nonzero_runs(&data, block) {
+                prop_assert!(start >= last_end);
+                prop_assert!(!run.is_empty());
+                rebuilt[start..start + run.len()].copy_from_slice(run);
+                last_end = start + run.len();
+            }
+            prop_assert_eq!(rebuilt, data);
+        }
+    }
+}
