@@ -14,7 +14,7 @@
 //! fetched with GetHashList) and every chunk sent earlier in this run.
 
 use std::collections::HashSet;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -413,6 +413,27 @@ async fn send_entries(
     Ok(())
 }
 
+/// `len` bytes at `offset`, read into spare capacity (no zero-filling of a
+/// buffer about to be overwritten). A file that shrank meanwhile is an
+/// error: the index must cover the size announced in CreateBackup.
+fn read_at(src: &Source, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let fail = |e: std::io::Error| Error::Source {
+        path: src.path.clone(),
+        source: std::io::Error::new(e.kind(), format!("at offset {offset}: {e}")),
+    };
+    let mut buf = Vec::with_capacity(len);
+    let mut file = &src.file;
+    file.seek(SeekFrom::Start(offset)).map_err(fail)?;
+    file.take(len as u64).read_to_end(&mut buf).map_err(fail)?;
+    if buf.len() != len {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the source ended after {} bytes", offset + buf.len() as u64),
+        )));
+    }
+    Ok(buf)
+}
+
 /// Reads `src` in order, one chunk at a time, and starts hashing each on
 /// the blocking pool. Runs on a blocking thread.
 fn read_chunks(
@@ -441,13 +462,7 @@ fn read_chunks(
                 }
             })
         } else {
-            let mut buf = vec![0u8; len];
-            src.file
-                .read_exact_at(&mut buf, offset)
-                .map_err(|e| Error::Source {
-                    path: src.path.clone(),
-                    source: std::io::Error::new(e.kind(), format!("at offset {offset}: {e}")),
-                })?;
+            let buf = read_at(&src, offset, len)?;
             rt.spawn_blocking(move || {
                 let (digest, data) = if is_zero(&buf) {
                     (zero_digest(len), None)

@@ -114,14 +114,24 @@ impl ChunkStore {
 
     /// Reads a chunk's plain data, checking its CRC.
     pub fn load(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let (mut file, header) = self.open(digest)?;
-        let mut data = vec![0u8; header.raw_size as usize];
+        let (file, header) = self.open(digest)?;
+        let size = header.raw_size as usize;
+        // Read into spare capacity: no zero-filling of a buffer that is
+        // overwritten right away.
+        let mut data = Vec::with_capacity(size);
+        let mut payload = std::io::Read::take(&file, size as u64);
         std::io::Seek::seek(
-            &mut file,
+            &mut payload.get_mut(),
             std::io::SeekFrom::Start(CHUNK_HEADER_SIZE as u64),
         )
-        .and_then(|_| file.read_exact(&mut data))
+        .and_then(|_| payload.read_to_end(&mut data))
         .ctx(|| format!("reading chunk {digest}"))?;
+        if data.len() != size {
+            return Err(Error::ChunkCorrupt {
+                digest: *digest,
+                reason: format!("{} bytes of data, the header says {size}", data.len()),
+            });
+        }
         header.check_payload(digest, &data)?;
         Ok(data)
     }
