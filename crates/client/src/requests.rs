@@ -42,6 +42,17 @@ pub struct Listed {
     pub manifest: Manifest,
 }
 
+/// One SnapshotEntry payload: a manifest as JSON, from the server (so
+/// untrusted: fuzzed by `fuzz/snapshot_entry`).
+pub fn parse_entry(json: &[u8]) -> Result<Listed> {
+    let manifest: Manifest = serde_json::from_slice(json)
+        .map_err(|e| Error::Protocol(format!("unreadable snapshot entry: {e}")))?;
+    let path = manifest.snapshot.parse().map_err(|e| {
+        Error::Protocol(format!("snapshot entry names {:?}: {e}", manifest.snapshot))
+    })?;
+    Ok(Listed { path, manifest })
+}
+
 /// Every snapshot matching `filter`, oldest first within each group.
 pub async fn list_snapshots(conn: &Connection, filter: SnapshotFilter) -> Result<Vec<Listed>> {
     let mut stream = conn.open_stream(LIST_DEPTH)?;

@@ -1,0 +1,24 @@
+//! A SnapshotEntry payload as the client reads it: any bytes give a
+//! snapshot or an error, never a panic, and the choices made from a
+//! parsed entry (base, latest, file lookup) never panic either.
+#![no_main]
+
+use hoard_client::requests::{display_name, find_base, find_file, latest, parse_entry};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(listed) = parse_entry(data) {
+        let group = listed.path.group.clone();
+        let later = hoard_types::SnapshotPath {
+            group: group.clone(),
+            time: hoard_types::SnapshotTime::from_epoch(4_102_444_800).unwrap(),
+        };
+        let list = vec![listed];
+        for f in &list[0].manifest.files {
+            let _ = display_name(f);
+            let _ = find_base(&list, &group, &later, &f.name);
+            let _ = latest(&list, &group, &f.name);
+        }
+        let _ = find_file(&list[0].manifest, "disk.img");
+    }
+});
