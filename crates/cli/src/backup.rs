@@ -125,11 +125,11 @@ pub fn run(args: BackupArgs) -> Result<()> {
         let result = backup_images(conn.clone(), opts, images, progress).await;
         view.finish();
         let report = result?;
-        // Closing waits for the server to mark the snapshot complete.
-        Arc::into_inner(conn)
-            .expect("backup tasks have ended")
-            .close()
-            .await?;
+        // Closing waits for the server to mark the snapshot complete. All
+        // image tasks have ended, so this is the last reference.
+        if let Some(conn) = Arc::into_inner(conn) {
+            conn.close().await?;
+        }
         Ok::<_, Error>(report)
     })?;
     if args.client.output_format == OutputFormat::Json {

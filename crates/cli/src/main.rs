@@ -36,6 +36,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Client commands: warnings (e.g. "no incremental base") on
+        // stderr, without the server's timestamps; RUST_LOG for more.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .without_time()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Backup(args) => backup::run(args),

@@ -130,7 +130,7 @@ pub async fn backup_images(
         progress,
         extensions,
     });
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for (spec, src) in images.into_iter().zip(sources) {
         let job = ImageJob {
             conn: conn.clone(),
@@ -140,24 +140,24 @@ pub async fn backup_images(
             listed: listed.clone(),
             run: shared.clone(),
         };
-        tasks.push(tokio::spawn(job.run()));
+        tasks.spawn(job.run());
     }
     let mut reports = Vec::new();
-    let mut first_err = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(r)) => reports.push(r),
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
+    while let Some(done) = tasks.join_next().await {
+        let failed = match done {
+            Ok(Ok(r)) => {
+                reports.push(r);
+                continue;
             }
-            Err(e) => {
-                first_err.get_or_insert(Error::Protocol(format!("backup task failed: {e}")));
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(e) => Error::Protocol(format!("backup task failed: {e}")),
+        };
+        // One image failed: the snapshot cannot be complete, so the
+        // others stop now rather than upload for nothing.
+        tasks.abort_all();
+        return Err(failed);
     }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(BackupReport {
         snapshot: opts.snapshot.to_string(),
         images: reports,
