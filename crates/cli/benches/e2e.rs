@@ -10,7 +10,8 @@
 //! 3. unchanged second backup, reading everything (`--reread`);
 //! 4. backup after `gen_dataset.py mutate` (5,120 random 4 KiB writes);
 //! 5. full restore of that snapshot to a file (checked byte-exact after
-//!    the clock stops).
+//!    the clock stops);
+//! 6. full restore of the first snapshot (the image as generated).
 //!
 //! For each: seconds, MB/s over the image size, bytes uploaded or
 //! downloaded, peak client RSS (from wait4) and peak server RSS (VmHWM,
@@ -124,20 +125,33 @@ fn main() {
     run_ok(Command::new("python3").arg(GEN).arg("mutate").arg(&data));
     step("after 1% mutation", backup("4000", &[]), "uploaded");
     let target = dir.path().join("restored.raw");
-    let restore_args: Vec<String> = [
-        "restore",
-        "vm/100/1970-01-01T01:06:40Z",
-        "drive-scsi0.img",
-        target.to_str().expect("utf-8 path"),
-        "--quiet",
-        "--output-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    step("full restore", restore_args, "downloaded");
+    let restore = |snapshot: &str| -> Vec<String> {
+        let _ = std::fs::remove_file(&target);
+        [
+            "restore",
+            snapshot,
+            "drive-scsi0.img",
+            target.to_str().expect("utf-8 path"),
+            "--quiet",
+            "--output-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    step(
+        "full restore, mutated image",
+        restore("vm/100/1970-01-01T01:06:40Z"),
+        "downloaded",
+    );
     assert!(same_content(&image, &target), "restored image differs");
+    step(
+        "full restore, first image",
+        restore("vm/100/1970-01-01T00:16:40Z"),
+        "downloaded",
+    );
+    let _ = std::fs::remove_file(&target);
     let _ = server.kill();
     let _ = server.wait();
 

@@ -1,4 +1,4 @@
-//! The content-addressed chunk store: `.chunks/PPPP/DIGEST`.
+//! The content-addressed chunk store: `.chunks/PP/DIGEST`.
 //!
 //! A chunk's file name is its SHA-256, checked against the data before
 //! anything is written, so a name always matches its content unless the
@@ -30,6 +30,14 @@ pub struct ChunkStore {
     tmp: PathBuf,
 }
 
+/// Hex digits of the digest that name a chunk's directory: 256
+/// directories, pre-created with the datastore. restic uses the same
+/// fan-out; ext4, XFS and ZFS index large directories, so millions of
+/// chunks stay cheap to look up, and a fresh datastore creates no
+/// directory per chunk (that was 15% of ingest CPU with 65,536 lazily
+/// created ones).
+pub const PREFIX_DIGITS: usize = 2;
+
 impl ChunkStore {
     pub(crate) fn new(base: PathBuf, tmp: PathBuf) -> Self {
         ChunkStore { base, tmp }
@@ -38,7 +46,21 @@ impl ChunkStore {
     /// Where the chunk with this digest lives.
     pub fn chunk_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.to_hex();
-        self.base.join(&hex[..4]).join(hex)
+        self.base.join(&hex[..PREFIX_DIGITS]).join(hex)
+    }
+
+    /// Creates the 256 prefix directories, so that storing a chunk never
+    /// has to create (and fsync) a directory. Idempotent.
+    pub(crate) fn create_prefix_dirs(&self) -> Result<()> {
+        for p in 0..=0xffu32 {
+            let dir = self.base.join(format!("{p:02x}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx(|| format!("creating {}", dir.display())),
+            }
+        }
+        crate::fsutil::fsync_dir(&self.base)
     }
 
     pub fn base(&self) -> &Path {
@@ -160,7 +182,7 @@ mod tests {
         assert!(
             s.chunk_path(&dg)
                 .to_string_lossy()
-                .contains(&dg.to_hex()[..4])
+                .contains(&dg.to_hex()[..PREFIX_DIGITS])
         );
     }
 

@@ -19,7 +19,7 @@ use crate::index_file::IndexSummary;
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState};
 
 const MARKER_NAME: &str = ".hoard-datastore";
-const MARKER_CONTENT: &str = "hoard-datastore 1\n";
+const MARKER_CONTENT: &str = "hoard-datastore 2\n";
 const LOCK_NAME: &str = ".lock";
 
 /// An open datastore. Cheap to clone; every method is blocking I/O.
@@ -47,6 +47,9 @@ impl Datastore {
             }
             create_dir_durable(&root.join(".tmp"))?;
             create_dir_durable(&root.join(".chunks"))?;
+            ChunkStore::new(root.join(".chunks"), root.join(".tmp")).create_prefix_dirs()?;
+            // The marker last: a datastore whose creation was cut short
+            // is still empty of it and is created again.
             write_atomic(&root.join(".tmp"), &marker, MARKER_CONTENT.as_bytes())?;
         }
         Self::open(root)

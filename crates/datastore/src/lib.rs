@@ -9,7 +9,7 @@
 //! ```text
 //! DATASTORE/
 //!   .hoard-datastore            marker: format name and version
-//!   .chunks/abcd/abcd…(64 hex)  one file per chunk, named by its digest
+//!   .chunks/ab/abcd…(64 hex)    one file per chunk, named by its digest
 //!   .tmp/                       files being written; never visible elsewhere
 //!   vm/100/2019-04-23T12:23:36Z/
 //!     manifest.json             the snapshot's files, sizes, checksums, state
