@@ -18,7 +18,11 @@
 //! reset before each step through /proc/PID/clear_refs).
 //!
 //! Environment: `HOARD_BENCH_DIR` is where the datastore and the dataset
-//! go (default: the system temp dir; /dev/shm measures without the disk).
+//! go (default: the system temp dir; /dev/shm measures without the disk);
+//! `HOARD_BENCH_ROUNDS` (default 3) how often the whole sequence runs,
+//! each round on a fresh datastore and a fresh copy of the image. This
+//! VM's timings vary by up to 2x from run to run (first-touch page
+//! faults, disk writeback of neighbours), so the median is printed.
 //! Dirty pages are flushed (`sync`) before each step so that one step's
 //! writeback does not land in the next one's time. Page cache is warm
 //! (the data was just generated), as for a backup of a running VM.
@@ -36,7 +40,6 @@ const GEN: &str = concat!(
 struct Step {
     name: &'static str,
     seconds: f64,
-    bytes: u64,
     moved: u64,
     client_rss_kib: u64,
     server_rss_kib: u64,
@@ -46,21 +49,78 @@ fn main() {
     let base = std::env::var_os("HOARD_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    let rounds: usize = std::env::var("HOARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let dir = tempfile::tempdir_in(&base).expect("temp dir");
-    let data = dir.path().join("data");
-    println!("e2e: dataset and datastore under {}", dir.path().display());
+    let pristine = dir.path().join("pristine");
+    println!("e2e: dataset and datastores under {}", dir.path().display());
     let gen_started = Instant::now();
-    run_ok(Command::new("python3").arg(GEN).arg("create").arg(&data));
+    run_ok(
+        Command::new("python3")
+            .arg(GEN)
+            .arg("create")
+            .arg(&pristine),
+    );
     println!(
         "dataset generated in {:.1} s",
         gen_started.elapsed().as_secs_f64()
     );
-    let image = data.join("image.raw");
-    let size = std::fs::metadata(&image).expect("image").len();
+    let size = std::fs::metadata(pristine.join("image.raw"))
+        .expect("image")
+        .len();
+    let mut all: Vec<Vec<Step>> = Vec::new();
+    for round in 0..rounds {
+        // Each round: a fresh datastore and a fresh copy of the image
+        // (the mutation is deterministic, so every round sees the same
+        // bytes). The tree is only linked: mutate needs it, we do not.
+        let work = dir.path().join(format!("round{round}"));
+        std::fs::create_dir(&work).expect("round dir");
+        run_ok(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(pristine.join("image.raw"))
+                .arg(work.join("image.raw")),
+        );
+        std::os::unix::fs::symlink(pristine.join("tree"), work.join("tree")).expect("symlink");
+        all.push(run_round(&work, size));
+        let _ = std::fs::remove_dir_all(&work);
+    }
 
+    println!(
+        "\nimage (2 GiB), {rounds} rounds: median seconds (min-max), median MB/s, data moved, peak RSS over all rounds"
+    );
+    println!(
+        "{:30} {:>18} {:>8} {:>12} {:>11} {:>11}",
+        "step", "seconds", "MB/s", "moved", "client RSS", "server RSS"
+    );
+    for (i, first) in all[0].iter().enumerate() {
+        let mut secs: Vec<f64> = all.iter().map(|r| r[i].seconds).collect();
+        secs.sort_by(f64::total_cmp);
+        let median = secs[secs.len() / 2];
+        let client = all.iter().map(|r| r[i].client_rss_kib).max().unwrap_or(0);
+        let server = all.iter().map(|r| r[i].server_rss_kib).max().unwrap_or(0);
+        println!(
+            "{:30} {:>6.2} ({:.2}-{:.2}) {:>8.0} {:>8.1} MiB {:>7} MiB {:>7} MiB",
+            first.name,
+            median,
+            secs[0],
+            secs[secs.len() - 1],
+            size as f64 / median / 1e6,
+            first.moved as f64 / (1 << 20) as f64,
+            client / 1024,
+            server / 1024,
+        );
+    }
+}
+
+fn run_round(work: &Path, size: u64) -> Vec<Step> {
+    let image = work.join("image.raw");
     let mut server = Command::new(env!("CARGO_BIN_EXE_hoard"))
         .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
-        .arg(dir.path().join("ds"))
+        .arg(work.join("ds"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -102,10 +162,10 @@ fn main() {
             _ => report["bytes_downloaded"].as_u64(),
         }
         .expect("byte count");
+        assert_eq!(report["size"].as_u64().unwrap_or(size), size);
         steps.push(Step {
             name,
             seconds,
-            bytes: size,
             moved,
             client_rss_kib,
             server_rss_kib,
@@ -122,9 +182,15 @@ fn main() {
         backup("3000", &["--reread"]),
         "uploaded",
     );
-    run_ok(Command::new("python3").arg(GEN).arg("mutate").arg(&data));
+    run_ok(
+        Command::new("python3")
+            .arg(GEN)
+            .arg("mutate")
+            .arg(work)
+            .stderr(Stdio::null()),
+    );
     step("after 1% mutation", backup("4000", &[]), "uploaded");
-    let target = dir.path().join("restored.raw");
+    let target = work.join("restored.raw");
     let restore = |snapshot: &str| -> Vec<String> {
         let _ = std::fs::remove_file(&target);
         [
@@ -154,22 +220,7 @@ fn main() {
     let _ = std::fs::remove_file(&target);
     let _ = server.kill();
     let _ = server.wait();
-
-    println!(
-        "\n{:30} {:>8} {:>10} {:>14} {:>12} {:>12}",
-        "image (2 GiB)", "seconds", "MB/s", "moved", "client RSS", "server RSS"
-    );
-    for s in &steps {
-        println!(
-            "{:30} {:>8.2} {:>10.0} {:>10.1} MiB {:>8} MiB {:>8} MiB",
-            s.name,
-            s.seconds,
-            s.bytes as f64 / s.seconds / 1e6,
-            s.moved as f64 / (1 << 20) as f64,
-            s.client_rss_kib / 1024,
-            s.server_rss_kib / 1024,
-        );
-    }
+    steps
 }
 
 fn run_ok(cmd: &mut Command) {

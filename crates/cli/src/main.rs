@@ -34,7 +34,28 @@ enum Command {
     Restore(restore::RestoreArgs),
 }
 
+/// glibc serves allocations above 128 KiB with mmap and gives them back
+/// on free, and trims the heap top eagerly: for a program that allocates
+/// and frees 4 MiB chunk buffers all the time, every chunk then costs a
+/// round of page faults and zeroing. Measured on the 2 GiB image (mutated,
+/// so every chunk moves): restore 3.3-3.7 s -> 2.5-2.8 s, backup 3.7 s ->
+/// 3.5 s.
+/// Keeping such blocks in the heap makes the buffers reused. Memory stays
+/// bounded by what the program holds at its peak (a few chunks per core)
+/// plus what a few arenas retain.
+fn tune_allocator() {
+    // SAFETY: mallopt only sets malloc's tunables; it is thread-safe and
+    // has no memory-safety preconditions. Called first in main, before
+    // any allocation-heavy work.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         // Client commands: warnings (e.g. "no incremental base") on
