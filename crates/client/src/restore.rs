@@ -177,7 +177,6 @@ async fn fetch(
     let data_slots: Vec<usize> = (0..digests.len())
         .filter(|&i| digests[i] != zero_digest(len_of(i) as usize))
         .collect();
-    let mut next_data = data_slots.iter().peekable();
     let mut slot = 0usize;
     for batch in data_slots.chunks(MAX_DIGESTS_PER_PACKET) {
         let mut stream = conn.open_stream(DOWNLOAD_DEPTH)?;
@@ -185,19 +184,10 @@ async fn fetch(
         stream.send(Message::DownloadChunks(list)).await?;
         let what = format!("chunks of {index_path}");
         let mut stream_offset = 0u64;
-        for _ in batch {
-            let want = *next_data.next().expect("batch of data slots");
+        for &want in batch {
             // Zero chunks before this one.
-            while slot < want {
-                report.chunks_zero += 1;
-                let item = Item::Zero {
-                    offset: slot as u64 * chunk_size,
-                    len: len_of(slot),
-                };
-                if tx.send(item).await.is_err() {
-                    return Ok(false);
-                }
-                slot += 1;
+            if !zeros_until(&tx, &mut slot, want, chunk_size, &len_of, report).await {
+                return Ok(false);
             }
             let (offset, digest, data) = match stream.recv(&what).await? {
                 Message::Chunk {
@@ -240,18 +230,31 @@ async fn fetch(
         }
         stream.finish();
     }
-    while slot < digests.len() {
+    Ok(zeros_until(&tx, &mut slot, digests.len(), chunk_size, &len_of, report).await)
+}
+
+/// Queues the zero chunks from `*slot` up to `until`; false if the writer
+/// went away.
+async fn zeros_until(
+    tx: &mpsc::Sender<Item>,
+    slot: &mut usize,
+    until: usize,
+    chunk_size: u64,
+    len_of: &impl Fn(usize) -> u64,
+    report: &mut RestoreReport,
+) -> bool {
+    while *slot < until {
         report.chunks_zero += 1;
         let item = Item::Zero {
-            offset: slot as u64 * chunk_size,
-            len: len_of(slot),
+            offset: *slot as u64 * chunk_size,
+            len: len_of(*slot),
         };
         if tx.send(item).await.is_err() {
-            return Ok(false);
+            return false;
         }
-        slot += 1;
+        *slot += 1;
     }
-    Ok(true)
+    true
 }
 
 /// Runs on a blocking thread: writes items in order, then completes the
