@@ -64,7 +64,7 @@ impl Connection {
             .await
             .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_err)?;
-        sock.set_nodelay(true).map_err(connect_err)?;
+        hoard_transport::configure_socket(&sock).map_err(connect_err)?;
         let (read_half, write_half) = sock.into_split();
         let mut reader =
             FrameReader::new(tokio::io::BufReader::with_capacity(256 * 1024, read_half));

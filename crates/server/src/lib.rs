@@ -64,7 +64,9 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
+                    if let Err(e) = hoard_transport::configure_socket(&sock) {
+                        warn!(%peer, "socket options: {e}");
+                    }
                     conns.spawn(connection::run(
                         sock,
                         peer,
