@@ -622,3 +622,109 @@ fn block_devices_back_up_and_restore() {
         "the device has",
     );
 }
+
+/// A relay in front of the real server that behaves like a server without
+/// hoard's extensions: a packet of type 64 or above is answered with
+/// "unknown packet type" and not passed on. Returns its address.
+fn v1_only_relay(upstream: String) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    fn read_frame(r: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut head = [0u8; 6];
+        r.read_exact(&mut head).ok()?;
+        let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        let mut frame = head.to_vec();
+        frame.resize(len, 0);
+        r.read_exact(&mut frame[6..]).ok()?;
+        Some(frame)
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(&upstream).unwrap();
+            let to_client = Arc::new(Mutex::new(client.try_clone().unwrap()));
+            let (mut from_server, to_client2) = (server.try_clone().unwrap(), to_client.clone());
+            std::thread::spawn(move || {
+                while let Some(frame) = read_frame(&mut from_server) {
+                    if to_client2.lock().unwrap().write_all(&frame).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_client2.lock().unwrap().shutdown(Shutdown::Write);
+            });
+            let (mut from_client, mut to_server) = (client, server);
+            std::thread::spawn(move || {
+                while let Some(frame) = read_frame(&mut from_client) {
+                    if frame[1] >= 64 {
+                        let msg = format!("unknown packet type {}", frame[1]);
+                        let mut err = vec![frame[0], 2];
+                        err.extend_from_slice(&((6 + 1 + msg.len()) as u32).to_le_bytes());
+                        err.push(0);
+                        err.extend_from_slice(msg.as_bytes());
+                        let _ = to_client.lock().unwrap().write_all(&err);
+                    } else if to_server.write_all(&frame).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_server.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn backs_up_against_a_server_without_extensions() {
+    let server = Server::start();
+    let relay = v1_only_relay(server.addr.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.raw");
+    let data = make_image(&a, 6 * K64 + 5, 13, &[(0, K64)]);
+    let spec = format!("d.img={}", a.display());
+    let run = |time: &str| {
+        let out = hoard(
+            &relay,
+            &[
+                "backup",
+                "--type",
+                "vm",
+                "--id",
+                "100",
+                "--time",
+                time,
+                "--chunk-size",
+                "64K",
+                "--output-format",
+                "json",
+                &spec,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no incremental base"),
+            "{}",
+            stderr(&out)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    run("1000");
+    // Without a snapshot list there is no base: everything is read and
+    // sent again (the server keeps one copy).
+    let second = run("2000");
+    let i = image(&second, "d.img");
+    assert!(i["base"].is_null());
+    assert_eq!(i["unchanged"], false);
+    assert_eq!(i["chunks_uploaded"], 7);
+    // The snapshot is complete and restores byte-exact (directly).
+    let target = dir.path().join("out");
+    restore(&server, "vm/100/latest", "d.img", &target);
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+    // No source attributes were recorded.
+    let m = std::fs::read_to_string(manifest_path(&server, "vm/100/1970-01-01T00:33:20Z")).unwrap();
+    assert!(!m.contains("\"source\""), "{m}");
+}
