@@ -247,7 +247,7 @@ impl ImageJob {
                 report.unchanged = true;
                 report.chunks_reused = report.chunks;
                 self.run.progress.advance(self.src.size);
-                send_entries(&mut stream, digests.into_iter().enumerate()).await?;
+                send_entries(&mut stream, &what, digests.into_iter().enumerate()).await?;
                 stream.send(Message::BackupFinished).await?;
                 stream.recv_ok(&what).await?;
                 stream.finish();
@@ -392,8 +392,12 @@ async fn send_fixed(stream: &Stream, entries: &[FixedEntry]) -> Result<()> {
         .await
 }
 
+/// Sends a whole index's entries. Nothing is answered on success, so any
+/// packet that arrives meanwhile is an Error that ends the backup: taken
+/// at once, it never piles up in the stream's queue.
 async fn send_entries(
     stream: &mut Stream,
+    what: &str,
     digests: impl Iterator<Item = (usize, Digest)>,
 ) -> Result<()> {
     let mut entries = Vec::with_capacity(ENTRY_BATCH);
@@ -405,6 +409,12 @@ async fn send_entries(
         if entries.len() == ENTRY_BATCH {
             send_fixed(stream, &entries).await?;
             entries.clear();
+            if let Some(m) = stream.try_recv(what) {
+                return Err(match m {
+                    Err(e) => e,
+                    Ok(other) => unexpected(what, &other),
+                });
+            }
         }
     }
     if !entries.is_empty() {

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Shared {
     routes: Mutex<Routes>,
@@ -147,8 +148,15 @@ impl Connection {
             Ok(Err(e)) => return Err(Error::ConnectionLost(e.to_string())),
             Err(e) => return Err(Error::ConnectionLost(e.to_string())),
         }
-        let _ = self.reader.await;
-        Ok(())
+        // The server closes once its snapshots are closed (a few fsyncs);
+        // one that never does is reported rather than waited for forever.
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.reader).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::ConnectionLost(format!(
+                "the server did not close the connection within {} s after the client finished",
+                CLOSE_TIMEOUT.as_secs()
+            ))),
+        }
     }
 }
 
