@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::requests::{Listed, find_base, hash_list, list_snapshots};
 use crate::source::Source;
-use crate::zero::{is_zero, zero_digest};
+use hoard_types::zero::{is_zero, zero_digest};
 
 /// Uploads sent on one stream whose Ok has not arrived yet.
 const UPLOAD_WINDOW: usize = 16;

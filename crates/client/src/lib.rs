@@ -15,7 +15,6 @@ pub mod progress;
 pub mod requests;
 pub mod restore;
 mod source;
-mod zero;
 
 pub use conn::Connection;
 pub use error::{Error, Result};

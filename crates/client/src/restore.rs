@@ -29,7 +29,7 @@ use crate::conn::{Connection, unexpected};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::requests::{display_name, hash_list};
-use crate::zero::{is_zero, zero_digest};
+use hoard_types::zero::{nonzero_runs, zero_digest};
 
 /// Chunk packets that may queue on the download stream.
 const DOWNLOAD_DEPTH: usize = 4;
@@ -459,62 +459,10 @@ impl Drop for Output {
 /// Granularity of holes in a restored file: the usual file system block.
 const SPARSE_BLOCK: usize = 4096;
 
-/// The runs of `data` that are not all-zero blocks of `block` bytes, with
-/// their start offsets.
-fn nonzero_runs(data: &[u8], block: usize) -> Vec<(usize, &[u8])> {
-    let mut runs = Vec::new();
-    let mut start = None;
-    for (i, b) in data.chunks(block).enumerate() {
-        match (is_zero(b), start) {
-            (false, None) => start = Some(i * block),
-            (true, Some(s)) => {
-                runs.push((s, &data[s..i * block]));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        runs.push((s, &data[s..]));
-    }
-    runs
-}
-
 fn sync_parent(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     File::open(dir)?.sync_all()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Writing the runs into zeros gives back the data.
-        #[test]
-        fn nonzero_runs_rebuild_the_data(
-            blocks in prop::collection::vec(prop::option::of(1u8..), 0..20),
-            tail in 0usize..7,
-        ) {
-            let block = 8;
-            let mut data: Vec<u8> = blocks
-                .iter()
-                .flat_map(|b| std::iter::repeat_n(b.unwrap_or(0), block))
-                .collect();
-            data.extend(std::iter::repeat_n(3u8, tail));
-            let mut rebuilt = vec![0u8; data.len()];
-            let mut last_end = 0;
-            for (start, run) in nonzero_runs(&data, block) {
-                prop_assert!(start >= last_end);
-                prop_assert!(!run.is_empty());
-                rebuilt[start..start + run.len()].copy_from_slice(run);
-                last_end = start + run.len();
-            }
-            prop_assert_eq!(rebuilt, data);
-        }
-    }
 }

@@ -7,10 +7,11 @@
 //! counts as missing and is overwritten by the next insert.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use hoard_types::zero::nonzero_runs;
 use hoard_types::{Digest, MAX_CHUNK_SIZE};
 
 use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader};
@@ -29,6 +30,9 @@ pub struct ChunkStore {
     base: PathBuf,
     tmp: PathBuf,
 }
+
+/// Zero runs of at least this many bytes are holes in a chunk file.
+const SPARSE_BLOCK: usize = 4096;
 
 /// Hex digits of the digest that name a chunk's directory: 256
 /// directories, pre-created with the datastore. restic uses the same
@@ -87,12 +91,22 @@ impl ChunkStore {
         if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > 0) {
             return Ok(Inserted::Existed);
         }
-        let mut tmp = TempFile::create(&self.tmp, "chunk")?;
+        let tmp = TempFile::create(&self.tmp, "chunk")?;
         let ctx = || format!("writing chunk {digest}");
         tmp.file
-            .write_all(&ChunkHeader::for_raw(data).encode())
+            .write_all_at(&ChunkHeader::for_raw(data).encode(), 0)
             .ctx(ctx)?;
-        tmp.file.write_all(data).ctx(ctx)?;
+        // Zero blocks of the data stay holes: a disk image's chunk is
+        // often mostly zeros, and those bytes then cost neither page cache
+        // nor disk. Readers see zeros either way.
+        for (start, run) in nonzero_runs(data, SPARSE_BLOCK) {
+            tmp.file
+                .write_all_at(run, (CHUNK_HEADER_SIZE + start) as u64)
+                .ctx(ctx)?;
+        }
+        tmp.file
+            .set_len((CHUNK_HEADER_SIZE + data.len()) as u64)
+            .ctx(ctx)?;
         if let Some(dir) = path.parent() {
             create_dir_durable(dir)?;
         }
@@ -168,6 +182,35 @@ mod tests {
         fs::create_dir(dir.path().join("tmp")).unwrap();
         let s = ChunkStore::new(dir.path().join("chunks"), dir.path().join("tmp"));
         (dir, s)
+    }
+
+    #[test]
+    fn zero_blocks_are_holes_and_read_back_as_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, s) = store();
+        // 1 MiB of zeros with data at the start, in the middle and at the
+        // very end.
+        let mut data = vec![0u8; 1 << 20];
+        data[..100].fill(7);
+        data[500_000..500_010].fill(8);
+        let end = data.len();
+        data[end - 3..].fill(9);
+        let dg = Digest::of(&data);
+        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::New);
+        let meta = fs::metadata(s.chunk_path(&dg)).unwrap();
+        assert_eq!(meta.len(), (CHUNK_HEADER_SIZE + data.len()) as u64);
+        assert!(
+            meta.blocks() * 512 <= 64 * 1024,
+            "{} bytes allocated",
+            meta.blocks() * 512
+        );
+        assert_eq!(s.load(&dg).unwrap(), data);
+        // Trailing zeros: the file still has its full length.
+        let mut tail_zero = vec![0u8; 10_000];
+        tail_zero[0] = 1;
+        let dg = Digest::of(&tail_zero);
+        s.insert(&dg, &tail_zero).unwrap();
+        assert_eq!(s.load(&dg).unwrap(), tail_zero);
     }
 
     #[test]

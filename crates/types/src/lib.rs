@@ -9,6 +9,7 @@
 mod digest;
 mod names;
 mod source;
+pub mod zero;
 
 pub use digest::{DIGEST_SIZE, Digest, DigestParseError};
 pub use names::{
