@@ -27,6 +27,11 @@ fn stderr(o: &Output) -> String {
 
 /// Runs a backup that must succeed; returns its JSON report.
 fn backup(server: &Server, time: &str, extra: &[&str], images: &[(&str, &Path)]) -> Value {
+    backup_via(&server.addr, time, extra, images).0
+}
+
+/// [`backup`] against any address; also returns what went to stderr.
+fn backup_via(addr: &str, time: &str, extra: &[&str], images: &[(&str, &Path)]) -> (Value, String) {
     let specs: Vec<String> = images
         .iter()
         .map(|(n, p)| format!("{n}={}", p.display()))
@@ -46,14 +51,14 @@ fn backup(server: &Server, time: &str, extra: &[&str], images: &[(&str, &Path)])
     ];
     args.extend_from_slice(extra);
     args.extend(specs.iter().map(String::as_str));
-    let out = hoard(&server.addr, &args);
+    let out = hoard(addr, &args);
     assert!(out.status.success(), "backup failed: {}", stderr(&out));
     assert!(
         stderr(&out).contains("backup vm/100/"),
         "no summary line: {}",
         stderr(&out)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr(&out))
 }
 
 fn image<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -685,32 +690,10 @@ fn backs_up_against_a_server_without_extensions() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.raw");
     let data = make_image(&a, 6 * K64 + 5, 13, &[(0, K64)]);
-    let spec = format!("d.img={}", a.display());
     let run = |time: &str| {
-        let out = hoard(
-            &relay,
-            &[
-                "backup",
-                "--type",
-                "vm",
-                "--id",
-                "100",
-                "--time",
-                time,
-                "--chunk-size",
-                "64K",
-                "--output-format",
-                "json",
-                &spec,
-            ],
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("no incremental base"),
-            "{}",
-            stderr(&out)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        let (report, err) = backup_via(&relay, time, &[], &[("d.img", &a)]);
+        assert!(err.contains("no incremental base"), "{err}");
+        report
     };
     run("1000");
     // Without a snapshot list there is no base: everything is read and

@@ -282,17 +282,7 @@ impl ImageJob {
     ) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<JoinHandle<Hashed>>(self.opts.buffers.max(1));
         let reader = {
-            let file = self
-                .src
-                .file
-                .try_clone()
-                .map_err(Error::source_io(&self.src.path))?;
-            let src = Source {
-                path: self.src.path.clone(),
-                file,
-                size: self.src.size,
-                attrs: self.src.attrs,
-            };
+            let src = self.src.try_clone()?;
             let buffers = self.run.buffers.clone();
             let chunk_size = self.opts.chunk_size;
             let rt = tokio::runtime::Handle::current();

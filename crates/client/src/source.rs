@@ -59,6 +59,19 @@ impl Source {
         })
     }
 
+    /// The same source on a second file handle, for a reader thread.
+    pub fn try_clone(&self) -> Result<Source> {
+        Ok(Source {
+            path: self.path.clone(),
+            file: self
+                .file
+                .try_clone()
+                .map_err(Error::source_io(&self.path))?,
+            size: self.size,
+            attrs: self.attrs,
+        })
+    }
+
     /// Whether `len` bytes at `offset` are a hole of a sparse file, known
     /// without reading them. Anything but a clear answer counts as data.
     pub fn is_hole(&self, offset: u64, len: u64) -> bool {

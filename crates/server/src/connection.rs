@@ -172,6 +172,20 @@ impl Connection {
             Ok(m) => m,
             Err(e) => return self.fail(stream, e.to_string()).await,
         };
+        // A request that occupies its stream id needs a free one; the
+        // Error also cancels what the stream was doing (docs/protocol.md).
+        let occupies = matches!(
+            msg,
+            Message::CreateBackup(_)
+                | Message::GetHashList { .. }
+                | Message::DownloadChunks(_)
+                | Message::ListSnapshots(_)
+        );
+        if occupies && self.stream_busy(stream) {
+            return self
+                .fail(stream, format!("stream {stream} is in use"))
+                .await;
+        }
         match msg {
             Message::UploadChunk { digest, data } => self.upload(stream, digest, data).await,
             Message::CreateBackup(req) => self.create_backup(stream, req).await,

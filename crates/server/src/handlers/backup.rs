@@ -10,11 +10,6 @@ use crate::connection::{BackupStream, Connection, Flow, Stream};
 
 impl Connection {
     pub(crate) async fn create_backup(&mut self, stream: u8, req: CreateBackup) -> Flow {
-        if self.stream_busy(stream) {
-            return self
-                .fail(stream, format!("stream {stream} is in use"))
-                .await;
-        }
         let snapshot = SnapshotPath {
             group: BackupGroup {
                 ty: req.backup_type,

@@ -18,11 +18,6 @@ const READ_AHEAD: usize = 3;
 
 impl Connection {
     pub(crate) async fn download_chunks(&mut self, stream: u8, list: DigestList) -> Flow {
-        if self.stream_busy(stream) {
-            return self
-                .fail(stream, format!("stream {stream} is in use"))
-                .await;
-        }
         if list.is_empty() {
             return Ok(());
         }

@@ -15,11 +15,6 @@ use hoard_transport::Outbox;
 
 impl Connection {
     pub(crate) async fn get_hash_list(&mut self, stream: u8, path: String) -> Flow {
-        if self.stream_busy(stream) {
-            return self
-                .fail(stream, format!("stream {stream} is in use"))
-                .await;
-        }
         if self.hash_list_running() {
             return self
                 .send_error(

@@ -15,11 +15,6 @@ use hoard_transport::Outbox;
 
 impl Connection {
     pub(crate) async fn list_snapshots(&mut self, stream: u8, filter: SnapshotFilter) -> Flow {
-        if self.stream_busy(stream) {
-            return self
-                .fail(stream, format!("stream {stream} is in use"))
-                .await;
-        }
         let (ds, out) = (self.ds.clone(), self.out.clone());
         self.spawn_stream_task(stream, false, |done| {
             send_list(ds, out, stream, filter, done)
