@@ -1,10 +1,15 @@
 //! The `hoard` command: the server and the client subcommands.
 
+mod admin_args;
 mod backup;
 mod client_args;
+mod gc;
+mod protect;
+mod prune;
 mod restore;
 mod serve;
 mod snapshots;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -32,6 +37,19 @@ enum Command {
     Snapshots(snapshots::SnapshotsArgs),
     /// Restore an image of a snapshot to a file, a block device or stdout.
     Restore(restore::RestoreArgs),
+    /// Remove snapshots by a retention policy (maintenance, on the
+    /// datastore; safe while the server runs).
+    Prune(prune::PruneArgs),
+    /// Remove the chunks no snapshot references (maintenance; safe while
+    /// backups run).
+    Gc(gc::GcArgs),
+    /// Read and check every chunk of snapshots; record the result
+    /// (maintenance; safe while backups run).
+    Verify(verify::VerifyArgs),
+    /// Keep a snapshot from ever being pruned.
+    Protect(protect::ProtectArgs),
+    /// Undo `hoard protect`.
+    Unprotect(protect::ProtectArgs),
 }
 
 /// glibc serves allocations above 128 KiB with mmap and gives them back
@@ -75,6 +93,11 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup::run(args),
         Command::Snapshots(args) => snapshots::run(args),
         Command::Restore(args) => restore::run(args),
+        Command::Prune(args) => prune::run(args),
+        Command::Gc(args) => gc::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Protect(args) => protect::run(args, true),
+        Command::Unprotect(args) => protect::run(args, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +107,10 @@ fn main() -> ExitCode {
             Some(client) => {
                 eprintln!("hoard: {client}");
                 ExitCode::from(client.exit_code())
+            }
+            None if let Some(admin) = e.downcast_ref::<admin_args::AdminError>() => {
+                eprintln!("hoard: {admin}");
+                ExitCode::from(admin.code)
             }
             None => {
                 eprintln!("hoard: {e:#}");

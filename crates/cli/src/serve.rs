@@ -20,7 +20,7 @@ pub struct ServeArgs {
     listen: SocketAddr,
 }
 
-fn default_datastore() -> Result<PathBuf> {
+pub fn default_datastore() -> Result<PathBuf> {
     let base = dirs::data_dir().context("no home directory: pass --datastore")?;
     Ok(base.join("hoard").join("datastore"))
 }

@@ -5,25 +5,13 @@ mod common;
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::Server;
+use common::{Server, hoard, stderr};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
 
 const K64: usize = 64 * 1024;
-
-fn hoard(addr: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .env("HOARD_SERVER", addr)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Runs a backup that must succeed; returns its JSON report.
 fn backup(server: &Server, time: &str, extra: &[&str], images: &[(&str, &Path)]) -> Value {

@@ -8,15 +8,17 @@
 
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hoard_types::zero::nonzero_runs;
 use hoard_types::{Digest, MAX_CHUNK_SIZE};
 
 use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{TempFile, create_dir_durable};
+use crate::fsutil::{TempFile, fsync_dir};
+use crate::locks::{FsTime, Locks, touch};
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,66 @@ pub enum Inserted {
 pub struct ChunkStore {
     base: PathBuf,
     tmp: PathBuf,
+    /// Where verify moves damaged chunks (`.bad/`).
+    bad: PathBuf,
+    locks: Arc<Locks>,
+}
+
+/// What the sweep of one prefix directory found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub removed: u64,
+    pub removed_bytes: u64,
+    pub kept: u64,
+    pub kept_bytes: u64,
+}
+
+impl SweepCounts {
+    pub fn add(&mut self, o: &SweepCounts) {
+        self.removed += o.removed;
+        self.removed_bytes += o.removed_bytes;
+        self.kept += o.kept;
+        self.kept_bytes += o.kept_bytes;
+    }
+}
+
+/// What GC's mark found for one reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// Stamped now.
+    Touched,
+    /// Stamped at or after the cutoff already.
+    Recent,
+    Missing,
+}
+
+/// Why verify rejects a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkProblem {
+    /// No file for the digest.
+    Missing,
+    /// A file of zero bytes (a crash leftover on some file systems).
+    ZeroLength,
+    /// Header, CRC, length or digest do not match.
+    Corrupt(String),
+    /// The file could not be read (an I/O error).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for ChunkProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkProblem::Missing => f.write_str("missing"),
+            ChunkProblem::ZeroLength => f.write_str("zero-length file"),
+            ChunkProblem::Corrupt(r) => write!(f, "corrupt: {r}"),
+            ChunkProblem::Unreadable(r) => write!(f, "unreadable: {r}"),
+        }
+    }
+}
+
+/// A chunk file's name: 64 lower-case hex digits.
+fn is_chunk_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Zero runs of at least this many bytes are holes in a chunk file.
@@ -43,8 +105,17 @@ const SPARSE_BLOCK: usize = 4096;
 pub const PREFIX_DIGITS: usize = 2;
 
 impl ChunkStore {
-    pub(crate) fn new(base: PathBuf, tmp: PathBuf) -> Self {
-        ChunkStore { base, tmp }
+    pub(crate) fn new(base: PathBuf, tmp: PathBuf, bad: PathBuf, locks: Arc<Locks>) -> Self {
+        ChunkStore {
+            base,
+            tmp,
+            bad,
+            locks,
+        }
+    }
+
+    fn prefix(digest: &Digest) -> u8 {
+        digest.0[0]
     }
 
     /// Where the chunk with this digest lives.
@@ -53,18 +124,18 @@ impl ChunkStore {
         self.base.join(&hex[..PREFIX_DIGITS]).join(hex)
     }
 
-    /// Creates the 256 prefix directories, so that storing a chunk never
-    /// has to create (and fsync) a directory. Idempotent.
-    pub(crate) fn create_prefix_dirs(&self) -> Result<()> {
+    /// Creates the 256 prefix directories under `base`, so that storing a
+    /// chunk never has to create (and fsync) a directory. Idempotent.
+    pub(crate) fn create_prefix_dirs(base: &Path) -> Result<()> {
         for p in 0..=0xffu32 {
-            let dir = self.base.join(format!("{p:02x}"));
+            let dir = base.join(format!("{p:02x}"));
             match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).ctx(|| format!("creating {}", dir.display())),
             }
         }
-        crate::fsutil::fsync_dir(&self.base)
+        crate::fsutil::fsync_dir(base)
     }
 
     pub fn base(&self) -> &Path {
@@ -73,7 +144,11 @@ impl ChunkStore {
 
     /// Verifies `data` against `digest` and stores it durably unless a
     /// chunk with that digest exists. Blocking: hashing and fsync.
-    pub fn insert(&self, digest: &Digest, data: &[u8]) -> Result<Inserted> {
+    ///
+    /// `since` is the start of the calling writer's registration: an
+    /// existing chunk stamped before it is stamped now, under the prefix
+    /// lock, so that a GC running meanwhile keeps it (docs/maintenance.md).
+    pub fn insert(&self, digest: &Digest, data: &[u8], since: FsTime) -> Result<Inserted> {
         if data.is_empty() || data.len() > MAX_CHUNK_SIZE {
             return Err(Error::ChunkSize {
                 size: data.len(),
@@ -87,10 +162,14 @@ impl ChunkStore {
                 actual,
             });
         }
-        let path = self.chunk_path(digest);
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > 0) {
-            return Ok(Inserted::Existed);
+        {
+            let _shared = self.locks.share_prefix(Self::prefix(digest))?;
+            if self.keep_existing(digest, since)? {
+                return Ok(Inserted::Existed);
+            }
         }
+        // Written and synced outside the prefix lock, so a GC waiting to
+        // sweep this prefix never waits for a disk flush.
         let tmp = TempFile::create(&self.tmp, "chunk")?;
         let ctx = || format!("writing chunk {digest}");
         tmp.file
@@ -107,11 +186,168 @@ impl ChunkStore {
         tmp.file
             .set_len((CHUNK_HEADER_SIZE + data.len()) as u64)
             .ctx(ctx)?;
-        if let Some(dir) = path.parent() {
-            create_dir_durable(dir)?;
+        tmp.sync()?;
+        let path = self.chunk_path(digest);
+        {
+            let _shared = self.locks.share_prefix(Self::prefix(digest))?;
+            if self.keep_existing(digest, since)? {
+                return Ok(Inserted::Existed);
+            }
+            // The new file's mtime is its write time, after `since`.
+            tmp.rename(&path)?;
         }
-        tmp.persist(&path)?;
+        fsync_dir(path.parent().unwrap_or(&self.base))?;
         Ok(Inserted::New)
+    }
+
+    /// Under the prefix lock: whether a usable chunk file exists, stamping
+    /// it if it is older than `since`.
+    fn keep_existing(&self, digest: &Digest, since: FsTime) -> Result<bool> {
+        let path = self.chunk_path(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
+        };
+        let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
+        if meta.len() == 0 {
+            return Ok(false);
+        }
+        if FsTime::mtime(&meta) < since {
+            touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
+        }
+        Ok(true)
+    }
+
+    /// A writer's reference to a stored chunk: checks it is there, stamps
+    /// it like [`ChunkStore::insert`] does, and returns its plain size.
+    pub fn reference(&self, digest: &Digest, since: FsTime) -> Result<u64> {
+        let _shared = self.locks.share_prefix(Self::prefix(digest))?;
+        let (file, header) = self.open(digest)?;
+        let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
+        if FsTime::mtime(&meta) < since {
+            touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
+        }
+        Ok(header.raw_size as u64)
+    }
+
+    /// GC's mark: stamps the chunk unless it is stamped at or after
+    /// `cutoff` already. Needs no lock: only GC removes chunks, and a
+    /// stamp can only make a chunk younger.
+    pub fn mark(&self, digest: &Digest, cutoff: FsTime) -> Result<Marked> {
+        let path = self.chunk_path(digest);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marked::Missing),
+            Err(e) => return Err(e).ctx(|| format!("reading chunk {digest}")),
+        };
+        if meta.len() == 0 {
+            return Ok(Marked::Missing);
+        }
+        if FsTime::mtime(&meta) >= cutoff {
+            return Ok(Marked::Recent);
+        }
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marked::Missing),
+            Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
+        };
+        touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
+        Ok(Marked::Touched)
+    }
+
+    /// GC's sweep of prefix directory `prefix`: under its exclusive lock,
+    /// removes every chunk file stamped before `cutoff`. Streams the
+    /// directory; memory does not grow with its size.
+    pub fn sweep_prefix(&self, prefix: u8, cutoff: FsTime) -> Result<SweepCounts> {
+        let _excl = self.locks.exclusive_prefix(prefix)?;
+        let dir = self.base.join(format!("{prefix:02x}"));
+        let mut counts = SweepCounts::default();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(counts),
+            Err(e) => return Err(e).ctx(|| format!("listing {}", dir.display())),
+        };
+        let mut removed_any = false;
+        for entry in rd {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // Only files named by a digest are chunks; anything else is
+            // not GC's to remove.
+            if !is_chunk_name(name) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx(|| format!("reading {}", entry.path().display())),
+            };
+            let bytes = meta.blocks() * 512;
+            if FsTime::mtime(&meta) < cutoff {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e).ctx(|| format!("removing {}", entry.path().display()));
+                    }
+                }
+                removed_any = true;
+                counts.removed += 1;
+                counts.removed_bytes += bytes;
+            } else {
+                counts.kept += 1;
+                counts.kept_bytes += bytes;
+            }
+        }
+        if removed_any {
+            fsync_dir(&dir)?;
+        }
+        Ok(counts)
+    }
+
+    /// Verify's findings for one chunk, read and checked in full.
+    pub fn check(&self, digest: &Digest) -> std::result::Result<u64, ChunkProblem> {
+        match self.load(digest) {
+            Ok(data) => {
+                if Digest::of(&data) == *digest {
+                    Ok(data.len() as u64)
+                } else {
+                    Err(ChunkProblem::Corrupt(
+                        "its data does not hash to its name".into(),
+                    ))
+                }
+            }
+            Err(Error::ChunkMissing(_)) => {
+                let zero_length = fs::symlink_metadata(self.chunk_path(digest)).is_ok();
+                Err(if zero_length {
+                    ChunkProblem::ZeroLength
+                } else {
+                    ChunkProblem::Missing
+                })
+            }
+            Err(Error::ChunkCorrupt { reason, .. }) => Err(ChunkProblem::Corrupt(reason)),
+            Err(e) => Err(ChunkProblem::Unreadable(e.to_string())),
+        }
+    }
+
+    /// Moves a damaged chunk to `.bad/`, so that the next backup holding
+    /// its data uploads it again. Under the prefix's exclusive lock the
+    /// chunk is checked once more: a writer may have replaced a zero-length
+    /// leftover meanwhile. Returns where it went, if it was moved.
+    pub fn quarantine(&self, digest: &Digest) -> Result<Option<PathBuf>> {
+        let _excl = self.locks.exclusive_prefix(Self::prefix(digest))?;
+        let path = self.chunk_path(digest);
+        if !path.exists() || self.check(digest).is_ok() {
+            return Ok(None);
+        }
+        crate::fsutil::create_dir_durable(&self.bad)?;
+        let stamp = jiff::Timestamp::now().as_second();
+        let dest = self.bad.join(format!("{}.{stamp}", digest.to_hex()));
+        fs::rename(&path, &dest).ctx(|| format!("moving chunk {digest} aside"))?;
+        fsync_dir(path.parent().unwrap_or(&self.base))?;
+        fsync_dir(&self.bad)?;
+        Ok(Some(dest))
     }
 
     fn open(&self, digest: &Digest) -> Result<(File, ChunkHeader)> {
@@ -139,6 +375,7 @@ impl ChunkStore {
     }
 
     /// The length of the chunk's plain data, from its header only.
+    /// Readers only; a writer uses [`ChunkStore::reference`].
     pub fn raw_size(&self, digest: &Digest) -> Result<u64> {
         Ok(self.open(digest)?.1.raw_size as u64)
     }
@@ -177,10 +414,20 @@ impl ChunkStore {
 mod tests {
     use super::*;
 
+    const T0: FsTime = FsTime(0);
+
     fn store() -> (tempfile::TempDir, ChunkStore) {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("tmp")).unwrap();
-        let s = ChunkStore::new(dir.path().join("chunks"), dir.path().join("tmp"));
+        fs::create_dir(dir.path().join("chunks")).unwrap();
+        ChunkStore::create_prefix_dirs(&dir.path().join("chunks")).unwrap();
+        let locks = Arc::new(Locks::open(dir.path()).unwrap());
+        let s = ChunkStore::new(
+            dir.path().join("chunks"),
+            dir.path().join("tmp"),
+            dir.path().join("bad"),
+            locks,
+        );
         (dir, s)
     }
 
@@ -196,7 +443,7 @@ mod tests {
         let end = data.len();
         data[end - 3..].fill(9);
         let dg = Digest::of(&data);
-        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::New);
+        assert_eq!(s.insert(&dg, &data, T0).unwrap(), Inserted::New);
         let meta = fs::metadata(s.chunk_path(&dg)).unwrap();
         assert_eq!(meta.len(), (CHUNK_HEADER_SIZE + data.len()) as u64);
         assert!(
@@ -209,7 +456,7 @@ mod tests {
         let mut tail_zero = vec![0u8; 10_000];
         tail_zero[0] = 1;
         let dg = Digest::of(&tail_zero);
-        s.insert(&dg, &tail_zero).unwrap();
+        s.insert(&dg, &tail_zero, T0).unwrap();
         assert_eq!(s.load(&dg).unwrap(), tail_zero);
     }
 
@@ -218,8 +465,8 @@ mod tests {
         let (_d, s) = store();
         let data = b"some chunk data".to_vec();
         let dg = Digest::of(&data);
-        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::New);
-        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::Existed);
+        assert_eq!(s.insert(&dg, &data, T0).unwrap(), Inserted::New);
+        assert_eq!(s.insert(&dg, &data, T0).unwrap(), Inserted::Existed);
         assert_eq!(s.load(&dg).unwrap(), data);
         assert_eq!(s.raw_size(&dg).unwrap(), data.len() as u64);
         assert!(
@@ -234,10 +481,13 @@ mod tests {
         let (_d, s) = store();
         let dg = Digest::of(b"a");
         assert!(matches!(
-            s.insert(&dg, b"b"),
+            s.insert(&dg, b"b", T0),
             Err(Error::DigestMismatch { .. })
         ));
-        assert!(matches!(s.insert(&dg, b""), Err(Error::ChunkSize { .. })));
+        assert!(matches!(
+            s.insert(&dg, b"", T0),
+            Err(Error::ChunkSize { .. })
+        ));
         assert!(!s.chunk_path(&dg).exists());
         // No temp file left behind.
         assert_eq!(fs::read_dir(_d.path().join("tmp")).unwrap().count(), 0);
@@ -252,7 +502,7 @@ mod tests {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         File::create(&p).unwrap();
         assert!(matches!(s.load(&dg), Err(Error::ChunkMissing(_))));
-        assert_eq!(s.insert(&dg, &data).unwrap(), Inserted::New);
+        assert_eq!(s.insert(&dg, &data, T0).unwrap(), Inserted::New);
         assert_eq!(s.load(&dg).unwrap(), data);
     }
 
@@ -261,7 +511,7 @@ mod tests {
         let (_d, s) = store();
         let data = b"y".repeat(100);
         let dg = Digest::of(&data);
-        s.insert(&dg, &data).unwrap();
+        s.insert(&dg, &data, T0).unwrap();
         let p = s.chunk_path(&dg);
         let mut raw = fs::read(&p).unwrap();
         raw[50] ^= 1;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hoard_types::{
     BackupGroup, BackupId, BackupType, Digest, FileName, SnapshotPath, SnapshotTime,
@@ -16,11 +17,14 @@ use crate::error::{Error, IoContext, Result};
 use crate::fixed_index::{FixedIndexReader, FixedIndexWriter};
 use crate::fsutil::{create_dir_durable, fsync_dir, write_atomic};
 use crate::index_file::IndexSummary;
+use crate::locks::{FsTime, Locks, SnapshotPin, WriterRegistration, try_exclusive};
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState};
 
 const MARKER_NAME: &str = ".hoard-datastore";
 const MARKER_CONTENT: &str = "hoard-datastore 2\n";
 const LOCK_NAME: &str = ".lock";
+/// Where verify moves damaged chunks.
+pub(crate) const BAD_DIR: &str = ".bad";
 
 /// An open datastore. Cheap to clone; every method is blocking I/O.
 #[derive(Debug, Clone)]
@@ -28,6 +32,7 @@ pub struct Datastore {
     root: PathBuf,
     tmp: PathBuf,
     chunks: ChunkStore,
+    locks: Arc<Locks>,
 }
 
 impl Datastore {
@@ -47,7 +52,7 @@ impl Datastore {
             }
             create_dir_durable(&root.join(".tmp"))?;
             create_dir_durable(&root.join(".chunks"))?;
-            ChunkStore::new(root.join(".chunks"), root.join(".tmp")).create_prefix_dirs()?;
+            ChunkStore::create_prefix_dirs(&root.join(".chunks"))?;
             // The marker last: a datastore whose creation was cut short
             // is still empty of it and is created again.
             write_atomic(&root.join(".tmp"), &marker, MARKER_CONTENT.as_bytes())?;
@@ -58,6 +63,9 @@ impl Datastore {
     /// Opens an existing datastore.
     pub fn open(root: &Path) -> Result<Self> {
         let marker = root.join(MARKER_NAME);
+        if !root.is_dir() {
+            return Err(Error::NoDatastore(root.to_path_buf()));
+        }
         let found =
             fs::read_to_string(&marker).map_err(|_| Error::NotADatastore(root.to_path_buf()))?;
         if found != MARKER_CONTENT {
@@ -68,10 +76,17 @@ impl Datastore {
         }
         let tmp = root.join(".tmp");
         create_dir_durable(&tmp)?;
+        let locks = Arc::new(Locks::open(root)?);
         Ok(Datastore {
             root: root.to_path_buf(),
-            chunks: ChunkStore::new(root.join(".chunks"), tmp.clone()),
+            chunks: ChunkStore::new(
+                root.join(".chunks"),
+                tmp.clone(),
+                root.join(BAD_DIR),
+                locks.clone(),
+            ),
             tmp,
+            locks,
         })
     }
 
@@ -111,12 +126,7 @@ impl Datastore {
             }
             Err(e) => return Err(e).ctx(|| format!("creating snapshot {snap}")),
         };
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_NAME))
-            .ctx(|| format!("locking snapshot {snap}"))?;
+        let lock = open_snapshot_lock(&dir, snap)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(Error::SnapshotBusy(snap.clone())),
@@ -150,6 +160,123 @@ impl Datastore {
             return Err(Error::SnapshotNotFound(snap.clone()));
         }
         Manifest::load(&path, &snap.to_string())
+    }
+
+    pub(crate) fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
+    /// Registers a writer (a connection that uploads or references
+    /// chunks); GC keeps everything it stamps until the registration drops.
+    pub fn register_writer(&self) -> Result<WriterRegistration> {
+        self.locks.register_writer()
+    }
+
+    /// Holds `snap` against prune until the pin drops: the base of a
+    /// running backup, a snapshot being restored. Fails with
+    /// [`Error::SnapshotNotFound`] if it is gone, or going.
+    pub fn pin_snapshot(&self, snap: &SnapshotPath) -> Result<SnapshotPin> {
+        let dir = self.snapshot_dir(snap);
+        let pin = SnapshotPin::take(&dir, &snap.to_string())?
+            .ok_or_else(|| Error::SnapshotNotFound(snap.clone()))?;
+        // Checked after the pin: a prune that held the directory first
+        // removed the manifest before letting go.
+        if !dir.join(MANIFEST_NAME).exists() {
+            return Err(Error::SnapshotNotFound(snap.clone()));
+        }
+        Ok(pin)
+    }
+
+    /// Changes a finished snapshot's manifest (verification result,
+    /// protection). Fails with [`Error::SnapshotBusy`] while a writer
+    /// holds the snapshot.
+    pub fn update_manifest<T>(
+        &self,
+        snap: &SnapshotPath,
+        f: impl FnOnce(&mut Manifest) -> T,
+    ) -> Result<T> {
+        let _pin = self.pin_snapshot(snap)?;
+        let dir = self.snapshot_dir(snap);
+        let lock = open_snapshot_lock(&dir, snap)?;
+        if !try_exclusive(&lock, &format!("snapshot {snap}"))? {
+            return Err(Error::SnapshotBusy(snap.clone()));
+        }
+        let path = dir.join(MANIFEST_NAME);
+        let mut manifest = Manifest::load(&path, &snap.to_string())?;
+        let out = f(&mut manifest);
+        manifest.store(&self.tmp, &path)?;
+        Ok(out)
+    }
+
+    /// Takes a group's maintenance lock (one prune per group at a time).
+    pub fn lock_group(&self, group: &BackupGroup) -> Result<File> {
+        self.locks.group(group.ty.as_str(), group.id.as_str())
+    }
+
+    /// Removes a snapshot unless something holds it. The manifest goes
+    /// first, so a crash halfway leaves a directory that readers ignore.
+    pub fn remove_snapshot(&self, snap: &SnapshotPath) -> Result<Removal> {
+        let dir = self.snapshot_dir(snap);
+        let name = snap.to_string();
+        let Some(dir_lock) = open_dir(&dir, &name)? else {
+            return Ok(Removal::Gone);
+        };
+        if !try_exclusive(&dir_lock, &format!("snapshot {name}"))? {
+            return Ok(Removal::InUse);
+        }
+        let lock = open_snapshot_lock(&dir, snap)?;
+        if !try_exclusive(&lock, &format!("snapshot {name}"))? {
+            return Ok(Removal::BeingWritten);
+        }
+        let manifest_path = dir.join(MANIFEST_NAME);
+        if !manifest_path.exists() {
+            return Ok(Removal::Gone);
+        }
+        // Protection is checked under the lock that `protect` takes.
+        if Manifest::load(&manifest_path, &name)?.protected {
+            return Ok(Removal::Protected);
+        }
+        fs::remove_file(&manifest_path).ctx(|| format!("removing the manifest of {name}"))?;
+        fsync_dir(&dir)?;
+        for entry in fs::read_dir(&dir).ctx(|| format!("listing {name}"))? {
+            let entry = entry.ctx(|| format!("listing {name}"))?;
+            fs::remove_file(entry.path()).ctx(|| format!("removing {}", entry.path().display()))?;
+        }
+        fs::remove_dir(&dir).ctx(|| format!("removing {name}"))?;
+        if let Some(group) = dir.parent() {
+            fsync_dir(group)?;
+        }
+        Ok(Removal::Removed)
+    }
+
+    /// Whether a live writer holds the snapshot.
+    pub fn writer_active(&self, snap: &SnapshotPath) -> Result<bool> {
+        let dir = self.snapshot_dir(snap);
+        let lock = match File::open(dir.join(LOCK_NAME)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).ctx(|| format!("opening the lock of {snap}")),
+        };
+        Ok(!try_exclusive(&lock, &format!("snapshot {snap}"))?)
+    }
+
+    /// What would keep [`Datastore::remove_snapshot`] from removing the
+    /// snapshot right now, if anything (for a dry run).
+    pub fn removal_blocker(&self, snap: &SnapshotPath) -> Result<Option<Removal>> {
+        let dir = self.snapshot_dir(snap);
+        let Some(dir_lock) = open_dir(&dir, &snap.to_string())? else {
+            return Ok(Some(Removal::Gone));
+        };
+        if !try_exclusive(&dir_lock, &format!("snapshot {snap}"))? {
+            return Ok(Some(Removal::InUse));
+        }
+        if self.writer_active(snap)? {
+            return Ok(Some(Removal::BeingWritten));
+        }
+        if self.load_manifest(snap)?.protected {
+            return Ok(Some(Removal::Protected));
+        }
+        Ok(None)
     }
 
     /// Every snapshot with a manifest, sorted by group then time.
@@ -209,6 +336,36 @@ impl Datastore {
         }
         Ok(reader)
     }
+}
+
+/// What [`Datastore::remove_snapshot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Pinned by a reader (base of a running backup, restore, verify).
+    InUse,
+    /// A writer holds it.
+    BeingWritten,
+    Protected,
+    /// Not there (any more).
+    Gone,
+}
+
+fn open_dir(dir: &Path, what: &str) -> Result<Option<File>> {
+    match File::open(dir) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("opening snapshot {what}")),
+    }
+}
+
+fn open_snapshot_lock(dir: &Path, snap: &SnapshotPath) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_NAME))
+        .ctx(|| format!("locking snapshot {snap}"))
 }
 
 fn dir_names(dir: &Path) -> Result<Vec<String>> {
@@ -290,6 +447,54 @@ impl IndexReader {
             }
         }
         Ok(buf)
+    }
+
+    /// Opens an index file of `kind` at `path` with no manifest check
+    /// (verify compares with the manifest itself). `name` is for messages.
+    pub fn open_file(kind: FileKind, path: &Path, name: &str) -> Result<IndexReader> {
+        Ok(match kind {
+            FileKind::Fixed => IndexReader::Fixed(FixedIndexReader::open(path, name)?),
+            FileKind::Dynamic => IndexReader::Dynamic(DynamicIndexReader::open(path, name)?),
+        })
+    }
+
+    /// The header's checksum of the entries, hex (as in the manifest).
+    pub fn csum_hex(&self) -> String {
+        hex::encode(self.header_csum())
+    }
+
+    /// Chunks `start..start+n` with the size each must have: a fixed
+    /// index's slot size, a dynamic index's distance between end offsets.
+    pub fn sized_digests(&self, start: u64, n: usize) -> Result<Vec<(Digest, u64)>> {
+        match self {
+            IndexReader::Fixed(r) => {
+                let cs = r.chunk_size() as u64;
+                let size = r.file_size();
+                Ok(r.digests(start, n)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let off = (start + i as u64) * cs;
+                        (d, size.saturating_sub(off).min(cs))
+                    })
+                    .collect())
+            }
+            IndexReader::Dynamic(r) => {
+                let mut prev = if start == 0 {
+                    0
+                } else {
+                    r.entries(start - 1, 1)?[0].0
+                };
+                Ok(r.entries(start, n)?
+                    .into_iter()
+                    .map(|(end, d)| {
+                        let size = end.saturating_sub(prev);
+                        prev = end;
+                        (d, size)
+                    })
+                    .collect())
+            }
+        }
     }
 
     /// Digests of chunks `start..start+n`, in index order.
@@ -474,12 +679,19 @@ impl FileWriter {
 
     /// Fills slot `index` of a fixed index with a stored chunk of the
     /// right size.
-    pub fn add_fixed(&mut self, store: &ChunkStore, index: u64, digest: &Digest) -> Result<()> {
+    /// `since` is the writer's registration start ([`Datastore::register_writer`]).
+    pub fn add_fixed(
+        &mut self,
+        store: &ChunkStore,
+        index: u64,
+        digest: &Digest,
+        since: FsTime,
+    ) -> Result<()> {
         let FileIndexWriter::Fixed(w) = &mut self.index else {
             unreachable!("the server dispatches by kind")
         };
         let expected = w.slot_size(index)?;
-        let got = store.raw_size(digest)?;
+        let got = store.reference(digest, since)?;
         if got != expected {
             return Err(Error::SlotSize {
                 index,
@@ -492,7 +704,13 @@ impl FileWriter {
     }
 
     /// Appends a stored chunk starting at `offset` to a dynamic index.
-    pub fn add_dynamic(&mut self, store: &ChunkStore, offset: u64, digest: &Digest) -> Result<()> {
+    pub fn add_dynamic(
+        &mut self,
+        store: &ChunkStore,
+        offset: u64,
+        digest: &Digest,
+        since: FsTime,
+    ) -> Result<()> {
         let FileIndexWriter::Dynamic(w) = &mut self.index else {
             unreachable!("the server dispatches by kind")
         };
@@ -502,7 +720,7 @@ impl FileWriter {
                 got: offset,
             });
         }
-        let size = store.raw_size(digest)?;
+        let size = store.reference(digest, since)?;
         w.push(offset, digest, size)
     }
 

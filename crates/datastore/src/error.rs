@@ -16,6 +16,8 @@ pub enum Error {
     },
     #[error("{0} is not empty and not a hoard datastore (no .hoard-datastore marker)")]
     NotADatastore(PathBuf),
+    #[error("no datastore at {0} (`hoard serve --datastore {0}` creates one)")]
+    NoDatastore(PathBuf),
     #[error("{path}: unsupported datastore format {found:?}")]
     UnsupportedFormat { path: PathBuf, found: String },
     #[error("snapshot {0} exists already")]
@@ -75,6 +77,10 @@ pub enum Error {
     Manifest { path: String, reason: String },
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 /// Adds "what was being done" to an I/O error.

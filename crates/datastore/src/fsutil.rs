@@ -21,7 +21,9 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
+    // A relative path's last parent is "", which is the current directory.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
         create_dir_durable(parent)?;
     }
     match fs::create_dir(dir) {
@@ -29,10 +31,7 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e).ctx(|| format!("creating directory {}", dir.display())),
     }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
+    fsync_dir(parent.unwrap_or(Path::new(".")))
 }
 
 /// A file under the datastore's `.tmp/` that is removed on drop unless
@@ -61,13 +60,24 @@ impl TempFile {
     }
 
     /// fsync, rename to `dest`, fsync `dest`'s directory.
-    pub fn persist(mut self, dest: &Path) -> Result<()> {
+    pub fn persist(self, dest: &Path) -> Result<()> {
+        self.sync()?;
+        self.rename(dest)?;
+        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    }
+
+    pub fn sync(&self) -> Result<()> {
         self.file
             .sync_all()
-            .ctx(|| format!("syncing {}", self.path.display()))?;
+            .ctx(|| format!("syncing {}", self.path.display()))
+    }
+
+    /// Renames to `dest`; the caller has synced the file and syncs the
+    /// directory.
+    pub fn rename(mut self, dest: &Path) -> Result<()> {
         fs::rename(&self.path, dest).ctx(|| format!("renaming to {}", dest.display()))?;
         self.persisted = true;
-        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+        Ok(())
     }
 }
 

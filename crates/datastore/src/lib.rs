@@ -40,13 +40,17 @@ mod dynamic_index;
 mod error;
 mod fixed_index;
 mod fsutil;
+pub mod gc;
 mod index_file;
+mod locks;
 mod manifest;
+pub mod prune;
+pub mod verify;
 
 pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, ChunkHeader};
-pub use chunk_store::{ChunkStore, Inserted};
+pub use chunk_store::{ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts};
 pub use datastore::{
-    Datastore, FileWriter, IndexReader, SnapshotInfo, SnapshotWriter, check_new_file,
+    Datastore, FileWriter, IndexReader, Removal, SnapshotInfo, SnapshotWriter, check_new_file,
 };
 pub use dynamic_index::{DYNAMIC_INDEX_MAGIC, DynamicIndexReader, DynamicIndexWriter};
 pub use error::{Error, Result};
@@ -54,6 +58,7 @@ pub use fixed_index::{
     FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, MAX_FIXED_CHUNKS, MIN_FIXED_CHUNK_SIZE,
 };
 pub use index_file::IndexSummary;
+pub use locks::{FsTime, SnapshotPin, WriterRegistration};
 pub use manifest::{
     FileKind, MANIFEST_MAGIC, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState, Verification,
     VerifyState,

@@ -93,6 +93,9 @@ pub struct Manifest {
     /// incremental base.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub verification: Option<Verification>,
+    /// Set by `hoard protect`: prune never removes the snapshot.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub protected: bool,
 }
 
 impl Manifest {
@@ -103,6 +106,7 @@ impl Manifest {
             state: SnapshotState::Writing,
             files: Vec::new(),
             verification: None,
+            protected: false,
         }
     }
 

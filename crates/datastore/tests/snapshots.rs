@@ -4,6 +4,9 @@
 use hoard_datastore::*;
 use hoard_types::{Digest, FileName, SnapshotPath};
 
+/// No writer registration: these tests run no GC.
+const T0: FsTime = FsTime(0);
+
 fn snap(s: &str) -> SnapshotPath {
     s.parse().unwrap()
 }
@@ -14,7 +17,7 @@ fn name(s: &str) -> FileName {
 
 fn store_chunk(ds: &Datastore, data: &[u8]) -> Digest {
     let d = Digest::of(data);
-    ds.chunks().insert(&d, data).unwrap();
+    ds.chunks().insert(&d, data, T0).unwrap();
     d
 }
 
@@ -32,15 +35,15 @@ fn fixed_file_round_trip_and_listing() {
     assert_eq!(f.rel_path(), "vm/100/2019-04-23T12:23:36Z/d.img.fidx");
     // Wrong size for the slot.
     assert!(matches!(
-        f.add_fixed(ds.chunks(), 0, &b),
+        f.add_fixed(ds.chunks(), 0, &b, T0),
         Err(Error::SlotSize { .. })
     ));
     assert!(matches!(
-        f.add_fixed(ds.chunks(), 0, &Digest([9; 32])),
+        f.add_fixed(ds.chunks(), 0, &Digest([9; 32]), T0),
         Err(Error::ChunkMissing(_))
     ));
-    f.add_fixed(ds.chunks(), 1, &b).unwrap();
-    f.add_fixed(ds.chunks(), 0, &a).unwrap();
+    f.add_fixed(ds.chunks(), 1, &b, T0).unwrap();
+    f.add_fixed(ds.chunks(), 0, &a, T0).unwrap();
     // Not visible before it is finished.
     assert!(matches!(
         ds.open_index(f.rel_path()),
@@ -110,12 +113,12 @@ fn abandoned_file_makes_snapshot_incomplete_and_empty_snapshot_vanishes() {
     let mut f = w
         .start_file(&name("root"), FileKind::Dynamic, false, 0, 0)
         .unwrap();
-    f.add_dynamic(ds.chunks(), 0, &c).unwrap();
+    f.add_dynamic(ds.chunks(), 0, &c, T0).unwrap();
     assert!(matches!(
-        f.add_dynamic(ds.chunks(), 5, &c),
+        f.add_dynamic(ds.chunks(), 5, &c, T0),
         Err(Error::DynamicOffset { .. })
     ));
-    f.add_dynamic(ds.chunks(), 10, &c).unwrap();
+    f.add_dynamic(ds.chunks(), 10, &c, T0).unwrap();
     let m = f.finish().unwrap();
     assert_eq!(m.file_size, 20);
     w.record(m).unwrap();

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use hoard_datastore::{Datastore, FileWriter, Inserted, SnapshotWriter};
+use hoard_datastore::{
+    Datastore, FileWriter, FsTime, Inserted, SnapshotPin, SnapshotWriter, WriterRegistration,
+};
 use hoard_protocol::{ErrorId, Header, Message, PacketType, Sender};
 use hoard_types::{Digest, SnapshotPath};
 use tokio::net::TcpStream;
@@ -70,6 +72,13 @@ pub(crate) struct Connection {
     pub uploads: JoinSet<UploadDone>,
     /// Digests with an upload in flight on this connection, and how many.
     pub pending: HashMap<Digest, usize>,
+    /// Taken at the first upload or CreateBackup; GC keeps every chunk
+    /// this connection stamps while it lives (docs/maintenance.md).
+    pub registration: Option<WriterRegistration>,
+    /// Snapshots whose hash list this connection read (the base of its
+    /// backup, the snapshot it restores): prune leaves them alone until
+    /// the connection ends.
+    pub pins: HashMap<SnapshotPath, SnapshotPin>,
 }
 
 pub(crate) async fn run(
@@ -94,6 +103,8 @@ pub(crate) async fn run(
         snapshots: HashMap::new(),
         uploads: JoinSet::new(),
         pending: HashMap::new(),
+        registration: None,
+        pins: HashMap::new(),
     };
     let mut reader = FrameReader::new(tokio::io::BufReader::with_capacity(64 * 1024, read_half));
     let hello = Message::Hello {
@@ -278,6 +289,18 @@ impl Connection {
         self.streams.values().any(|s| {
             matches!(s, Stream::Task { hash_list: true, done, .. } if !done.load(Ordering::Acquire))
         })
+    }
+
+    /// The start of this connection's writer registration, registering
+    /// it first if needed.
+    pub fn writer_start(&mut self) -> hoard_datastore::Result<FsTime> {
+        if let Some(r) = &self.registration {
+            return Ok(r.start());
+        }
+        let r = tokio::task::block_in_place(|| self.ds.register_writer())?;
+        let start = r.start();
+        self.registration = Some(r);
+        Ok(start)
     }
 
     /// Handles one finished upload: Ok, or an Error that cancels its stream.

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hoard_protocol::{Message, check_frame};
+use hoard_protocol::*;
+use hoard_types::{BackupId, BackupType, Digest, FileName, SnapshotTime};
 
 pub struct Server {
     pub child: Child,
@@ -161,6 +162,19 @@ impl Conn {
     }
 }
 
+/// Runs the `hoard` binary with `HOARD_SERVER` set to `addr`.
+pub fn hoard(addr: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .env("HOARD_SERVER", addr)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 pub fn count_files(dir: &Path, suffix: &str) -> usize {
     let mut n = 0;
     for e in walk(dir) {
@@ -184,4 +198,113 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+// Raw-protocol helpers, as a client written from the seed would send.
+
+pub const T0: u64 = 1_556_022_216; // 2019-04-23T12:23:36Z
+
+pub fn create(
+    ty: BackupType,
+    id: &str,
+    time: u64,
+    flags: u8,
+    name: &str,
+    chunk_size: u32,
+    file_size: u64,
+) -> Message {
+    Message::CreateBackup(CreateBackup {
+        backup_type: ty,
+        id: BackupId::new(id).unwrap(),
+        time: SnapshotTime::from_epoch(time).unwrap(),
+        flags: BackupFlags(flags),
+        name: FileName::new(name).unwrap(),
+        chunk_size,
+        file_size,
+    })
+}
+
+pub fn upload(c: &mut Conn, stream: u8, data: &[u8]) -> Digest {
+    let digest = Digest::of(data);
+    c.send(
+        stream,
+        &Message::UploadChunk {
+            digest,
+            data: Bytes::copy_from_slice(data),
+        },
+    );
+    c.expect_ok(stream);
+    digest
+}
+
+pub fn expect_created(c: &mut Conn, stream: u8) -> String {
+    match c.recv() {
+        (s, Message::BackupCreated { path }) if s == stream => path,
+        other => panic!("expected BackupCreated on {stream}, got {other:?}"),
+    }
+}
+
+pub fn fixed(entries: &[(u64, Digest)]) -> Message {
+    let e: Vec<_> = entries
+        .iter()
+        .map(|&(index, digest)| FixedEntry { index, digest })
+        .collect();
+    Message::BackupDataFixed(FixedEntryList::from_entries(&e))
+}
+
+pub fn dynamic(entries: &[(u64, Digest)]) -> Message {
+    let e: Vec<_> = entries
+        .iter()
+        .map(|&(offset, digest)| DynamicEntry { offset, digest })
+        .collect();
+    Message::BackupDataDynamic(DynamicEntryList::from_entries(&e))
+}
+
+pub fn hash_list(c: &mut Conn, stream: u8, path: &str) -> Vec<Digest> {
+    c.send(stream, &Message::GetHashList { path: path.into() });
+    let mut out = Vec::new();
+    loop {
+        match c.recv() {
+            (s, Message::HashListPart(l)) if s == stream => {
+                if l.is_empty() {
+                    return out;
+                }
+                out.extend(l.iter());
+            }
+            other => panic!("expected HashListPart, got {other:?}"),
+        }
+    }
+}
+
+pub fn download(c: &mut Conn, stream: u8, digests: &[Digest]) -> Vec<u8> {
+    c.send(
+        stream,
+        &Message::DownloadChunks(DigestList::from_digests(digests)),
+    );
+    let mut out = Vec::new();
+    for d in digests {
+        match c.recv() {
+            (
+                s,
+                Message::Chunk {
+                    offset,
+                    digest,
+                    data,
+                },
+            ) if s == stream => {
+                assert_eq!(offset, out.len() as u64, "chunk offset");
+                assert_eq!(digest, *d);
+                assert_eq!(Digest::of(&data), digest);
+                out.extend_from_slice(&data);
+            }
+            other => panic!("expected Chunk, got {other:?}"),
+        }
+    }
+    out
+}
+
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).rotate_left(3) ^ (i >> 9) as u8)
+        .collect()
 }

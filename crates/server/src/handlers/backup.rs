@@ -1,7 +1,7 @@
 //! CreateBackup, BackupDataFixed, BackupDataDynamic, BackupFinished: one
 //! file of a snapshot, written on its own stream.
 
-use hoard_datastore::{ChunkStore, FileKind, FileWriter};
+use hoard_datastore::{ChunkStore, FileKind, FileWriter, FsTime};
 use hoard_protocol::{CreateBackup, DynamicEntryList, FixedEntryList, Message};
 use hoard_types::{BackupGroup, Digest, SnapshotPath, SourceAttributes};
 use tokio::task::block_in_place;
@@ -22,6 +22,9 @@ impl Connection {
         } else {
             FileKind::Fixed
         };
+        if let Err(e) = self.writer_start() {
+            return self.fail_ds(stream, e).await;
+        }
         let result = block_in_place(|| -> hoard_datastore::Result<FileWriter> {
             hoard_datastore::check_new_file(kind, req.file_size, req.chunk_size)?;
             match self.snapshots.get(&snapshot) {
@@ -83,9 +86,9 @@ impl Connection {
             FileKind::Fixed,
             "BackupDataFixed",
             digests,
-            |file, store| {
+            |file, store, since| {
                 list.iter()
-                    .try_for_each(|e| file.add_fixed(store, e.index, &e.digest))
+                    .try_for_each(|e| file.add_fixed(store, e.index, &e.digest, since))
             },
         )
         .await
@@ -98,9 +101,9 @@ impl Connection {
             FileKind::Dynamic,
             "BackupDataDynamic",
             digests,
-            |file, store| {
+            |file, store, since| {
                 list.iter()
-                    .try_for_each(|e| file.add_dynamic(store, e.offset, &e.digest))
+                    .try_for_each(|e| file.add_dynamic(store, e.offset, &e.digest, since))
             },
         )
         .await
@@ -114,19 +117,23 @@ impl Connection {
         kind: FileKind,
         what: &str,
         digests: impl Iterator<Item = Digest>,
-        apply: impl FnOnce(&mut FileWriter, &ChunkStore) -> hoard_datastore::Result<()>,
+        apply: impl FnOnce(&mut FileWriter, &ChunkStore, FsTime) -> hoard_datastore::Result<()>,
     ) -> Flow {
         if !self.expect_backup(stream, kind, what).await? {
             return Ok(());
         }
         self.settle_uploads(digests).await?;
+        let since = match self.writer_start() {
+            Ok(t) => t,
+            Err(e) => return self.fail_ds(stream, e).await,
+        };
         // A failed upload on this stream may have cancelled it meanwhile;
         // the client has its Error already.
         let Some(Stream::Backup(b)) = self.streams.get_mut(&stream) else {
             return Ok(());
         };
         let store = self.ds.chunks();
-        match block_in_place(|| apply(&mut b.file, store)) {
+        match block_in_place(|| apply(&mut b.file, store, since)) {
             Ok(()) => Ok(()),
             Err(e) => self.fail_ds(stream, e).await,
         }

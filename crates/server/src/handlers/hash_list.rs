@@ -9,6 +9,7 @@ use bytes::Bytes;
 use hoard_datastore::Datastore;
 use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
 use hoard_protocol::{DigestList, ErrorId, Message};
+use hoard_types::SnapshotPath;
 
 use crate::connection::{Connection, Flow};
 use hoard_transport::Outbox;
@@ -23,6 +24,22 @@ impl Connection {
                     "a hash list is already being sent on this connection".into(),
                 )
                 .await;
+        }
+        // Pinned before the index is opened: once the pin is held, a prune
+        // cannot remove the snapshot, and if one got in first the index is
+        // gone and the request fails. Either way no client learns digests
+        // of a snapshot that is being removed (docs/maintenance.md).
+        if let Some((snap, _)) = path.rsplit_once('/')
+            && let Ok(snap) = snap.parse::<SnapshotPath>()
+            && !self.pins.contains_key(&snap)
+        {
+            match tokio::task::block_in_place(|| self.ds.pin_snapshot(&snap)) {
+                Ok(pin) => {
+                    self.pins.insert(snap, pin);
+                }
+                Err(hoard_datastore::Error::SnapshotNotFound(_)) => {}
+                Err(e) => return self.fail_ds(stream, e).await,
+            }
         }
         let (ds, out) = (self.ds.clone(), self.out.clone());
         self.spawn_stream_task(stream, true, |done| {

@@ -16,11 +16,15 @@ impl Connection {
             .acquire_owned()
             .await
             .expect("the write semaphore is never closed");
+        let since = match self.writer_start() {
+            Ok(t) => t,
+            Err(e) => return self.fail_ds(stream, e).await,
+        };
         *self.pending.entry(digest).or_default() += 1;
         let ds = self.ds.clone();
         self.uploads.spawn_blocking(move || {
             let _permit = permit;
-            let result = ds.chunks().insert(&digest, &data);
+            let result = ds.chunks().insert(&digest, &data, since);
             UploadDone {
                 stream,
                 digest,
