@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hoard_protocol::*;
-use hoard_types::{BackupId, BackupType, Digest, FileName, SnapshotTime};
+use hoard_types::{BackupId, BackupType, Digest, FileName, SnapshotPath, SnapshotTime};
 
 pub struct Server {
     pub child: Child,
@@ -307,4 +307,33 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).rotate_left(3) ^ (i >> 9) as u8)
         .collect()
+}
+
+/// A complete snapshot `vm/1/time` with one fixed file `disk` of `chunks`,
+/// written through the datastore library as the server writes it.
+pub fn make(ds: &hoard_datastore::Datastore, time: u64, chunks: &[&[u8]]) -> SnapshotPath {
+    let reg = ds.register_writer().unwrap();
+    let path = SnapshotPath {
+        group: "vm/1".parse().unwrap(),
+        time: SnapshotTime::from_epoch(time).unwrap(),
+    };
+    let mut w = ds.begin_snapshot(&path, true).unwrap();
+    let size = chunks.iter().map(|c| c.len() as u64).sum();
+    let mut f = w
+        .start_file(
+            &FileName::new("disk").unwrap(),
+            hoard_datastore::FileKind::Fixed,
+            true,
+            size,
+            4096,
+        )
+        .unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        let d = Digest::of(c);
+        ds.chunks().insert(&d, c, reg.start()).unwrap();
+        f.add_fixed(ds.chunks(), i as u64, &d, reg.start()).unwrap();
+    }
+    w.record(f.finish().unwrap()).unwrap();
+    w.close().unwrap();
+    path
 }
