@@ -37,7 +37,8 @@ pub struct AdminError {
 }
 
 impl AdminError {
-    pub fn new(code: u8, message: impl Into<String>) -> anyhow::Error {
+    /// The error, ready to return from a command.
+    pub fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
         AdminError {
             code,
             message: message.into(),
@@ -56,7 +57,7 @@ pub fn ds_error(e: hoard_datastore::Error) -> anyhow::Error {
         E::Unsafe(_) | E::IndexCorrupt { .. } | E::Manifest { .. } | E::ChunkCorrupt { .. } => 8,
         _ => 1,
     };
-    AdminError::new(code, e.to_string())
+    AdminError::fail(code, e.to_string())
 }
 
 impl AdminArgs {
@@ -114,7 +115,7 @@ impl Target {
             return Ok(Target::Snapshot(snap));
         }
         s.parse::<BackupGroup>().map(Target::Group).map_err(|e| {
-            AdminError::new(
+            AdminError::fail(
                 2,
                 format!("{s:?} is neither a group (TYPE/ID) nor a snapshot (TYPE/ID/TIME): {e}"),
             )

@@ -20,7 +20,7 @@ pub fn run(args: ProtectArgs, protect: bool) -> Result<()> {
         .snapshot
         .trim_end_matches('/')
         .parse()
-        .map_err(|e| AdminError::new(2, format!("{:?}: {e}", args.snapshot)))?;
+        .map_err(|e| AdminError::fail(2, format!("{:?}: {e}", args.snapshot)))?;
     let ds = args.admin.open()?;
     let was = ds
         .update_manifest(&snap, |m| std::mem::replace(&mut m.protected, protect))

@@ -46,7 +46,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         yearly: args.keep_yearly,
     };
     if policy.is_empty() {
-        return Err(AdminError::new(
+        return Err(AdminError::fail(
             2,
             "no retention policy: give at least one --keep-* option (prune would remove \
              every unprotected snapshot)",
@@ -54,7 +54,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
     }
     let target = Target::parse(args.group.as_deref())?;
     if let Target::Snapshot(s) = &target {
-        return Err(AdminError::new(
+        return Err(AdminError::fail(
             2,
             format!("prune works on groups; {s} is a snapshot (use its group, TYPE/ID)"),
         ));

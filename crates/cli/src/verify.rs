@@ -41,7 +41,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     .map_err(ds_error)?;
     bar.finish_and_clear();
     if report.snapshots.is_empty() && !matches!(target, Target::All) {
-        return Err(AdminError::new(
+        return Err(AdminError::fail(
             4,
             format!("no snapshot matches {}", args.target.unwrap_or_default()),
         ));
@@ -99,7 +99,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     ));
     args.admin.emit(&json, &text);
     if failed > 0 {
-        return Err(AdminError::new(
+        return Err(AdminError::fail(
             8,
             format!("{failed} snapshot(s) failed verification"),
         ));

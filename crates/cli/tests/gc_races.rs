@@ -98,7 +98,7 @@ fn a_base_reused_by_a_running_backup_survives_gc_and_a_prune_during_gc() {
     let (a, b, d) = (chunk(1), chunk(2), chunk(3));
     let base = snapshot(&server, T0, &[a.clone(), b.clone()]);
     // A newer snapshot, so that keep-last 1 does not keep the base.
-    snapshot(&server, T0 + 100, &[d.clone()]);
+    snapshot(&server, T0 + 100, std::slice::from_ref(&d));
 
     // The backup reads its base's digests (which pins the base) and
     // opens its file, but references nothing yet.
@@ -210,7 +210,7 @@ fn a_chunk_uploaded_before_gc_and_referenced_after_it_survives_a_frozen_writer()
     let ds = Datastore::open(&server.datastore()).unwrap();
     let (x, y) = (chunk(1), chunk(2));
     // x becomes garbage: its only snapshot is pruned.
-    let old = snapshot(&server, T0, &[x.clone()]);
+    let old = snapshot(&server, T0, std::slice::from_ref(&x));
     assert_eq!(ds.remove_snapshot(&old).unwrap(), Removal::Removed);
     tick();
 

@@ -358,9 +358,8 @@ fn heal_path() {
     backup("2026-01-01T00:00:00Z");
     let ds = Datastore::open(&server.datastore()).unwrap();
     let first: SnapshotPath = "vm/7/2026-01-01T00:00:00Z".parse().unwrap();
-    let victim = match ds.open_index(&format!("{first}/disk.fidx")).unwrap() {
-        idx => idx.digests(3, 1).unwrap()[0],
-    };
+    let index = ds.open_index(&format!("{first}/disk.fidx")).unwrap();
+    let victim = index.digests(3, 1).unwrap()[0];
     let p = ds.chunks().chunk_path(&victim);
     let mut raw = std::fs::read(&p).unwrap();
     raw[5000] ^= 1;
