@@ -138,27 +138,19 @@ impl Chunker {
         // Before the average: the harder mask.
         if self.len < p.avg {
             let end = i + (p.avg - self.len).min(data.len() - i);
-            let start = i;
-            while i < end {
-                h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-                i += 1;
-                if h & p.mask_small == 0 {
-                    return Some(self.cut(i));
-                }
+            if let Some(n) = scan(&mut h, &data[i..end], p.mask_small) {
+                return Some(self.cut(i + n));
             }
-            self.len += i - start;
+            self.len += end - i;
+            i = end;
         }
         // After it: the easier mask, up to the maximum.
         let end = i + (p.max - self.len).min(data.len() - i);
-        let start = i;
-        while i < end {
-            h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-            i += 1;
-            if h & p.mask_large == 0 {
-                return Some(self.cut(i));
-            }
+        if let Some(n) = scan(&mut h, &data[i..end], p.mask_large) {
+            return Some(self.cut(i + n));
         }
-        self.len += i - start;
+        self.len += end - i;
+        i = end;
         if self.len == p.max {
             return Some(self.cut(i));
         }
@@ -170,6 +162,53 @@ impl Chunker {
         self.reset();
         at
     }
+}
+
+/// Rolls the gear hash over `data`; returns the length up to and
+/// including the first byte after which `hash & mask == 0`, or `None`
+/// (with `hash` rolled over all of `data`).
+///
+/// Four bytes per step. The hash after the k-th of them is
+/// `(h << k) + s_k` where `s_k` sums the gear values of those bytes:
+/// the sums are computed beside the loop-carried chain, which is then
+/// one shift and one add per four bytes instead of per byte. Same cuts
+/// as the byte-at-a-time definition (unit-tested against it). Measured
+/// (`cargo bench -p hoard-chunker`): 2.0 GB/s byte at a time, 2.4-2.6
+/// GB/s so; checking only every second byte (FastCDC 2020) gained
+/// nothing more here, the loop being bound by its table loads.
+#[inline]
+fn scan(hash: &mut u64, data: &[u8], mask: u64) -> Option<usize> {
+    let mut h = *hash;
+    let mut quads = data.chunks_exact(4);
+    let mut done = 0usize;
+    for q in &mut quads {
+        let g0 = GEAR[q[0] as usize];
+        let s2 = (g0 << 1).wrapping_add(GEAR[q[1] as usize]);
+        let s3 = (s2 << 1).wrapping_add(GEAR[q[2] as usize]);
+        let s4 = (s3 << 1).wrapping_add(GEAR[q[3] as usize]);
+        let h1 = (h << 1).wrapping_add(g0);
+        let h2 = (h << 2).wrapping_add(s2);
+        let h3 = (h << 3).wrapping_add(s3);
+        let h4 = (h << 4).wrapping_add(s4);
+        if (h1 & mask == 0) | (h2 & mask == 0) | (h3 & mask == 0) | (h4 & mask == 0) {
+            let hit = [h1, h2, h3, h4]
+                .iter()
+                .position(|x| x & mask == 0)
+                .expect("one of the four matched");
+            return Some(done + hit + 1);
+        }
+        h = h4;
+        done += 4;
+    }
+    for &b in quads.remainder() {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        done += 1;
+        if h & mask == 0 {
+            return Some(done);
+        }
+    }
+    *hash = h;
+    None
 }
 
 /// The chunk lengths of a whole buffer (tests, benchmarks, tools).
@@ -200,6 +239,43 @@ mod tests {
                 s as u8
             })
             .collect()
+    }
+
+    /// The definition, one byte at a time.
+    fn scan_bytewise(hash: &mut u64, data: &[u8], mask: u64) -> Option<usize> {
+        for (i, &b) in data.iter().enumerate() {
+            *hash = (*hash << 1).wrapping_add(GEAR[b as usize]);
+            if *hash & mask == 0 {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn unrolled_scan_matches_the_definition() {
+        let data = noise(1 << 20, 3);
+        for mask in [top_bits(6), top_bits(10), top_bits(14)] {
+            for start in 0..7 {
+                let (mut a, mut b) = (start as u64, start as u64);
+                let mut rest = &data[start..];
+                loop {
+                    let x = scan(&mut a, rest, mask);
+                    let y = scan_bytewise(&mut b, rest, mask);
+                    assert_eq!(x, y);
+                    match x {
+                        Some(n) => {
+                            rest = &rest[n..];
+                            (a, b) = (0, 0);
+                        }
+                        None => {
+                            assert_eq!(a, b);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::{
     Conn, Server, T0, count_files, create, download, dynamic, expect_created, fixed, hash_list,
-    pattern, upload,
+    noise, pattern, upload,
 };
 use hoard_protocol::consts::MAX_PACKET_SIZE;
 use hoard_protocol::*;
@@ -655,7 +655,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
     // Upload distinct 512 KiB chunks until the 3 MiB file system is full.
     let mut refused = None;
     for i in 0..16u8 {
-        let chunk = pattern(512 * 1024, i.wrapping_add(100));
+        let chunk = noise(512 * 1024, i as u64 + 100);
         c.send(
             2,
             &Message::UploadChunk {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use hoard_types::zero::nonzero_runs;
 use hoard_types::{Digest, MAX_CHUNK_SIZE};
 
-use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader};
+use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader, ZSTD_LEVEL};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{TempFile, fsync_dir};
 use crate::locks::{FsTime, Locks, touch};
@@ -172,20 +172,27 @@ impl ChunkStore {
         // sweep this prefix never waits for a disk flush.
         let tmp = TempFile::create(&self.tmp, "chunk")?;
         let ctx = || format!("writing chunk {digest}");
-        tmp.file
-            .write_all_at(&ChunkHeader::for_raw(data).encode(), 0)
-            .ctx(ctx)?;
-        // Zero blocks of the data stay holes: a disk image's chunk is
-        // often mostly zeros, and those bytes then cost neither page cache
-        // nor disk. Readers see zeros either way.
-        for (start, run) in nonzero_runs(data, SPARSE_BLOCK) {
+        if let Some(z) = compress(data) {
             tmp.file
-                .write_all_at(run, (CHUNK_HEADER_SIZE + start) as u64)
+                .write_all_at(&ChunkHeader::for_zstd(data.len(), &z).encode(), 0)
+                .ctx(ctx)?;
+            tmp.file.write_all_at(&z, CHUNK_HEADER_SIZE as u64).ctx(ctx)?;
+        } else {
+            tmp.file
+                .write_all_at(&ChunkHeader::for_raw(data).encode(), 0)
+                .ctx(ctx)?;
+            // Zero blocks of the data stay holes: a disk image's chunk is
+            // often mostly zeros, and those bytes then cost neither page
+            // cache nor disk. Readers see zeros either way.
+            for (start, run) in nonzero_runs(data, SPARSE_BLOCK) {
+                tmp.file
+                    .write_all_at(run, (CHUNK_HEADER_SIZE + start) as u64)
+                    .ctx(ctx)?;
+            }
+            tmp.file
+                .set_len((CHUNK_HEADER_SIZE + data.len()) as u64)
                 .ctx(ctx)?;
         }
-        tmp.file
-            .set_len((CHUNK_HEADER_SIZE + data.len()) as u64)
-            .ctx(ctx)?;
         tmp.sync()?;
         let path = self.chunk_path(digest);
         {
@@ -388,7 +395,11 @@ impl ChunkStore {
     /// Reads a chunk's plain data, checking its CRC.
     pub fn load(&self, digest: &Digest) -> Result<Vec<u8>> {
         let (file, header) = self.open(digest)?;
-        let size = header.raw_size as usize;
+        let size = file
+            .metadata()
+            .ctx(|| format!("reading chunk {digest}"))?
+            .len() as usize
+            - CHUNK_HEADER_SIZE;
         // Read into spare capacity: no zero-filling of a buffer that is
         // overwritten right away.
         let mut data = Vec::with_capacity(size);
@@ -406,8 +417,32 @@ impl ChunkStore {
             });
         }
         header.check_payload(digest, &data)?;
-        Ok(data)
+        header.decode_payload(digest, data)
     }
+}
+
+/// The zstd payload for `data` if it is worth storing so: a sample of
+/// three 16 KiB pieces must shrink by an eighth first, so incompressible
+/// data (media, encrypted or already compressed files) costs almost no
+/// compression time, and the whole must shrink by 1/32.
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    const PIECE: usize = 16 << 10;
+    if data.len() < 512 {
+        return None;
+    }
+    if data.len() > 4 * PIECE {
+        let mid = data.len() / 2 - PIECE / 2;
+        let mut sample = Vec::with_capacity(3 * PIECE);
+        for at in [0, mid, data.len() - PIECE] {
+            sample.extend_from_slice(&data[at..at + PIECE]);
+        }
+        let z = zstd::bulk::compress(&sample, ZSTD_LEVEL).ok()?;
+        if z.len() > sample.len() - sample.len() / 8 {
+            return None;
+        }
+    }
+    let z = zstd::bulk::compress(data, ZSTD_LEVEL).ok()?;
+    (!z.is_empty() && z.len() < data.len() - data.len() / 32).then_some(z)
 }
 
 #[cfg(test)]
@@ -444,10 +479,28 @@ mod tests {
         data[end - 3..].fill(9);
         let dg = Digest::of(&data);
         assert_eq!(s.insert(&dg, &data, T0).unwrap(), Inserted::New);
+        // Stored compressed: next to nothing on disk.
+        let meta = fs::metadata(s.chunk_path(&dg)).unwrap();
+        assert!(meta.len() < 1024, "{} bytes", meta.len());
+        assert_eq!(s.load(&dg).unwrap(), data);
+        // Incompressible data with 16 KiB of zeros: stored raw, and the
+        // zero blocks are holes.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        data[300 * 1024..316 * 1024].fill(0);
+        let dg = Digest::of(&data);
+        s.insert(&dg, &data, T0).unwrap();
         let meta = fs::metadata(s.chunk_path(&dg)).unwrap();
         assert_eq!(meta.len(), (CHUNK_HEADER_SIZE + data.len()) as u64);
         assert!(
-            meta.blocks() * 512 <= 64 * 1024,
+            meta.blocks() * 512 <= (data.len() - 12 * 1024) as u64 + 4096,
             "{} bytes allocated",
             meta.blocks() * 512
         );

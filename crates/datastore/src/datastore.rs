@@ -449,6 +449,27 @@ impl IndexReader {
         Ok(buf)
     }
 
+    /// Chunks `start..start+n` as 40-byte entries (end offset u64 LE,
+    /// digest), as the protocol's IndexPart sends them. A fixed index's
+    /// ends follow from its chunk size.
+    pub fn entry_block(&self, start: u64, n: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        match self {
+            IndexReader::Dynamic(r) => r.inner.read_entries(start, n, &mut buf)?,
+            IndexReader::Fixed(r) => {
+                let cs = r.chunk_size() as u64;
+                let size = r.file_size();
+                buf.reserve(n * 40);
+                for (i, d) in r.digests(start, n)?.into_iter().enumerate() {
+                    let end = ((start + i as u64 + 1) * cs).min(size);
+                    buf.extend_from_slice(&end.to_le_bytes());
+                    buf.extend_from_slice(d.as_bytes());
+                }
+            }
+        }
+        Ok(buf)
+    }
+
     /// Opens an index file of `kind` at `path` with no manifest check
     /// (verify compares with the manifest itself). `name` is for messages.
     pub fn open_file(kind: FileKind, path: &Path, name: &str) -> Result<IndexReader> {

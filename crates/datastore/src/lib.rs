@@ -47,7 +47,7 @@ mod manifest;
 pub mod prune;
 pub mod verify;
 
-pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, ChunkHeader};
+pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, CHUNK_MAGIC_ZSTD, ChunkHeader};
 pub use chunk_store::{ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts};
 pub use datastore::{
     Datastore, FileWriter, IndexReader, Removal, SnapshotInfo, SnapshotWriter, check_new_file,

@@ -23,6 +23,8 @@ pub enum PacketType {
     ListSnapshots = 64,
     SnapshotEntry = 65,
     FileAttributes = 66,
+    GetIndex = 67,
+    IndexPart = 68,
 }
 
 /// Which side of a connection may send a packet type.
@@ -52,6 +54,8 @@ impl PacketType {
             64 => ListSnapshots,
             65 => SnapshotEntry,
             66 => FileAttributes,
+            67 => GetIndex,
+            68 => IndexPart,
             _ => return None,
         })
     }
@@ -63,11 +67,14 @@ impl PacketType {
     pub fn sender(self) -> Sender {
         use PacketType::*;
         match self {
-            Hello | Ok | Error | HashListPart | Chunk | BackupCreated | SnapshotEntry => {
+            Hello | Ok | Error | HashListPart | Chunk | BackupCreated | SnapshotEntry
+            | IndexPart => {
                 Sender::Server
             }
             GetHashList | DownloadChunks | UploadChunk | CreateBackup | BackupDataFixed
-            | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes => Sender::Client,
+            | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes | GetIndex => {
+                Sender::Client
+            }
         }
     }
 }
@@ -134,7 +141,7 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_and_others_are_unknown() {
-        let known: Vec<u8> = (0..=12u8).chain(64..=66).collect();
+        let known: Vec<u8> = (0..=12u8).chain(64..=68).collect();
         for v in 0..=255u8 {
             match PacketType::from_u8(v) {
                 Some(t) => {

@@ -58,6 +58,14 @@ pub enum Message {
     /// Extension: what the source of the file open on this stream looked
     /// like, recorded in the manifest.
     FileAttributes(SourceAttributes),
+    /// Extension: a finished index's chunks with their end offsets,
+    /// answered by [`Message::IndexPart`] packets.
+    GetIndex {
+        path: String,
+    },
+    /// Extension: entries (end offset, digest) of an index in order; an
+    /// empty one ends the answer.
+    IndexPart(DynamicEntryList),
 }
 
 /// Which snapshots a [`Message::ListSnapshots`] asks for. An id without a
@@ -219,6 +227,8 @@ impl Message {
             ListSnapshots(_) => PacketType::ListSnapshots,
             SnapshotEntry(_) => PacketType::SnapshotEntry,
             FileAttributes(_) => PacketType::FileAttributes,
+            GetIndex { .. } => PacketType::GetIndex,
+            IndexPart(_) => PacketType::IndexPart,
         }
     }
 
@@ -262,6 +272,15 @@ impl Message {
             PacketType::GetHashList => Message::GetHashList {
                 path: decode_path("GetHashList", p)?,
             },
+            PacketType::GetIndex => Message::GetIndex {
+                path: decode_path("GetIndex", p)?,
+            },
+            PacketType::IndexPart => Message::IndexPart(whole(
+                "IndexPart",
+                "a multiple of 40 bytes",
+                len,
+                DynamicEntryList::from_bytes(payload),
+            )?),
             PacketType::BackupCreated => Message::BackupCreated {
                 path: decode_path("BackupCreated", p)?,
             },
@@ -337,7 +356,7 @@ impl Message {
             Message::Chunk { data, .. } | Message::UploadChunk { data, .. } => Some(data),
             Message::HashListPart(l) | Message::DownloadChunks(l) => Some(l.as_bytes()),
             Message::BackupDataFixed(l) => Some(l.as_bytes()),
-            Message::BackupDataDynamic(l) => Some(l.as_bytes()),
+            Message::BackupDataDynamic(l) | Message::IndexPart(l) => Some(l.as_bytes()),
             Message::SnapshotEntry(json) => Some(json),
             _ => None,
         }
@@ -348,7 +367,9 @@ impl Message {
         match self {
             Message::Hello { .. } => HELLO_SIZE,
             Message::Error { message, .. } => 1 + message.len(),
-            Message::GetHashList { path } | Message::BackupCreated { path } => 2 + path.len(),
+            Message::GetHashList { path }
+            | Message::BackupCreated { path }
+            | Message::GetIndex { path } => 2 + path.len(),
             Message::Chunk { .. } => 8 + DIGEST_SIZE,
             Message::UploadChunk { .. } => DIGEST_SIZE,
             Message::CreateBackup(c) => c.encoded_len(),
@@ -390,7 +411,9 @@ impl Message {
                 out.put_u8(*id as u8);
                 out.put_slice(message.as_bytes());
             }
-            Message::GetHashList { path } | Message::BackupCreated { path } => {
+            Message::GetHashList { path }
+            | Message::BackupCreated { path }
+            | Message::GetIndex { path } => {
                 let len = u16::try_from(path.len()).expect("path longer than 65535 bytes");
                 out.put_u16_le(len);
                 out.put_slice(path.as_bytes());

@@ -219,3 +219,29 @@ fn extension_file_attributes() {
         "02 42 1e000000 0807060504030201 ffffffffffffffff 9900000000000000",
     );
 }
+
+#[test]
+fn extension_get_index() {
+    // path length u16, path
+    golden(
+        3,
+        Message::GetIndex {
+            path: "ct/1/1970-01-01T00:00:00Z/r.hmeta.didx".into(),
+        },
+        &format!(
+            "03 43 2e000000 2600 {}",
+            hex::encode("ct/1/1970-01-01T00:00:00Z/r.hmeta.didx")
+        ),
+    );
+    // end offset u64, digest; an empty part ends the answer
+    let d = Digest::from_slice(&[0xcc; 32]);
+    golden(
+        3,
+        Message::IndexPart(DynamicEntryList::from_entries(&[DynamicEntry {
+            offset: 0x2000,
+            digest: d,
+        }])),
+        &format!("03 44 2e000000 0020000000000000 {}", rep("cc", 32)),
+    );
+    golden(3, Message::IndexPart(DynamicEntryList::default()), "03 44 06000000");
+}

@@ -99,6 +99,14 @@ fn message() -> impl Strategy<Value = Message> {
                 inode,
             })
         }),
+        "[a-z0-9/._-]{0,80}".prop_map(|path| Message::GetIndex { path }),
+        prop::collection::vec((any::<u64>(), digest()), 0..50).prop_map(|e| {
+            let e: Vec<_> = e
+                .into_iter()
+                .map(|(offset, digest)| DynamicEntry { offset, digest })
+                .collect();
+            Message::IndexPart(DynamicEntryList::from_entries(&e))
+        }),
     ]
 }
 

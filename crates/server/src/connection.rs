@@ -28,6 +28,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
+use crate::handlers::ListKind;
 use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, ReadError, writer};
 
 /// The client went away; nothing more can be sent.
@@ -189,6 +190,7 @@ impl Connection {
             msg,
             Message::CreateBackup(_)
                 | Message::GetHashList { .. }
+                | Message::GetIndex { .. }
                 | Message::DownloadChunks(_)
                 | Message::ListSnapshots(_)
         );
@@ -203,7 +205,10 @@ impl Connection {
             Message::BackupDataFixed(list) => self.backup_data_fixed(stream, list).await,
             Message::BackupDataDynamic(list) => self.backup_data_dynamic(stream, list).await,
             Message::BackupFinished => self.backup_finished(stream).await,
-            Message::GetHashList { path } => self.get_hash_list(stream, path).await,
+            Message::GetHashList { path } => {
+                self.get_hash_list(stream, path, ListKind::Digests).await
+            }
+            Message::GetIndex { path } => self.get_hash_list(stream, path, ListKind::Entries).await,
             Message::DownloadChunks(list) => self.download_chunks(stream, list).await,
             Message::ListSnapshots(filter) => self.list_snapshots(stream, filter).await,
             Message::FileAttributes(attrs) => self.file_attributes(stream, attrs).await,

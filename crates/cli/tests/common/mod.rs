@@ -309,6 +309,20 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Incompressible bytes (xorshift), for tests that need chunks to take
+/// their full size on disk (the server compresses what it can).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
 /// A complete snapshot `vm/1/time` with one fixed file `disk` of `chunks`,
 /// written through the datastore library as the server writes it.
 pub fn make(ds: &hoard_datastore::Datastore, time: u64, chunks: &[&[u8]]) -> SnapshotPath {

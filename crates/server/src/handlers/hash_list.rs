@@ -1,21 +1,32 @@
 //! GetHashList: the digests of a finished index, in index order, as
-//! HashListPart packets and a final empty one. One per connection at a
-//! time; the index's checksum is verified before anything is sent.
+//! HashListPart packets and a final empty one; and extension GetIndex,
+//! the same with each chunk's end offset, as IndexPart packets. One of
+//! either per connection at a time; the index's checksum is verified
+//! before anything is sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use hoard_datastore::Datastore;
-use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
-use hoard_protocol::{DigestList, ErrorId, Message};
+use hoard_protocol::consts::{MAX_DIGESTS_PER_PACKET, MAX_ENTRIES_PER_PACKET};
+use hoard_protocol::{DigestList, DynamicEntryList, ErrorId, Message};
 use hoard_types::SnapshotPath;
 
 use crate::connection::{Connection, Flow};
 use hoard_transport::Outbox;
 
+/// What a list request wants of each chunk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ListKind {
+    /// GetHashList: digests.
+    Digests,
+    /// GetIndex: end offsets and digests.
+    Entries,
+}
+
 impl Connection {
-    pub(crate) async fn get_hash_list(&mut self, stream: u8, path: String) -> Flow {
+    pub(crate) async fn get_hash_list(&mut self, stream: u8, path: String, kind: ListKind) -> Flow {
         if self.hash_list_running() {
             return self
                 .send_error(
@@ -43,7 +54,7 @@ impl Connection {
         }
         let (ds, out) = (self.ds.clone(), self.out.clone());
         self.spawn_stream_task(stream, true, |done| {
-            send_hash_list(ds, out, stream, path, done)
+            send_hash_list(ds, out, stream, path, kind, done)
         });
         Ok(())
     }
@@ -54,12 +65,13 @@ async fn send_hash_list(
     out: Outbox,
     stream: u8,
     path: String,
+    kind: ListKind,
     done: Arc<AtomicBool>,
 ) {
-    let result = stream_parts(&ds, &out, stream, &path).await;
+    let result = stream_parts(&ds, &out, stream, &path, kind).await;
     done.store(true, Ordering::Release);
     let last = match result {
-        Ok(()) => Message::HashListPart(DigestList::default()),
+        Ok(()) => part(kind, Bytes::new()),
         Err(message) => Message::Error {
             id: ErrorId::Generic,
             message,
@@ -68,7 +80,25 @@ async fn send_hash_list(
     let _ = out.send((stream, last)).await;
 }
 
-async fn stream_parts(ds: &Datastore, out: &Outbox, stream: u8, path: &str) -> Result<(), String> {
+/// One answer packet of `kind` carrying `block`.
+fn part(kind: ListKind, block: Bytes) -> Message {
+    match kind {
+        ListKind::Digests => {
+            Message::HashListPart(DigestList::from_bytes(block).expect("whole digests"))
+        }
+        ListKind::Entries => {
+            Message::IndexPart(DynamicEntryList::from_bytes(block).expect("whole entries"))
+        }
+    }
+}
+
+async fn stream_parts(
+    ds: &Datastore,
+    out: &Outbox,
+    stream: u8,
+    path: &str,
+    kind: ListKind,
+) -> Result<(), String> {
     let reader = {
         let (ds, path) = (ds.clone(), path.to_string());
         tokio::task::spawn_blocking(move || {
@@ -83,19 +113,21 @@ async fn stream_parts(ds: &Datastore, out: &Outbox, stream: u8, path: &str) -> R
     let reader = Arc::new(reader);
     let count = reader.chunk_count();
     let mut start = 0u64;
+    let per_packet = match kind {
+        ListKind::Digests => MAX_DIGESTS_PER_PACKET,
+        ListKind::Entries => MAX_ENTRIES_PER_PACKET,
+    } as u64;
     while start < count {
-        let n = (MAX_DIGESTS_PER_PACKET as u64).min(count - start) as usize;
+        let n = per_packet.min(count - start) as usize;
         let r = reader.clone();
-        let block = tokio::task::spawn_blocking(move || r.digest_block(start, n))
-            .await
-            .map_err(|e| format!("internal error: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let list = DigestList::from_bytes(Bytes::from(block)).expect("whole digests");
-        if out
-            .send((stream, Message::HashListPart(list)))
-            .await
-            .is_err()
-        {
+        let block = tokio::task::spawn_blocking(move || match kind {
+            ListKind::Digests => r.digest_block(start, n),
+            ListKind::Entries => r.entry_block(start, n),
+        })
+        .await
+        .map_err(|e| format!("internal error: {e}"))?
+        .map_err(|e| e.to_string())?;
+        if out.send((stream, part(kind, Bytes::from(block)))).await.is_err() {
             return Ok(());
         }
         start += n as u64;

@@ -4,6 +4,7 @@
 mod backup;
 mod download;
 mod hash_list;
+pub(crate) use hash_list::ListKind;
 mod list_snapshots;
 mod upload;
 
