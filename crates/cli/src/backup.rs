@@ -1,4 +1,4 @@
-//! `hoard backup`: disk images into one new snapshot.
+//! `hoard backup`: disk images and directory trees into one new snapshot.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use hoard_client::backup::{BackupOptions, BackupReport, ImageSpec, backup_images};
+use hoard_client::backup::{BackupOptions, BackupReport, ImageSpec, backup};
+use hoard_client::tree_backup::{DEFAULT_DATA_AVG_CHUNK, TreeSpec};
 use hoard_client::{Error, Progress};
 use hoard_types::{BackupGroup, BackupId, BackupType, FileName, SnapshotPath, SnapshotTime};
 
@@ -28,15 +29,25 @@ pub struct BackupArgs {
     /// [default: now]
     #[arg(long, value_parser = parse_time)]
     time: Option<SnapshotTime>,
-    /// Fixed chunk size: a power of two from 4K to 8M.
-    #[arg(long, default_value = "4M", value_parser = parse_chunk_size)]
-    chunk_size: u32,
-    /// Read every image, even one whose size, mtime, ctime and inode match
+    /// Chunk size, a power of two: for images the fixed size (4K to 8M,
+    /// default 4M), for trees the average (16K to 2M, default 1M).
+    #[arg(long, value_parser = parse_chunk_size)]
+    chunk_size: Option<u32>,
+    /// Read every file, even one whose size, mtime, ctime and inode match
     /// the previous snapshot.
     #[arg(long)]
     reread: bool,
-    /// Images to back up, as NAME=PATH (a regular file or a block device);
-    /// NAME is how the image is stored and restored, e.g. drive-scsi0.img.
+    /// Trees: leave out paths matching PATTERN (gitignore syntax, relative
+    /// to the tree's root; repeatable), e.g. `*.tmp`, `/var/cache/`.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    excludes: Vec<String>,
+    /// Trees: enter file systems mounted below the root (by default a
+    /// mount point is kept as an empty directory).
+    #[arg(long)]
+    all_file_systems: bool,
+    /// What to back up, as NAME=PATH. A directory becomes a file-tree
+    /// archive NAME (stored as NAME.hmeta + NAME.hdata); a regular file or
+    /// block device an image NAME, e.g. drive-scsi0.img.
     #[arg(required = true, value_parser = parse_image)]
     images: Vec<(FileName, PathBuf)>,
 }
@@ -56,7 +67,8 @@ fn parse_time(s: &str) -> Result<SnapshotTime, String> {
     }
 }
 
-/// `4M`, `64K`, `4MiB`, `4194304`.
+/// `4M`, `64K`, `4MiB`, `4194304`: a power of two from 4K to 8M (the
+/// kind of source narrows it further).
 fn parse_chunk_size(s: &str) -> Result<u32, String> {
     let lower = s.to_ascii_lowercase();
     let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
@@ -104,25 +116,47 @@ pub fn run(args: BackupArgs) -> Result<()> {
         },
         time,
     };
+    let mut images = Vec::new();
+    let mut trees = Vec::new();
+    for (name, path) in &args.images {
+        // A directory is a tree; anything else is opened as an image
+        // (which reports a missing or unsuitable source).
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            trees.push(TreeSpec {
+                name: name.clone(),
+                path: path.clone(),
+            });
+        } else {
+            images.push(ImageSpec {
+                name: name.clone(),
+                path: path.clone(),
+            });
+        }
+    }
+    let avg_chunk = match args.chunk_size {
+        Some(cs) if !trees.is_empty() && !(16 << 10..=2 << 20).contains(&cs) => {
+            return Err(Error::Usage(format!(
+                "--chunk-size {cs}: a tree's average chunk size is a power of two from 16K to 2M"
+            ))
+            .into());
+        }
+        Some(cs) => cs as usize,
+        None => DEFAULT_DATA_AVG_CHUNK,
+    };
     let opts = BackupOptions {
         snapshot,
-        chunk_size: args.chunk_size,
+        chunk_size: args.chunk_size.unwrap_or(4 << 20),
+        avg_chunk,
+        excludes: args.excludes.clone(),
+        all_file_systems: args.all_file_systems,
         reuse_unchanged: !args.reread,
         buffers: buffers(),
     };
-    let images = args
-        .images
-        .iter()
-        .map(|(name, path)| ImageSpec {
-            name: name.clone(),
-            path: path.clone(),
-        })
-        .collect();
     let progress = Arc::new(Progress::default());
     let report = runtime()?.block_on(async {
         let conn = Arc::new(args.client.connect().await?);
         let view = ProgressView::start(progress.clone(), args.client.quiet, "backup");
-        let result = backup_images(conn.clone(), opts, images, progress).await;
+        let result = backup(conn.clone(), opts, images, trees, progress).await;
         view.finish();
         let report = result?;
         // Closing waits for the server to mark the snapshot complete. All
@@ -140,21 +174,42 @@ pub fn run(args: BackupArgs) -> Result<()> {
 }
 
 fn summary(r: &BackupReport) -> String {
-    let size = r.total(|i| i.size);
+    let size = r.total(|i| i.size) + r.trees.iter().map(|t| t.bytes_total).sum::<u64>();
+    let read = r.total(|i| i.bytes_read) + r.trees.iter().map(|t| t.bytes_read).sum::<u64>();
+    let uploaded =
+        r.total(|i| i.bytes_uploaded) + r.trees.iter().map(|t| t.bytes_uploaded()).sum::<u64>();
+    let chunks_up =
+        r.total(|i| i.chunks_uploaded) + r.trees.iter().map(|t| t.chunks_uploaded()).sum::<u64>();
+    let reused =
+        r.total(|i| i.chunks_reused) + r.trees.iter().map(|t| t.chunks_reused()).sum::<u64>();
+    let chunks = r.total(|i| i.chunks) + r.trees.iter().map(|t| t.chunks()).sum::<u64>();
     let unchanged = r.images.iter().filter(|i| i.unchanged).count();
     let unchanged = match unchanged {
         0 => String::new(),
         1 => ", 1 image unchanged".to_string(),
         n => format!(", {n} images unchanged"),
     };
+    let mut trees = String::new();
+    for t in &r.trees {
+        trees.push_str(&format!(
+            "; {}: {} files ({} unchanged, not read), {} dirs",
+            t.name, t.files, t.files_unchanged, t.dirs
+        ));
+        if t.skipped > 0 {
+            trees.push_str(&format!(", {} entries skipped (unreadable, see above)", t.skipped));
+        }
+        if t.excluded > 0 {
+            trees.push_str(&format!(", {} excluded", t.excluded));
+        }
+    }
     format!(
-        "backup {}: read {}, uploaded {} in {} chunks, reused {} of {} chunks{unchanged}, {:.2} s, {}",
+        "backup {}: read {}, uploaded {} in {} chunks, reused {} of {} chunks{unchanged}{trees}, {:.2} s, {}",
         r.snapshot,
-        bytes(r.total(|i| i.bytes_read)),
-        bytes(r.total(|i| i.bytes_uploaded)),
-        r.total(|i| i.chunks_uploaded),
-        r.total(|i| i.chunks_reused),
-        r.total(|i| i.chunks),
+        bytes(read),
+        bytes(uploaded),
+        chunks_up,
+        reused,
+        chunks,
         r.seconds,
         rate(size, r.seconds),
     )

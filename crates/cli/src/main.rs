@@ -4,6 +4,7 @@ mod admin_args;
 mod backup;
 mod client_args;
 mod gc;
+mod ls;
 mod protect;
 mod prune;
 mod restore;
@@ -30,13 +31,16 @@ struct Cli {
 enum Command {
     /// Serve a datastore over the hoard protocol.
     Serve(serve::ServeArgs),
-    /// Back up disk images (regular files or block devices) into a new
-    /// snapshot, uploading only what the server lacks.
+    /// Back up disk images (regular files or block devices) and directory
+    /// trees into a new snapshot, uploading only what the server lacks.
     Backup(backup::BackupArgs),
     /// List the snapshots on the server.
     Snapshots(snapshots::SnapshotsArgs),
-    /// Restore an image of a snapshot to a file, a block device or stdout.
+    /// Restore an image of a snapshot to a file, a block device or stdout,
+    /// or an archive (all, a subtree or one file) into a directory.
     Restore(restore::RestoreArgs),
+    /// List a directory of a file-tree archive.
+    Ls(ls::LsArgs),
     /// Remove snapshots by a retention policy (maintenance, on the
     /// datastore; safe while the server runs).
     Prune(prune::PruneArgs),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup::run(args),
         Command::Snapshots(args) => snapshots::run(args),
         Command::Restore(args) => restore::run(args),
+        Command::Ls(args) => ls::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Verify(args) => verify::run(args),

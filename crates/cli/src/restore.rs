@@ -1,5 +1,6 @@
 //! `hoard restore`: one image of a snapshot to a file, a block device or
-//! standard output.
+//! standard output; or a file-tree archive (all of it, a subtree or one
+//! file) into a directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use anyhow::Result;
 use clap::Args;
 use hoard_client::requests::{Listed, find_file, latest, list_snapshots};
 use hoard_client::restore::{RestoreOptions, RestoreReport, Target, restore_image};
+use hoard_client::tree_restore::{TreeRestoreOptions, has_archive, restore_tree};
 use hoard_client::{Connection, Error, Progress};
 use hoard_protocol::SnapshotFilter;
 use hoard_types::{BackupGroup, SnapshotPath};
@@ -23,22 +25,29 @@ pub struct RestoreArgs {
     /// TYPE/ID/TIME, e.g. vm/100/2026-11-24T10:00:00Z; `latest` as TIME
     /// picks the newest complete snapshot that holds FILE.
     snapshot: String,
-    /// The image's name in the snapshot, e.g. drive-scsi0.img.
+    /// The image's or archive's name in the snapshot, e.g.
+    /// drive-scsi0.img or root.
     file: String,
-    /// A file (written sparse), a block device, or `-` for stdout.
+    /// Image: a file (written sparse), a block device, or `-` for stdout.
+    /// Archive: a directory that does not exist or is empty (or, for a
+    /// single file with --path, the file to create).
     target: String,
     /// Replace TARGET if it is an existing file.
     #[arg(long)]
     overwrite: bool,
+    /// Archives: restore only this path of the archive (a directory's
+    /// contents or one file), e.g. etc/nginx.
+    #[arg(long, value_name = "SUBPATH")]
+    path: Option<String>,
 }
 
 /// `vm/100/latest` or a snapshot path.
-enum Wanted {
+pub(crate) enum Wanted {
     Latest(BackupGroup),
     Exact(SnapshotPath),
 }
 
-fn parse_wanted(s: &str) -> Result<Wanted, Error> {
+pub(crate) fn parse_wanted(s: &str) -> Result<Wanted, Error> {
     if let Some(group) = s.strip_suffix("/latest") {
         let group: BackupGroup = group
             .parse()
@@ -50,7 +59,7 @@ fn parse_wanted(s: &str) -> Result<Wanted, Error> {
         .map_err(|e| Error::Usage(format!("snapshot {s:?}: {e}")))
 }
 
-async fn pick(conn: &Connection, wanted: &Wanted, file: &str) -> Result<Listed, Error> {
+pub(crate) async fn pick(conn: &Connection, wanted: &Wanted, file: &str) -> Result<Listed, Error> {
     let group = match wanted {
         Wanted::Latest(g) => g,
         Wanted::Exact(p) => &p.group,
@@ -91,6 +100,20 @@ async fn pick(conn: &Connection, wanted: &Wanted, file: &str) -> Result<Listed, 
 
 pub fn run(args: RestoreArgs) -> Result<()> {
     let wanted = parse_wanted(&args.snapshot)?;
+    let progress = Arc::new(Progress::default());
+    let rt = runtime()?;
+    let conn = rt.block_on(args.client.connect())?;
+    let snap = rt.block_on(pick(&conn, &wanted, &args.file))?;
+    if has_archive(&snap.manifest, &args.file) {
+        return run_tree(args, rt, conn, snap, progress);
+    }
+    if args.path.is_some() {
+        return Err(Error::Usage(format!(
+            "--path applies to file-tree archives; {} is a disk image",
+            args.file
+        ))
+        .into());
+    }
     let target = match args.target.as_str() {
         "-" => Target::Stdout,
         p => Target::Path(PathBuf::from(p)),
@@ -99,10 +122,7 @@ pub fn run(args: RestoreArgs) -> Result<()> {
         overwrite: args.overwrite,
         buffers: buffers(),
     };
-    let progress = Arc::new(Progress::default());
-    let report = runtime()?.block_on(async {
-        let conn = args.client.connect().await?;
-        let snap = pick(&conn, &wanted, &args.file).await?;
+    let report = rt.block_on(async {
         let file = find_file(&snap.manifest, &args.file).expect("picked by file");
         let view = ProgressView::start(progress.clone(), args.client.quiet, "restore");
         let result = restore_image(&conn, &snap.path, file, &target, &opts, progress).await;
@@ -120,6 +140,67 @@ pub fn run(args: RestoreArgs) -> Result<()> {
         }
     }
     args.client.summary(&summary(&report));
+    Ok(())
+}
+
+fn run_tree(
+    args: RestoreArgs,
+    rt: tokio::runtime::Runtime,
+    conn: Connection,
+    snap: Listed,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    if args.target == "-" {
+        return Err(Error::Usage("an archive restores into a directory, not to stdout".into()).into());
+    }
+    let opts = TreeRestoreOptions {
+        path: args.path.clone().unwrap_or_default(),
+        overwrite: args.overwrite,
+        buffers: buffers(),
+    };
+    let target = PathBuf::from(&args.target);
+    let report = rt.block_on(async {
+        let conn = Arc::new(conn);
+        let view = ProgressView::start(progress.clone(), args.client.quiet, "restore");
+        let result =
+            restore_tree(conn.clone(), &snap.path, &args.file, &target, &opts, progress).await;
+        view.finish();
+        let report = result?;
+        if let Some(conn) = Arc::into_inner(conn) {
+            conn.close().await?;
+        }
+        Ok::<_, Error>(report)
+    })?;
+    if args.client.output_format == OutputFormat::Json {
+        print_json(&report)?;
+    }
+    args.client.summary(&format!(
+        "restore {}/{}{} to {}: {} files, {} dirs, {} links, {} other, {}; downloaded {} data chunks ({}) and {} metadata chunks, {:.2} s, {}",
+        report.snapshot,
+        report.archive,
+        if report.path.is_empty() { String::new() } else { format!(":{}", report.path) },
+        report.target,
+        report.files,
+        report.dirs,
+        report.links,
+        report.others,
+        bytes(report.bytes),
+        report.data_chunks_downloaded,
+        bytes(report.data_bytes_downloaded),
+        report.meta_chunks_downloaded,
+        report.seconds,
+        rate(report.bytes, report.seconds),
+    ));
+    if report.failed > 0 {
+        return Err(Error::Target {
+            path: target,
+            source: std::io::Error::other(format!(
+                "{} entries could not be fully restored (listed above)",
+                report.failed
+            )),
+        }
+        .into());
+    }
     Ok(())
 }
 

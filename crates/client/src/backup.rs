@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::requests::{Listed, find_base, hash_list, list_snapshots};
 use crate::source::Source;
+use crate::tree_backup::{TreeOptions, TreeReport, TreeSpec, backup_tree};
 use hoard_types::zero::{is_zero, zero_digest};
 
 /// Uploads sent on one stream whose Ok has not arrived yet.
@@ -53,7 +54,14 @@ pub struct ImageSpec {
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     pub snapshot: SnapshotPath,
+    /// Fixed chunk size of images.
     pub chunk_size: u32,
+    /// Average chunk size of tree archives' data streams.
+    pub avg_chunk: usize,
+    /// gitignore-style patterns excluded from trees.
+    pub excludes: Vec<String>,
+    /// Trees: enter mount points below the root.
+    pub all_file_systems: bool,
     /// Reuse the base's index for a regular file whose size, mtime, ctime
     /// and inode are unchanged, without reading it.
     pub reuse_unchanged: bool,
@@ -85,6 +93,7 @@ pub struct ImageReport {
 pub struct BackupReport {
     pub snapshot: String,
     pub images: Vec<ImageReport>,
+    pub trees: Vec<TreeReport>,
     pub seconds: f64,
 }
 
@@ -94,12 +103,14 @@ impl BackupReport {
     }
 }
 
-/// Backs up `images` into one new snapshot over `conn`. Every source is
-/// opened before anything is sent, so an unreadable one fails early.
-pub async fn backup_images(
+/// Backs up `images` and `trees` into one new snapshot over `conn`, all
+/// at once. Every image is opened before anything is sent, so an
+/// unreadable one fails early.
+pub async fn backup(
     conn: Arc<Connection>,
     opts: BackupOptions,
     images: Vec<ImageSpec>,
+    trees: Vec<TreeSpec>,
     progress: Arc<Progress>,
 ) -> Result<BackupReport> {
     let started = Instant::now();
@@ -125,12 +136,31 @@ pub async fn backup_images(
     };
     let listed = Arc::new(listed);
     let shared = Arc::new(RunState {
-        known: Mutex::new(HashSet::new()),
+        known: Arc::new(Mutex::new(HashSet::new())),
         buffers: Arc::new(Semaphore::new(opts.buffers.max(1))),
         progress,
         extensions,
     });
     let mut tasks = tokio::task::JoinSet::new();
+    for spec in trees {
+        let tree_opts = TreeOptions {
+            snapshot: opts.snapshot.clone(),
+            avg_chunk: opts.avg_chunk,
+            reuse_unchanged: opts.reuse_unchanged,
+            excludes: opts.excludes.clone(),
+            all_file_systems: opts.all_file_systems,
+            buffers: opts.buffers,
+        };
+        let job = backup_tree(
+            conn.clone(),
+            tree_opts,
+            spec,
+            listed.clone(),
+            shared.known.clone(),
+            shared.progress.clone(),
+        );
+        tasks.spawn(async move { job.await.map(Done::Tree) });
+    }
     for (spec, src) in images.into_iter().zip(sources) {
         let job = ImageJob {
             conn: conn.clone(),
@@ -140,13 +170,18 @@ pub async fn backup_images(
             listed: listed.clone(),
             run: shared.clone(),
         };
-        tasks.spawn(job.run());
+        tasks.spawn(async move { job.run().await.map(Done::Image) });
     }
     let mut reports = Vec::new();
+    let mut tree_reports = Vec::new();
     while let Some(done) = tasks.join_next().await {
         let failed = match done {
-            Ok(Ok(r)) => {
+            Ok(Ok(Done::Image(r))) => {
                 reports.push(r);
+                continue;
+            }
+            Ok(Ok(Done::Tree(r))) => {
+                tree_reports.push(r);
                 continue;
             }
             Ok(Err(e)) => e,
@@ -158,19 +193,27 @@ pub async fn backup_images(
         return Err(failed);
     }
     reports.sort_by(|a, b| a.name.cmp(&b.name));
+    tree_reports.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(BackupReport {
         snapshot: opts.snapshot.to_string(),
         images: reports,
+        trees: tree_reports,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// State shared by the images of one run.
+/// What one file's task of a run produced.
+enum Done {
+    Image(ImageReport),
+    Tree(TreeReport),
+}
+
+/// State shared by the files of one run.
 struct RunState {
     /// Digests the server is known to hold, or that were queued for
     /// upload on this connection (the server orders references after
     /// uploads on one connection).
-    known: Mutex<HashSet<Digest>>,
+    known: Arc<Mutex<HashSet<Digest>>>,
     buffers: Arc<Semaphore>,
     progress: Arc<Progress>,
     /// The server understands hoard's extension packets.

@@ -5,16 +5,24 @@
 //! - [`requests`]: hash lists and the snapshot list, and choosing a base.
 //! - [`backup`]: disk images as fixed-size chunks, incrementally.
 //! - [`restore`]: an image back to a file, a block device or a pipe.
+//! - [`tree_backup`]: directory trees as archives of two dynamic-index
+//!   files, with unchanged files' chunks reused without reading them.
+//! - [`remote`]: a stored file read at random offsets, chunk by chunk.
 //!
 //! Errors are sorted by what the user has to do ([`Error::exit_code`]).
 
 pub mod backup;
 pub mod conn;
 mod error;
+mod feed;
 pub mod progress;
+pub mod remote;
 pub mod requests;
 pub mod restore;
 mod source;
+pub mod tree_backup;
+pub mod tree_restore;
+mod xattrs;
 
 pub use conn::Connection;
 pub use error::{Error, Result};

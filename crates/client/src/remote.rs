@@ -92,12 +92,16 @@ pub async fn chunk_map(conn: &Connection, path: &str) -> Result<ChunkMap> {
 
 /// Downloads `digests` in one request per 524,287 and checks each chunk
 /// against its digest and expected size; `deliver` gets them in order.
-pub async fn download(
+pub async fn download<F, Fut>(
     conn: &Connection,
     what: &str,
     wanted: &[(Digest, u64)],
-    mut deliver: impl FnMut(Bytes) -> Result<()>,
-) -> Result<()> {
+    mut deliver: F,
+) -> Result<()>
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     for batch in wanted.chunks(MAX_DIGESTS_PER_PACKET) {
         let mut stream = conn.open_stream(LIST_DEPTH)?;
         let list = DigestList::from_digests(batch.iter().map(|(d, _)| d));
@@ -113,7 +117,7 @@ pub async fn download(
                     data.len()
                 )));
             }
-            deliver(data)?;
+            deliver(data).await?;
         }
         stream.finish();
     }
@@ -181,7 +185,7 @@ impl RemoteFile {
             let what = self.name.clone();
             self.rt.block_on(download(&self.conn, &what, &wanted, |b| {
                 got.push(b);
-                Ok(())
+                std::future::ready(Ok(()))
             }))?;
             for (&i, data) in missing.iter().zip(got) {
                 check_chunk(&data, &self.map.digests[i], &self.name)?;

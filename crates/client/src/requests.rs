@@ -79,12 +79,15 @@ pub async fn list_snapshots(conn: &Connection, filter: SnapshotFilter) -> Result
 }
 
 /// The names a user may give for a stored file: its stored name
-/// (`disk.img.fidx`) or the name it was backed up under (`disk.img`).
+/// (`disk.img.fidx`) or the name it was backed up under (`disk.img`);
+/// for a tree archive its name (`root`), which finds its metadata
+/// stream (`root.hmeta.didx`).
 pub fn find_file<'a>(manifest: &'a Manifest, name: &str) -> Option<&'a ManifestFile> {
     manifest.file(name).or_else(|| {
         [FileKind::Fixed, FileKind::Dynamic]
             .iter()
             .find_map(|k| manifest.file(&format!("{name}{}", k.suffix())))
+            .or_else(|| manifest.file(&format!("{name}{}.didx", crate::tree_backup::META_SUFFIX)))
     })
 }
 

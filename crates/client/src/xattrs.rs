@@ -44,7 +44,7 @@ pub fn read(path: &Path) -> io::Result<Vec<Xattr>> {
 /// meanwhile: retry a few times.
 fn list(path: &Path) -> Result<Vec<u8>, Errno> {
     for _ in 0..4 {
-        let size = rustix::fs::llistxattr(path, &mut [][..])?;
+        let size = rustix::fs::llistxattr(path, &mut [0u8; 0][..])?;
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -64,7 +64,7 @@ fn list(path: &Path) -> Result<Vec<u8>, Errno> {
 fn get(path: &Path, name: &[u8]) -> Result<Vec<u8>, Errno> {
     let name = os_name(name);
     for _ in 0..4 {
-        let size = rustix::fs::lgetxattr(path, name, &mut [][..])?;
+        let size = rustix::fs::lgetxattr(path, name, &mut [0u8; 0][..])?;
         let mut buf = vec![0u8; size];
         match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
             Ok(n) => {

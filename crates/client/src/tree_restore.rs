@@ -1,0 +1,928 @@
+//! File-tree restore and listing: an archive (`NAME.hmeta` +
+//! `NAME.hdata`) back into a directory, one subtree or one file of it,
+//! reading only the chunks those need.
+//!
+//! Restore walks the tables twice on one blocking thread: first to list
+//! the data chunks the payloads need, in the order they will be
+//! consumed (a download task streams exactly those, checking each on the
+//! blocking pool in parallel), then to create the entries.
+//!
+//! Never outside the target: every entry is created relative to an open
+//! directory descriptor, by a single name the decoder checked (no `/`,
+//! no `..`); directories are entered with `O_NOFOLLOW`; a hard link's
+//! target is resolved the same way, component by component; an existing
+//! non-empty target is refused. A symlink is created, never followed.
+
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hoard_archive::format::{
+    self, Extent, MAX_DEPTH, MAX_EXTENTS, PAYLOAD_HEADER_SIZE, decode_payload_header,
+};
+use hoard_archive::{Archive, Entry, Kind};
+use hoard_datastore::Manifest;
+use hoard_types::{Digest, SnapshotPath};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::conn::Connection;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::remote::{ChunkMap, RemoteFile, archive_error, check_chunk, chunk_map, download};
+use crate::tree_backup::{DATA_SUFFIX, META_SUFFIX};
+use crate::xattrs;
+
+/// Stack of the restore thread: one frame per directory level.
+const RESTORE_STACK: usize = 64 << 20;
+
+/// Whether `manifest` holds an archive named `name`.
+pub fn has_archive(manifest: &Manifest, name: &str) -> bool {
+    manifest.file(&format!("{name}{META_SUFFIX}.didx")).is_some()
+        && manifest.file(&format!("{name}{DATA_SUFFIX}.didx")).is_some()
+}
+
+/// An archive opened for reading, and its data stream's chunk map.
+pub struct OpenArchive {
+    pub archive: Archive<RemoteFile>,
+    pub data: ChunkMap,
+}
+
+/// Opens archive `name` of `snapshot`: both chunk maps, then the
+/// trailer and root entry (blocking: run off the async workers).
+pub async fn open_archive(
+    conn: Arc<Connection>,
+    snapshot: &SnapshotPath,
+    name: &str,
+) -> Result<OpenArchive> {
+    let meta_name = format!("{name}{META_SUFFIX}");
+    let meta = chunk_map(&conn, &format!("{snapshot}/{meta_name}.didx")).await?;
+    let data = chunk_map(&conn, &format!("{snapshot}/{name}{DATA_SUFFIX}.didx")).await?;
+    let rt = tokio::runtime::Handle::current();
+    let data_size = data.size();
+    let remote = RemoteFile::new(conn, rt, format!("{snapshot}/{meta_name}"), meta);
+    let archive = tokio::task::spawn_blocking(move || {
+        // A failed open consumes the source; its message names the cause.
+        Archive::open(remote, data_size).map_err(|e| match e {
+            hoard_archive::ArchiveError::Source(m) => Error::Protocol(m),
+            other => Error::Damaged(other.to_string()),
+        })
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("archive task failed: {e}")))??;
+    Ok(OpenArchive { archive, data })
+}
+
+/// One listed entry, as `hoard ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedEntry {
+    pub name: String,
+    pub kind: &'static str,
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// RFC 3339 with nanoseconds, UTC.
+    pub mtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub path: String,
+    pub entries: Vec<ListedEntry>,
+    /// Chunks of the metadata stream downloaded for this listing.
+    pub meta_chunks_downloaded: u64,
+}
+
+pub fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::File { .. } => "file",
+        Kind::Dir { .. } => "dir",
+        Kind::Symlink { .. } => "symlink",
+        Kind::Hardlink { .. } => "hardlink",
+        Kind::CharDev { .. } => "chardev",
+        Kind::BlockDev { .. } => "blockdev",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+    }
+}
+
+fn listed(e: &Entry) -> ListedEntry {
+    let mtime = jiff::Timestamp::new(e.mtime.sec, e.mtime.nsec as i32)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{}.{:09}", e.mtime.sec, e.mtime.nsec));
+    ListedEntry {
+        name: String::from_utf8_lossy(&e.name).into_owned(),
+        kind: kind_name(&e.kind),
+        mode: e.mode_string(),
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        mtime,
+        target: match &e.kind {
+            Kind::Symlink { target } | Kind::Hardlink { target, .. } => {
+                Some(String::from_utf8_lossy(target).into_owned())
+            }
+            _ => None,
+        },
+    }
+}
+
+/// The entries of directory `path` of an archive (or the one entry, if
+/// `path` is not a directory).
+pub async fn list(conn: Arc<Connection>, snapshot: &SnapshotPath, name: &str, path: &str) -> Result<Listing> {
+    let OpenArchive { mut archive, .. } = open_archive(conn, snapshot, name).await?;
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let entry = archive
+            .lookup(&path)
+            .map_err(|e| archive_error(e, archive.source()))?;
+        let entries = if entry.is_dir() {
+            archive
+                .read_dir(&entry)
+                .map_err(|e| archive_error(e, archive.source()))?
+        } else {
+            vec![entry]
+        };
+        Ok(Listing {
+            path,
+            entries: entries.iter().map(listed).collect(),
+            meta_chunks_downloaded: archive.source().fetched.load(Ordering::Relaxed),
+        })
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("listing task failed: {e}")))?
+}
+
+#[derive(Debug, Clone)]
+pub struct TreeRestoreOptions {
+    /// Restore only this path of the archive (`""`: everything).
+    pub path: String,
+    /// Replace an existing target file (single-file restores).
+    pub overwrite: bool,
+    /// Chunks being checked or waiting to be written, at most.
+    pub buffers: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TreeRestoreReport {
+    pub snapshot: String,
+    pub archive: String,
+    pub path: String,
+    pub target: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub others: u64,
+    pub bytes: u64,
+    /// Entries that could not be created or given their metadata.
+    pub failed: u64,
+    pub meta_chunks_downloaded: u64,
+    pub data_chunks_downloaded: u64,
+    pub data_bytes_downloaded: u64,
+    pub seconds: f64,
+}
+
+/// Restores archive `name` of `snapshot` (all of it, or `opts.path`) to
+/// `target`: a directory that does not exist or is empty, or for a
+/// single non-directory entry the path it is to have.
+pub async fn restore_tree(
+    conn: Arc<Connection>,
+    snapshot: &SnapshotPath,
+    name: &str,
+    target: &Path,
+    opts: &TreeRestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<TreeRestoreReport> {
+    let started = Instant::now();
+    let OpenArchive { mut archive, data } = open_archive(conn.clone(), snapshot, name).await?;
+    let rt = tokio::runtime::Handle::current();
+    // Look up the subtree and plan the chunks it needs.
+    let path = opts.path.trim_matches('/').to_string();
+    let (archive, entry, needs) = {
+        let data = data.clone();
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let entry = archive
+                .lookup(&path)
+                .map_err(|e| archive_error(e, archive.source()))?;
+            let mut plan = Plan {
+                data: &data,
+                prefix: path.as_bytes().to_vec(),
+                needs: Vec::new(),
+                bytes: 0,
+            };
+            plan.entry(&mut archive, &entry, path.as_bytes(), 0)
+                .map_err(|e| plan_error(e, &mut archive))?;
+            let (needs, bytes) = (plan.needs, plan.bytes);
+            Ok::<_, Error>((archive, entry, (needs, bytes)))
+        })
+        .await
+        .map_err(|e| Error::Protocol(format!("restore task failed: {e}")))??
+    };
+    let (needs, total_bytes) = needs;
+    progress.add_total(total_bytes);
+    let mut report = TreeRestoreReport {
+        snapshot: snapshot.to_string(),
+        archive: name.to_string(),
+        path: path.clone(),
+        target: target.display().to_string(),
+        data_chunks_downloaded: needs.len() as u64,
+        data_bytes_downloaded: needs.iter().map(|&i| data.ends[i] - data.start(i)).sum(),
+        ..TreeRestoreReport::default()
+    };
+    let out = Output::prepare(target, &entry, opts.overwrite)?;
+
+    // Download exactly the planned chunks, in order, checked in parallel.
+    let (tx, rx) = mpsc::channel::<JoinHandle<Result<Bytes>>>(opts.buffers.max(2));
+    // Set when the restore thread stopped taking chunks: its own error
+    // is then the cause.
+    let writer_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fetcher = {
+        let wanted: Vec<(Digest, u64)> = needs
+            .iter()
+            .map(|&i| (data.digests[i], data.ends[i] - data.start(i)))
+            .collect();
+        let what = format!("{snapshot}/{name}{DATA_SUFFIX}");
+        let conn = conn.clone();
+        let gone = writer_gone.clone();
+        tokio::spawn(async move {
+            let mut k = 0usize;
+            let digests: Vec<Digest> = wanted.iter().map(|w| w.0).collect();
+            download(&conn, &what.clone(), &wanted, |chunk| {
+                let digest = digests[k];
+                k += 1;
+                let what = what.clone();
+                let job = tokio::task::spawn_blocking(move || {
+                    check_chunk(&chunk, &digest, &what).map(|_| chunk)
+                });
+                let (tx, gone) = (tx.clone(), gone.clone());
+                async move {
+                    tx.send(job).await.map_err(|_| {
+                        gone.store(true, Ordering::Relaxed);
+                        Error::Protocol("the restore stopped".into())
+                    })
+                }
+            })
+            .await
+        })
+    };
+    let cursor = DataCursor {
+        rx,
+        rt: rt.clone(),
+        map: data,
+        needs,
+        next: 0,
+        current: None,
+        progress: progress.clone(),
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let snapshot_name = format!("{snapshot}/{name}");
+    std::thread::Builder::new()
+        .name("hoard-restore".into())
+        .stack_size(RESTORE_STACK)
+        .spawn(move || {
+            let root = match &out {
+                Output::Dir { fd, .. } => fd.try_clone().ok(),
+                Output::Single { .. } => None,
+            };
+            let mut r = Restorer {
+                archive,
+                cursor,
+                root,
+                prefix: path.into_bytes(),
+                as_root: rustix::process::geteuid().is_root(),
+                counts: Counts::default(),
+                what: snapshot_name,
+            };
+            let result = r.restore(out, &entry);
+            let _ = done_tx.send((result, r.counts, r.archive.source().fetched.load(Ordering::Relaxed)));
+        })
+        .map_err(|e| Error::Protocol(format!("cannot start the restore thread: {e}")))?;
+    let (restored, counts, meta_fetched) = done_rx
+        .await
+        .map_err(|_| Error::Protocol("the restore thread died".into()))?;
+    let fetched = fetcher
+        .await
+        .map_err(|e| Error::Protocol(format!("download task failed: {e}")))?;
+    // A failed download explains a restore that ran out of chunks; a
+    // restore that failed explains a download it stopped.
+    match (restored, fetched) {
+        (Err(e), Err(_)) if writer_gone.load(Ordering::Relaxed) => return Err(e),
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(()), Ok(())) => {}
+    }
+    report.files = counts.files;
+    report.dirs = counts.dirs;
+    report.links = counts.links;
+    report.others = counts.others;
+    report.bytes = counts.bytes;
+    report.failed = counts.failed;
+    report.meta_chunks_downloaded = meta_fetched;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn plan_error(e: PlanError, archive: &mut Archive<RemoteFile>) -> Error {
+    match e {
+        PlanError::Archive(e) => archive_error(e, archive.source()),
+        PlanError::Client(e) => e,
+    }
+}
+
+enum PlanError {
+    Archive(hoard_archive::ArchiveError),
+    Client(Error),
+}
+
+impl From<hoard_archive::ArchiveError> for PlanError {
+    fn from(e: hoard_archive::ArchiveError) -> Self {
+        PlanError::Archive(e)
+    }
+}
+
+/// The first pass: which data chunks, in which order.
+struct Plan<'a> {
+    data: &'a ChunkMap,
+    prefix: Vec<u8>,
+    needs: Vec<usize>,
+    bytes: u64,
+}
+
+/// Whether archive path `target` lies in the restored subtree `prefix`.
+fn inside(prefix: &[u8], target: &[u8]) -> bool {
+    prefix.is_empty()
+        || target
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.first() == Some(&b'/'))
+}
+
+impl Plan<'_> {
+    fn entry(
+        &mut self,
+        archive: &mut Archive<RemoteFile>,
+        e: &Entry,
+        rel: &[u8],
+        depth: usize,
+    ) -> std::result::Result<(), PlanError> {
+        match &e.kind {
+            Kind::Dir { .. } => {
+                if depth >= MAX_DEPTH {
+                    return Err(PlanError::Client(Error::Damaged(format!(
+                        "{} is nested deeper than {MAX_DEPTH}",
+                        String::from_utf8_lossy(rel)
+                    ))));
+                }
+                for child in archive.read_dir(e)? {
+                    let child_rel = join(rel, &child.name);
+                    self.entry(archive, &child, &child_rel, depth + 1)?;
+                }
+            }
+            Kind::Hardlink { target, .. } if depth > 0 && inside(&self.prefix, target) => {}
+            _ => {
+                if let Some((at, len, _)) = e.payload() {
+                    self.payload(at, len);
+                    self.bytes += e.size;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn payload(&mut self, at: u64, len: u64) {
+        for c in self.data.covering(at, len) {
+            if self.needs.last() != Some(&c) {
+                self.needs.push(c);
+            }
+        }
+    }
+}
+
+fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    if rel.is_empty() {
+        name.to_vec()
+    } else {
+        [rel, b"/", name].concat()
+    }
+}
+
+/// The planned chunks as they arrive, read as one stream of payloads.
+struct DataCursor {
+    rx: mpsc::Receiver<JoinHandle<Result<Bytes>>>,
+    rt: tokio::runtime::Handle,
+    map: ChunkMap,
+    needs: Vec<usize>,
+    /// Index into `needs` of the next chunk to arrive.
+    next: usize,
+    current: Option<(usize, Bytes)>,
+    progress: Arc<Progress>,
+}
+
+impl DataCursor {
+    /// Chunk `c`, which must be the current or the next planned one.
+    fn chunk(&mut self, c: usize) -> Result<Bytes> {
+        if let Some((i, b)) = &self.current
+            && *i == c
+        {
+            return Ok(b.clone());
+        }
+        if self.needs.get(self.next) != Some(&c) {
+            return Err(Error::Protocol(format!(
+                "restore out of step: data chunk {c} was not planned next"
+            )));
+        }
+        self.next += 1;
+        let job = self
+            .rx
+            .blocking_recv()
+            .ok_or_else(|| Error::ConnectionLost("the download of the data stream ended early".into()))?;
+        let data = self
+            .rt
+            .block_on(job)
+            .map_err(|e| Error::Protocol(format!("check task failed: {e}")))??;
+        self.current = Some((c, data.clone()));
+        Ok(data)
+    }
+
+    /// Calls `sink` with the bytes `at .. at + len` of the data stream,
+    /// slice by slice, without copying them.
+    fn read(&mut self, at: u64, len: u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = at + len;
+        let mut pos = at;
+        for c in self.map.covering(at, len) {
+            let chunk = self.chunk(c)?;
+            let start = self.map.start(c);
+            let from = (pos - start) as usize;
+            let to = ((end - start) as usize).min(chunk.len());
+            sink(&chunk[from..to])?;
+            pos = start + to as u64;
+        }
+        Ok(())
+    }
+
+    /// `len` bytes at `at`, gathered (headers and extent maps).
+    fn gather(&mut self, at: u64, len: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        self.read(at, len, &mut |s| {
+            out.extend_from_slice(s);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    files: u64,
+    dirs: u64,
+    links: u64,
+    others: u64,
+    bytes: u64,
+    failed: u64,
+}
+
+/// Where the restored root goes.
+enum Output {
+    /// A directory (new or empty), open.
+    Dir { fd: OwnedFd, path: PathBuf },
+    /// One non-directory entry named `name` in directory `parent`; a file
+    /// is written under a temporary name and renamed.
+    Single {
+        parent: OwnedFd,
+        name: Vec<u8>,
+        path: PathBuf,
+        overwrite: bool,
+    },
+}
+
+fn target_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Target {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.into()),
+    }
+}
+
+fn open_dir_nofollow(dirfd: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dirfd,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+impl Output {
+    fn prepare(target: &Path, entry: &Entry, overwrite: bool) -> Result<Output> {
+        let io = |e: std::io::Error| Error::Target {
+            path: target.to_path_buf(),
+            source: e,
+        };
+        if entry.is_dir() {
+            match std::fs::symlink_metadata(target) {
+                Ok(m) if m.is_dir() => {
+                    if std::fs::read_dir(target).map_err(io)?.next().is_some() {
+                        return Err(target_err(target, "exists and is not empty"));
+                    }
+                }
+                Ok(_) => return Err(target_err(target, "exists and is not a directory")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(target).map_err(io)?;
+                }
+                Err(e) => return Err(io(e)),
+            }
+            let fd = rustix::fs::open(
+                target,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io(e.into()))?;
+            return Ok(Output::Dir {
+                fd,
+                path: target.to_path_buf(),
+            });
+        }
+        let name = target
+            .file_name()
+            .ok_or_else(|| target_err(target, "names no file"))?;
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() => return Err(target_err(target, "is a directory")),
+            Ok(_) if !overwrite || !matches!(entry.kind, Kind::File { .. } | Kind::Hardlink { .. }) => {
+                return Err(Error::Target {
+                    path: target.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists already (--overwrite replaces a file)",
+                    ),
+                });
+            }
+            _ => {}
+        }
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let parent = rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io(e.into()))?;
+        Ok(Output::Single {
+            parent,
+            name: name.as_bytes().to_vec(),
+            path: target.to_path_buf(),
+            overwrite,
+        })
+    }
+}
+
+struct Restorer {
+    archive: Archive<RemoteFile>,
+    cursor: DataCursor,
+    /// The restored root directory, against which hard links resolve.
+    root: Option<OwnedFd>,
+    /// Archive path of the restored subtree's root.
+    prefix: Vec<u8>,
+    as_root: bool,
+    counts: Counts,
+    what: String,
+}
+
+/// An entry's mtime as both access and modification time.
+fn times(e: &Entry) -> Timestamps {
+    let t = Timespec {
+        tv_sec: e.mtime.sec,
+        tv_nsec: e.mtime.nsec as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn os(name: &[u8]) -> &OsStr {
+    OsStr::from_bytes(name)
+}
+
+impl Restorer {
+    fn restore(&mut self, out: Output, entry: &Entry) -> Result<()> {
+        match out {
+            Output::Dir { fd, path } => {
+                let rel = self.prefix.clone();
+                self.fill_dir(&fd, &path, entry, &rel, 0)?;
+                self.finish_meta_fd(&fd, &path, entry);
+                self.counts.dirs += 1;
+                Ok(())
+            }
+            Output::Single {
+                parent,
+                name,
+                path,
+                overwrite,
+            } => {
+                if entry.payload().is_some() {
+                    self.single_file(&parent, &name, &path, entry, overwrite)
+                } else {
+                    self.create(&parent, &path, &name, entry, &self.prefix.clone(), 0)
+                }
+            }
+        }
+    }
+
+    /// Creates the entries of directory `e` inside `dirfd` (at `path`).
+    fn fill_dir(&mut self, dirfd: &OwnedFd, path: &Path, e: &Entry, rel: &[u8], depth: usize) -> Result<()> {
+        if depth >= MAX_DEPTH {
+            return Err(Error::Damaged(format!(
+                "{} is nested deeper than {MAX_DEPTH}",
+                path.display()
+            )));
+        }
+        let children = self
+            .archive
+            .read_dir(e)
+            .map_err(|err| archive_error(err, self.archive.source()))?;
+        for child in &children {
+            let child_path = path.join(os(&child.name));
+            let child_rel = join(rel, &child.name);
+            self.create(dirfd, &child_path, &child.name.clone(), child, &child_rel, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, path: &Path, what: &str, e: impl std::fmt::Display) {
+        tracing::warn!("{}: {what}: {e}", path.display());
+        self.counts.failed += 1;
+    }
+
+    /// Creates one entry named `name` in `dirfd`.
+    fn create(
+        &mut self,
+        dirfd: &OwnedFd,
+        path: &Path,
+        name: &[u8],
+        e: &Entry,
+        rel: &[u8],
+        depth: usize,
+    ) -> Result<()> {
+        let name = os(name);
+        let target_io = |err: Errno| Error::Target {
+            path: path.to_path_buf(),
+            source: err.into(),
+        };
+        match &e.kind {
+            Kind::Dir { .. } => {
+                rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700)).map_err(target_io)?;
+                let fd = open_dir_nofollow(dirfd, name).map_err(target_io)?;
+                self.fill_dir(&fd, path, e, rel, depth)?;
+                self.finish_meta_fd(&fd, path, e);
+                self.counts.dirs += 1;
+            }
+            Kind::Hardlink { target, .. } if inside(&self.prefix, target) => {
+                self.link(dirfd, name, path, target)?;
+                self.counts.links += 1;
+            }
+            Kind::File { .. } | Kind::Hardlink { .. } => {
+                let fd = rustix::fs::openat(
+                    dirfd,
+                    name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(target_io)?;
+                let mut file = std::fs::File::from(fd);
+                self.write_payload(&mut file, path, e)?;
+                self.finish_meta_fd(&file, path, e);
+                self.counts.files += 1;
+            }
+            Kind::Symlink { target } => {
+                rustix::fs::symlinkat(os(target), dirfd, name).map_err(target_io)?;
+                self.finish_meta_at(dirfd, name, path, e, true);
+                self.counts.others += 1;
+            }
+            Kind::CharDev { rdev } | Kind::BlockDev { rdev } => {
+                let ft = if matches!(e.kind, Kind::CharDev { .. }) {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                match rustix::fs::mknodat(dirfd, name, ft, Mode::from_raw_mode(0o600), *rdev) {
+                    Ok(()) => {
+                        self.finish_meta_at(dirfd, name, path, e, false);
+                        self.counts.others += 1;
+                    }
+                    Err(err) => self.failed(path, "cannot create device node", err),
+                }
+            }
+            Kind::Fifo | Kind::Socket => {
+                let ft = if matches!(e.kind, Kind::Fifo) {
+                    FileType::Fifo
+                } else {
+                    FileType::Socket
+                };
+                rustix::fs::mknodat(dirfd, name, ft, Mode::from_raw_mode(0o600), 0)
+                    .map_err(target_io)?;
+                self.finish_meta_at(dirfd, name, path, e, false);
+                self.counts.others += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A hard link to `target` (an archive path inside the restored
+    /// subtree), resolved component by component without following
+    /// symlinks.
+    fn link(&mut self, dirfd: &OwnedFd, name: &OsStr, path: &Path, target: &[u8]) -> Result<()> {
+        let rest = if self.prefix.is_empty() {
+            target
+        } else {
+            &target[self.prefix.len() + 1..]
+        };
+        let parts: Vec<&[u8]> = rest.split(|&c| c == b'/').collect();
+        let refuse = |why: String| {
+            Error::Damaged(format!(
+                "{}: hard link to {:?} refused: {why}",
+                path.display(),
+                String::from_utf8_lossy(target)
+            ))
+        };
+        let (last, dirs) = parts.split_last().ok_or_else(|| refuse("empty target".into()))?;
+        let root = self.root.as_ref().ok_or_else(|| refuse("no restored root".into()))?;
+        let mut current: Option<OwnedFd> = None;
+        for part in dirs {
+            let base = current.as_ref().unwrap_or(root);
+            let next = open_dir_nofollow(base, os(part)).map_err(|e| {
+                refuse(format!(
+                    "{} is not a restored directory ({e})",
+                    String::from_utf8_lossy(part)
+                ))
+            })?;
+            current = Some(next);
+        }
+        let base = current.as_ref().unwrap_or(root);
+        // flags 0: a symlink at the target is linked itself, never followed.
+        rustix::fs::linkat(base, os(last), dirfd, name, AtFlags::empty())
+            .map_err(|e| refuse(format!("the target was not restored ({e})")))
+    }
+
+    /// Writes a file's payload (dense or sparse) into `file`.
+    fn write_payload(&mut self, file: &mut std::fs::File, path: &Path, e: &Entry) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (at, len, sparse) = e.payload().expect("files have payloads");
+        let damaged = |why: String| Error::Damaged(format!("{}: {why} in {}", path.display(), self.what));
+        let header = self.cursor.gather(at, PAYLOAD_HEADER_SIZE as u64)?;
+        let body = decode_payload_header(&header).map_err(|x| damaged(x.to_string()))?;
+        if body != len - PAYLOAD_HEADER_SIZE as u64 {
+            return Err(damaged(format!(
+                "payload header says {body} bytes, the entry {}",
+                len - PAYLOAD_HEADER_SIZE as u64
+            )));
+        }
+        let io = |err: std::io::Error| Error::Target {
+            path: path.to_path_buf(),
+            source: err,
+        };
+        let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
+        let progress = self.cursor.progress.clone();
+        if !sparse {
+            self.cursor.read(pos, e.size, &mut |s| {
+                progress.advance(s.len() as u64);
+                file.write_all(s).map_err(io)
+            })?;
+        } else {
+            let count = u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
+            if count > MAX_EXTENTS || format::extent_map_len(count) > body {
+                return Err(damaged(format!("sparse map of {count} extents does not fit its payload")));
+            }
+            let raw = self.cursor.gather(pos + 8, 16 * count)?;
+            let extents: Vec<Extent> = raw
+                .chunks_exact(16)
+                .map(|x| Extent {
+                    offset: u64::from_le_bytes(x[..8].try_into().expect("8")),
+                    len: u64::from_le_bytes(x[8..].try_into().expect("8")),
+                })
+                .collect();
+            format::check_extents(&extents, e.size, body).map_err(|x| damaged(x.to_string()))?;
+            pos += format::extent_map_len(count);
+            for ex in extents {
+                let mut off = ex.offset;
+                self.cursor.read(pos, ex.len, &mut |s| {
+                    file.write_all_at(s, off).map_err(io)?;
+                    off += s.len() as u64;
+                    progress.advance(s.len() as u64);
+                    Ok(())
+                })?;
+                pos += ex.len;
+            }
+            file.set_len(e.size).map_err(io)?;
+        }
+        self.counts.bytes += e.size;
+        Ok(())
+    }
+
+    /// Owner, mode, extended attributes and times of an open entry, in
+    /// that order: chown clears setuid bits and capabilities, chmod
+    /// rewrites an ACL's mask.
+    fn finish_meta_fd(&mut self, fd: &impl AsFd, path: &Path, e: &Entry) {
+        if self.as_root
+            && let Err(err) = rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(e.uid)),
+                Some(rustix::fs::Gid::from_raw(e.gid)),
+            )
+        {
+            self.failed(path, "cannot set owner", err);
+        }
+        if let Err(err) = rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode)) {
+            self.failed(path, "cannot set mode", err);
+        }
+        for (name, err) in xattrs::set_fd(fd, &e.xattrs) {
+            self.failed(path, &format!("cannot set extended attribute {name}"), err);
+        }
+        if let Err(err) = rustix::fs::futimens(fd, &times(e)) {
+            self.failed(path, "cannot set times", err);
+        }
+    }
+
+    /// The same for an entry that cannot be opened (symlinks, devices,
+    /// fifos, sockets), by name in `dirfd`.
+    fn finish_meta_at(&mut self, dirfd: &OwnedFd, name: &OsStr, path: &Path, e: &Entry, symlink: bool) {
+        if self.as_root
+            && let Err(err) = rustix::fs::chownat(
+                dirfd,
+                name,
+                Some(rustix::fs::Uid::from_raw(e.uid)),
+                Some(rustix::fs::Gid::from_raw(e.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+        {
+            self.failed(path, "cannot set owner", err);
+        }
+        // Symlinks have no mode of their own on Linux.
+        if !symlink && let Err(err) = rustix::fs::chmodat(dirfd, name, Mode::from_raw_mode(e.mode), AtFlags::empty()) {
+            self.failed(path, "cannot set mode", err);
+        }
+        if !e.xattrs.is_empty() {
+            use std::os::fd::AsRawFd;
+            let proc_path = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
+            for (xname, err) in xattrs::set_path(&proc_path, &e.xattrs) {
+                self.failed(path, &format!("cannot set extended attribute {xname}"), err);
+            }
+        }
+        if let Err(err) = rustix::fs::utimensat(dirfd, name, &times(e), AtFlags::SYMLINK_NOFOLLOW) {
+            self.failed(path, "cannot set times", err);
+        }
+    }
+
+    /// A single file restored to `path`: under a temporary name in its
+    /// directory, synced, then renamed, so a failure leaves nothing.
+    fn single_file(&mut self, parent: &OwnedFd, name: &[u8], path: &Path, e: &Entry, overwrite: bool) -> Result<()> {
+        let temp = [b".", name, format!(".hoard-restore-{}", std::process::id()).as_bytes()].concat();
+        let target_io = |err: Errno| Error::Target {
+            path: path.to_path_buf(),
+            source: err.into(),
+        };
+        let fd = rustix::fs::openat(
+            parent,
+            os(&temp),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(target_io)?;
+        let mut file = std::fs::File::from(fd);
+        let result = (|| {
+            self.write_payload(&mut file, path, e)?;
+            self.finish_meta_fd(&file, path, e);
+            file.sync_all().map_err(|err| Error::Target {
+                path: path.to_path_buf(),
+                source: err,
+            })?;
+            if !overwrite && rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                return Err(target_err(path, "appeared during the restore"));
+            }
+            rustix::fs::renameat(parent, os(&temp), parent, os(name)).map_err(target_io)?;
+            rustix::fs::fsync(parent).map_err(target_io)
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(parent, os(&temp), AtFlags::empty());
+        } else {
+            self.counts.files += 1;
+        }
+        result
+    }
+}
+
