@@ -29,8 +29,13 @@ pub enum Kind {
     },
     /// A directory; its table is `table_len` bytes at `table` in the
     /// metadata stream.
-    Dir { table: u64, table_len: u64 },
-    Symlink { target: Vec<u8> },
+    Dir {
+        table: u64,
+        table_len: u64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A further name of a file met earlier in the walk: `target` is that
     /// file's path from the archive root. The payload is the target's, so
     /// a partial restore that lacks the target can still write the data.
@@ -40,8 +45,12 @@ pub enum Kind {
         payload_len: u64,
         sparse: bool,
     },
-    CharDev { rdev: u64 },
-    BlockDev { rdev: u64 },
+    CharDev {
+        rdev: u64,
+    },
+    BlockDev {
+        rdev: u64,
+    },
     Fifo,
     Socket,
 }

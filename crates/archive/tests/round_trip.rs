@@ -63,12 +63,20 @@ fn lookup_and_listing() {
     let mut a = Archive::open(meta, data_len).unwrap();
     assert_eq!(a.root().xattrs.len(), 1);
     let root = a.root().clone();
-    let names: Vec<_> = a.read_dir(&root).unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<_> = a
+        .read_dir(&root)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, vec![b"a.txt".to_vec(), b"sub".to_vec()]);
     assert_eq!(a.lookup("sub/b.bin").unwrap().size, 7);
     assert_eq!(a.lookup("/sub/").unwrap().name, b"sub");
     assert!(matches!(a.lookup("sub/nope"), Err(ArchiveError::NotFound(p)) if p == "sub/nope"));
-    assert!(matches!(a.lookup("a.txt/x"), Err(ArchiveError::NotADirectory(_))));
+    assert!(matches!(
+        a.lookup("a.txt/x"),
+        Err(ArchiveError::NotADirectory(_))
+    ));
     assert_eq!(payload_header(5).len(), 16);
 }
 
@@ -76,7 +84,10 @@ fn lookup_and_listing() {
 fn truncated_or_mismatched_streams_are_refused() {
     let (meta, data_len) = build();
     for cut in 0..meta.len() {
-        assert!(Archive::open(meta[..cut].to_vec(), data_len).is_err(), "cut at {cut}");
+        assert!(
+            Archive::open(meta[..cut].to_vec(), data_len).is_err(),
+            "cut at {cut}"
+        );
     }
     assert!(Archive::open(meta.clone(), data_len + 1).is_err());
     // A file pointing beyond the data stream is refused when listed.

@@ -25,9 +25,15 @@ fn text(n: usize) -> Vec<u8> {
     let mut s = 7u64;
     let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         out.extend_from_slice(words[(s >> 60) as usize % words.len()].as_bytes());
-        out.push(if (s >> 20) % 9 == 0 { b'\n' } else { b' ' });
+        out.push(if (s >> 20).is_multiple_of(9) {
+            b'\n'
+        } else {
+            b' '
+        });
     }
     out.truncate(n);
     out

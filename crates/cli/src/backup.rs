@@ -196,7 +196,10 @@ fn summary(r: &BackupReport) -> String {
             t.name, t.files, t.files_unchanged, t.dirs
         ));
         if t.skipped > 0 {
-            trees.push_str(&format!(", {} entries skipped (unreadable, see above)", t.skipped));
+            trees.push_str(&format!(
+                ", {} entries skipped (unreadable, see above)",
+                t.skipped
+            ));
         }
         if t.excluded > 0 {
             trees.push_str(&format!(", {} excluded", t.excluded));

@@ -151,7 +151,9 @@ fn run_tree(
     progress: Arc<Progress>,
 ) -> Result<()> {
     if args.target == "-" {
-        return Err(Error::Usage("an archive restores into a directory, not to stdout".into()).into());
+        return Err(
+            Error::Usage("an archive restores into a directory, not to stdout".into()).into(),
+        );
     }
     let opts = TreeRestoreOptions {
         path: args.path.clone().unwrap_or_default(),
@@ -162,8 +164,15 @@ fn run_tree(
     let report = rt.block_on(async {
         let conn = Arc::new(conn);
         let view = ProgressView::start(progress.clone(), args.client.quiet, "restore");
-        let result =
-            restore_tree(conn.clone(), &snap.path, &args.file, &target, &opts, progress).await;
+        let result = restore_tree(
+            conn.clone(),
+            &snap.path,
+            &args.file,
+            &target,
+            &opts,
+            progress,
+        )
+        .await;
         view.finish();
         let report = result?;
         if let Some(conn) = Arc::into_inner(conn) {

@@ -383,8 +383,17 @@ fn every_failure_names_the_thing_and_its_exit_code() {
         5,
         "exists",
     );
-    // 6: source unreadable: missing, a directory.
+    // 6: source unreadable: missing, neither a file nor a device (a
+    // directory is a tree, tested in tree_client.rs).
     let missing = dir.path().join("missing.raw");
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     fails(
         addr,
         &[
@@ -406,10 +415,10 @@ fn every_failure_names_the_thing_and_its_exit_code() {
             "vm",
             "--id",
             "100",
-            &format!("d.img={}", dir.path().display()),
+            &format!("d.img={}", fifo.display()),
         ],
         6,
-        "is a directory",
+        "is neither a regular file nor a block device",
     );
     // 7: target not writable: no such directory; an existing file.
     let nodir = dir.path().join("no/such/dir/out");

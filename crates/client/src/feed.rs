@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use hoard_chunker::{Chunker, Params};
 use hoard_protocol::consts::MAX_ENTRIES_PER_PACKET;
-use hoard_protocol::{
-    BackupFlags, CreateBackup, DynamicEntry, DynamicEntryList, Message,
-};
+use hoard_protocol::{BackupFlags, CreateBackup, DynamicEntry, DynamicEntryList, Message};
 use hoard_types::{Digest, FileName, SnapshotPath};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -124,7 +122,9 @@ impl ChunkFeed {
             let digest = Digest::of(&data);
             (digest, data, permit)
         });
-        self.tx.blocking_send(Piece::New(job)).map_err(|_| FeedClosed)
+        self.tx
+            .blocking_send(Piece::New(job))
+            .map_err(|_| FeedClosed)
     }
 }
 

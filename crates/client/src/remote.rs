@@ -170,12 +170,18 @@ impl RemoteFile {
     }
 
     fn cached(&self, i: usize) -> Option<Bytes> {
-        self.cache.iter().find(|(c, _)| *c == i).map(|(_, b)| b.clone())
+        self.cache
+            .iter()
+            .find(|(c, _)| *c == i)
+            .map(|(_, b)| b.clone())
     }
 
     /// The chunks `range`, fetching the missing ones in one request.
     fn chunks(&mut self, range: std::ops::RangeInclusive<usize>) -> Result<Vec<Bytes>> {
-        let missing: Vec<usize> = range.clone().filter(|&i| self.cached(i).is_none()).collect();
+        let missing: Vec<usize> = range
+            .clone()
+            .filter(|&i| self.cached(i).is_none())
+            .collect();
         if !missing.is_empty() {
             let wanted: Vec<(Digest, u64)> = missing
                 .iter()
@@ -254,7 +260,9 @@ impl RangeSource for RemoteFile {
 pub fn archive_error(e: ArchiveError, source: &mut RemoteFile) -> Error {
     match e {
         ArchiveError::Source(msg) => source.last_error.take().unwrap_or(Error::Protocol(msg)),
-        ArchiveError::NotFound(_) | ArchiveError::NotADirectory(_) => Error::NotFound(e.to_string()),
+        ArchiveError::NotFound(_) | ArchiveError::NotADirectory(_) => {
+            Error::NotFound(e.to_string())
+        }
         ArchiveError::Malformed(_) | ArchiveError::BadName(_) => Error::Damaged(e.to_string()),
     }
 }

@@ -23,6 +23,19 @@ fn nanos(secs: i64, nsec: i64) -> i64 {
 
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
+        // Checked before opening: opening a fifo would wait for a writer.
+        let ft = std::fs::metadata(path)
+            .map_err(Error::source_io(path))?
+            .file_type();
+        if !ft.is_file() && !ft.is_block_device() {
+            return Err(Error::Source {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is neither a regular file nor a block device",
+                ),
+            });
+        }
         let err = Error::source_io(path);
         let mut file = File::open(path).map_err(err)?;
         let meta = file.metadata().map_err(Error::source_io(path))?;

@@ -162,7 +162,8 @@ pub async fn backup_tree(
                 k.extend(data_map.digests.iter().copied());
             }
             if opts.reuse_unchanged {
-                let remote = RemoteFile::new(conn.clone(), rt.clone(), meta_name.to_string(), meta_map);
+                let remote =
+                    RemoteFile::new(conn.clone(), rt.clone(), meta_name.to_string(), meta_map);
                 let data_size = data_map.size();
                 let opened = tokio::task::spawn_blocking(move || Archive::open(remote, data_size))
                     .await
@@ -173,7 +174,9 @@ pub async fn backup_tree(
                         data: data_map,
                     }),
                     Err(e) => {
-                        tracing::warn!("the previous archive cannot be read, every file is read: {e}");
+                        tracing::warn!(
+                            "the previous archive cannot be read, every file is read: {e}"
+                        );
                         None
                     }
                 }
@@ -184,8 +187,10 @@ pub async fn backup_tree(
         None => None,
     };
 
-    let meta_stream = create_dynamic(&conn, &opts.snapshot, &meta_name, META_AVG_CHUNK as u32).await?;
-    let data_stream = create_dynamic(&conn, &opts.snapshot, &data_name, opts.avg_chunk as u32).await?;
+    let meta_stream =
+        create_dynamic(&conn, &opts.snapshot, &meta_name, META_AVG_CHUNK as u32).await?;
+    let data_stream =
+        create_dynamic(&conn, &opts.snapshot, &data_name, opts.avg_chunk as u32).await?;
     let buffers = Arc::new(Semaphore::new(opts.buffers.max(2)));
     let (meta_tx, meta_rx) = feed::channel();
     let (data_tx, data_rx) = feed::channel();
@@ -229,8 +234,12 @@ pub async fn backup_tree(
         .map_err(|_| Error::Protocol("the walker thread died".into()));
     // The uploaders' errors explain a walker that stopped because they
     // went away; otherwise the walker's error is the cause.
-    let meta_r = meta_up.await.map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
-    let data_r = data_up.await.map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
+    let meta_r = meta_up
+        .await
+        .map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
+    let data_r = data_up
+        .await
+        .map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
     let mut report = match walked? {
         Ok(r) => r,
         Err(WalkError::Closed) => {
@@ -263,7 +272,11 @@ async fn find_previous(
     }
     let meta_map = chunk_map(conn, &format!("{}/{meta}", snap.path)).await?;
     let data_map = chunk_map(conn, &format!("{}/{data}", snap.path)).await?;
-    Ok(Some((format!("{}/{}", snap.path, spec.name), meta_map, data_map)))
+    Ok(Some((
+        format!("{}/{}", snap.path, spec.name),
+        meta_map,
+        data_map,
+    )))
 }
 
 fn build_excludes(root: &Path, patterns: &[String]) -> Result<Gitignore> {
@@ -272,7 +285,8 @@ fn build_excludes(root: &Path, patterns: &[String]) -> Result<Gitignore> {
         b.add_line(None, p)
             .map_err(|e| Error::Usage(format!("exclude pattern {p:?}: {e}")))?;
     }
-    b.build().map_err(|e| Error::Usage(format!("exclude patterns: {e}")))
+    b.build()
+        .map_err(|e| Error::Usage(format!("exclude patterns: {e}")))
 }
 
 enum WalkError {
@@ -418,15 +432,13 @@ impl Walker {
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         // The previous archive's entries of this directory, if it had it.
         let prev_entries = match (prev, self.previous.as_mut()) {
-            (Some(p), Some(prev_archive)) if p.is_dir() => {
-                match prev_archive.archive.read_dir(p) {
-                    Ok(list) => list,
-                    Err(e) => {
-                        let e = archive_error(e, prev_archive.archive.source());
-                        return Err(WalkError::Failed(e));
-                    }
+            (Some(p), Some(prev_archive)) if p.is_dir() => match prev_archive.archive.read_dir(p) {
+                Ok(list) => list,
+                Err(e) => {
+                    let e = archive_error(e, prev_archive.archive.source());
+                    return Err(WalkError::Failed(e));
                 }
-            }
+            },
             _ => Vec::new(),
         };
         let cache_dir = is_cache_dir(dir);
@@ -504,7 +516,11 @@ impl Walker {
                     }
                 }
                 Ok(t) => {
-                    self.skip(path, "symlink target length out of range", &t.as_os_str().len());
+                    self.skip(
+                        path,
+                        "symlink target length out of range",
+                        &t.as_os_str().len(),
+                    );
                     return Ok(None);
                 }
                 Err(e) => {

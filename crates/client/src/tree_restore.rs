@@ -47,8 +47,12 @@ const RESTORE_STACK: usize = 64 << 20;
 
 /// Whether `manifest` holds an archive named `name`.
 pub fn has_archive(manifest: &Manifest, name: &str) -> bool {
-    manifest.file(&format!("{name}{META_SUFFIX}.didx")).is_some()
-        && manifest.file(&format!("{name}{DATA_SUFFIX}.didx")).is_some()
+    manifest
+        .file(&format!("{name}{META_SUFFIX}.didx"))
+        .is_some()
+        && manifest
+            .file(&format!("{name}{DATA_SUFFIX}.didx"))
+            .is_some()
 }
 
 /// An archive opened for reading, and its data stream's chunk map.
@@ -95,6 +99,9 @@ pub struct ListedEntry {
     pub mtime: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Names of extended attributes (ACLs and capabilities among them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,12 +143,22 @@ fn listed(e: &Entry) -> ListedEntry {
             }
             _ => None,
         },
+        xattrs: e
+            .xattrs
+            .iter()
+            .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+            .collect(),
     }
 }
 
 /// The entries of directory `path` of an archive (or the one entry, if
 /// `path` is not a directory).
-pub async fn list(conn: Arc<Connection>, snapshot: &SnapshotPath, name: &str, path: &str) -> Result<Listing> {
+pub async fn list(
+    conn: Arc<Connection>,
+    snapshot: &SnapshotPath,
+    name: &str,
+    path: &str,
+) -> Result<Listing> {
     let OpenArchive { mut archive, .. } = open_archive(conn, snapshot, name).await?;
     let path = path.to_string();
     tokio::task::spawn_blocking(move || {
@@ -307,7 +324,11 @@ pub async fn restore_tree(
                 what: snapshot_name,
             };
             let result = r.restore(out, &entry);
-            let _ = done_tx.send((result, r.counts, r.archive.source().fetched.load(Ordering::Relaxed)));
+            let _ = done_tx.send((
+                result,
+                r.counts,
+                r.archive.source().fetched.load(Ordering::Relaxed),
+            ));
         })
         .map_err(|e| Error::Protocol(format!("cannot start the restore thread: {e}")))?;
     let (restored, counts, meta_fetched) = done_rx
@@ -444,10 +465,9 @@ impl DataCursor {
             )));
         }
         self.next += 1;
-        let job = self
-            .rx
-            .blocking_recv()
-            .ok_or_else(|| Error::ConnectionLost("the download of the data stream ended early".into()))?;
+        let job = self.rx.blocking_recv().ok_or_else(|| {
+            Error::ConnectionLost("the download of the data stream ended early".into())
+        })?;
         let data = self
             .rt
             .block_on(job)
@@ -561,7 +581,10 @@ impl Output {
             .ok_or_else(|| target_err(target, "names no file"))?;
         match std::fs::symlink_metadata(target) {
             Ok(m) if m.is_dir() => return Err(target_err(target, "is a directory")),
-            Ok(_) if !overwrite || !matches!(entry.kind, Kind::File { .. } | Kind::Hardlink { .. }) => {
+            Ok(_)
+                if !overwrite
+                    || !matches!(entry.kind, Kind::File { .. } | Kind::Hardlink { .. }) =>
+            {
                 return Err(Error::Target {
                     path: target.to_path_buf(),
                     source: std::io::Error::new(
@@ -645,7 +668,14 @@ impl Restorer {
     }
 
     /// Creates the entries of directory `e` inside `dirfd` (at `path`).
-    fn fill_dir(&mut self, dirfd: &OwnedFd, path: &Path, e: &Entry, rel: &[u8], depth: usize) -> Result<()> {
+    fn fill_dir(
+        &mut self,
+        dirfd: &OwnedFd,
+        path: &Path,
+        e: &Entry,
+        rel: &[u8],
+        depth: usize,
+    ) -> Result<()> {
         if depth >= MAX_DEPTH {
             return Err(Error::Damaged(format!(
                 "{} is nested deeper than {MAX_DEPTH}",
@@ -659,7 +689,14 @@ impl Restorer {
         for child in &children {
             let child_path = path.join(os(&child.name));
             let child_rel = join(rel, &child.name);
-            self.create(dirfd, &child_path, &child.name.clone(), child, &child_rel, depth + 1)?;
+            self.create(
+                dirfd,
+                &child_path,
+                &child.name.clone(),
+                child,
+                &child_rel,
+                depth + 1,
+            )?;
         }
         Ok(())
     }
@@ -700,7 +737,11 @@ impl Restorer {
                 let fd = rustix::fs::openat(
                     dirfd,
                     name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(target_io)?;
@@ -760,8 +801,13 @@ impl Restorer {
                 String::from_utf8_lossy(target)
             ))
         };
-        let (last, dirs) = parts.split_last().ok_or_else(|| refuse("empty target".into()))?;
-        let root = self.root.as_ref().ok_or_else(|| refuse("no restored root".into()))?;
+        let (last, dirs) = parts
+            .split_last()
+            .ok_or_else(|| refuse("empty target".into()))?;
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| refuse("no restored root".into()))?;
         let mut current: Option<OwnedFd> = None;
         for part in dirs {
             let base = current.as_ref().unwrap_or(root);
@@ -783,7 +829,8 @@ impl Restorer {
     fn write_payload(&mut self, file: &mut std::fs::File, path: &Path, e: &Entry) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let (at, len, sparse) = e.payload().expect("files have payloads");
-        let damaged = |why: String| Error::Damaged(format!("{}: {why} in {}", path.display(), self.what));
+        let damaged =
+            |why: String| Error::Damaged(format!("{}: {why} in {}", path.display(), self.what));
         let header = self.cursor.gather(at, PAYLOAD_HEADER_SIZE as u64)?;
         let body = decode_payload_header(&header).map_err(|x| damaged(x.to_string()))?;
         if body != len - PAYLOAD_HEADER_SIZE as u64 {
@@ -804,9 +851,12 @@ impl Restorer {
                 file.write_all(s).map_err(io)
             })?;
         } else {
-            let count = u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
+            let count =
+                u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
             if count > MAX_EXTENTS || format::extent_map_len(count) > body {
-                return Err(damaged(format!("sparse map of {count} extents does not fit its payload")));
+                return Err(damaged(format!(
+                    "sparse map of {count} extents does not fit its payload"
+                )));
             }
             let raw = self.cursor.gather(pos + 8, 16 * count)?;
             let extents: Vec<Extent> = raw
@@ -860,7 +910,14 @@ impl Restorer {
 
     /// The same for an entry that cannot be opened (symlinks, devices,
     /// fifos, sockets), by name in `dirfd`.
-    fn finish_meta_at(&mut self, dirfd: &OwnedFd, name: &OsStr, path: &Path, e: &Entry, symlink: bool) {
+    fn finish_meta_at(
+        &mut self,
+        dirfd: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        e: &Entry,
+        symlink: bool,
+    ) {
         if self.as_root
             && let Err(err) = rustix::fs::chownat(
                 dirfd,
@@ -873,12 +930,16 @@ impl Restorer {
             self.failed(path, "cannot set owner", err);
         }
         // Symlinks have no mode of their own on Linux.
-        if !symlink && let Err(err) = rustix::fs::chmodat(dirfd, name, Mode::from_raw_mode(e.mode), AtFlags::empty()) {
+        if !symlink
+            && let Err(err) =
+                rustix::fs::chmodat(dirfd, name, Mode::from_raw_mode(e.mode), AtFlags::empty())
+        {
             self.failed(path, "cannot set mode", err);
         }
         if !e.xattrs.is_empty() {
             use std::os::fd::AsRawFd;
-            let proc_path = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
+            let proc_path =
+                PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
             for (xname, err) in xattrs::set_path(&proc_path, &e.xattrs) {
                 self.failed(path, &format!("cannot set extended attribute {xname}"), err);
             }
@@ -890,8 +951,20 @@ impl Restorer {
 
     /// A single file restored to `path`: under a temporary name in its
     /// directory, synced, then renamed, so a failure leaves nothing.
-    fn single_file(&mut self, parent: &OwnedFd, name: &[u8], path: &Path, e: &Entry, overwrite: bool) -> Result<()> {
-        let temp = [b".", name, format!(".hoard-restore-{}", std::process::id()).as_bytes()].concat();
+    fn single_file(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &Path,
+        e: &Entry,
+        overwrite: bool,
+    ) -> Result<()> {
+        let temp = [
+            b".",
+            name,
+            format!(".hoard-restore-{}", std::process::id()).as_bytes(),
+        ]
+        .concat();
         let target_io = |err: Errno| Error::Target {
             path: path.to_path_buf(),
             source: err.into(),
@@ -911,7 +984,8 @@ impl Restorer {
                 path: path.to_path_buf(),
                 source: err,
             })?;
-            if !overwrite && rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            if !overwrite && rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            {
                 return Err(target_err(path, "appeared during the restore"));
             }
             rustix::fs::renameat(parent, os(&temp), parent, os(name)).map_err(target_io)?;
@@ -925,4 +999,3 @@ impl Restorer {
         result
     }
 }
-

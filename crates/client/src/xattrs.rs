@@ -44,7 +44,7 @@ pub fn read(path: &Path) -> io::Result<Vec<Xattr>> {
 /// meanwhile: retry a few times.
 fn list(path: &Path) -> Result<Vec<u8>, Errno> {
     for _ in 0..4 {
-        let size = rustix::fs::llistxattr(path, &mut [0u8; 0][..])?;
+        let size = rustix::fs::llistxattr_query(path)?;
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -64,7 +64,7 @@ fn list(path: &Path) -> Result<Vec<u8>, Errno> {
 fn get(path: &Path, name: &[u8]) -> Result<Vec<u8>, Errno> {
     let name = os_name(name);
     for _ in 0..4 {
-        let size = rustix::fs::lgetxattr(path, name, &mut [0u8; 0][..])?;
+        let size = rustix::fs::lgetxattr_query(path, name)?;
         let mut buf = vec![0u8; size];
         match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
             Ok(n) => {
@@ -83,7 +83,8 @@ pub fn set_fd(fd: impl std::os::fd::AsFd, attrs: &[Xattr]) -> Vec<(String, io::E
     let mut failed = Vec::new();
     for x in attrs {
         let name = os_name(&x.name);
-        if let Err(e) = rustix::fs::fsetxattr(&fd, name, &x.value, rustix::fs::XattrFlags::empty()) {
+        if let Err(e) = rustix::fs::fsetxattr(&fd, name, &x.value, rustix::fs::XattrFlags::empty())
+        {
             failed.push((String::from_utf8_lossy(&x.name).into_owned(), e.into()));
         }
     }
@@ -95,7 +96,8 @@ pub fn set_path(path: &Path, attrs: &[Xattr]) -> Vec<(String, io::Error)> {
     let mut failed = Vec::new();
     for x in attrs {
         let name = os_name(&x.name);
-        if let Err(e) = rustix::fs::lsetxattr(path, name, &x.value, rustix::fs::XattrFlags::empty()) {
+        if let Err(e) = rustix::fs::lsetxattr(path, name, &x.value, rustix::fs::XattrFlags::empty())
+        {
             failed.push((String::from_utf8_lossy(&x.name).into_owned(), e.into()));
         }
     }

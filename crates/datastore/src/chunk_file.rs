@@ -119,7 +119,10 @@ impl ChunkHeader {
         if data.len() != size {
             return Err(Error::ChunkCorrupt {
                 digest: *digest,
-                reason: format!("decompresses to {} bytes, the header says {size}", data.len()),
+                reason: format!(
+                    "decompresses to {} bytes, the header says {size}",
+                    data.len()
+                ),
             });
         }
         Ok(data)

@@ -176,7 +176,9 @@ impl ChunkStore {
             tmp.file
                 .write_all_at(&ChunkHeader::for_zstd(data.len(), &z).encode(), 0)
                 .ctx(ctx)?;
-            tmp.file.write_all_at(&z, CHUNK_HEADER_SIZE as u64).ctx(ctx)?;
+            tmp.file
+                .write_all_at(&z, CHUNK_HEADER_SIZE as u64)
+                .ctx(ctx)?;
         } else {
             tmp.file
                 .write_all_at(&ChunkHeader::for_raw(data).encode(), 0)

@@ -68,9 +68,7 @@ impl PacketType {
         use PacketType::*;
         match self {
             Hello | Ok | Error | HashListPart | Chunk | BackupCreated | SnapshotEntry
-            | IndexPart => {
-                Sender::Server
-            }
+            | IndexPart => Sender::Server,
             GetHashList | DownloadChunks | UploadChunk | CreateBackup | BackupDataFixed
             | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes | GetIndex => {
                 Sender::Client

@@ -243,5 +243,9 @@ fn extension_get_index() {
         }])),
         &format!("03 44 2e000000 0020000000000000 {}", rep("cc", 32)),
     );
-    golden(3, Message::IndexPart(DynamicEntryList::default()), "03 44 06000000");
+    golden(
+        3,
+        Message::IndexPart(DynamicEntryList::default()),
+        "03 44 06000000",
+    );
 }

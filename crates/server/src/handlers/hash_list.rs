@@ -127,7 +127,11 @@ async fn stream_parts(
         .await
         .map_err(|e| format!("internal error: {e}"))?
         .map_err(|e| e.to_string())?;
-        if out.send((stream, part(kind, Bytes::from(block)))).await.is_err() {
+        if out
+            .send((stream, part(kind, Bytes::from(block))))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         start += n as u64;
