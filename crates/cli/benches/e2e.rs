@@ -1,10 +1,10 @@
-//! End-to-end benchmark of the image client: the real `hoard` binary
-//! (built by `cargo bench` with the release settings) against a real
-//! server on loopback, on the dataset of `../shared/bench/gen_dataset.py`.
+//! End-to-end benchmark of the client: the real `hoard` binary (built by
+//! `cargo bench` with the release settings) against a real server on
+//! loopback, on the dataset of `../shared/bench/gen_dataset.py`.
 //!
 //! `cargo bench -p hoard --bench e2e`
 //!
-//! Steps, each timed from process start to exit:
+//! Image steps, each timed from process start to exit:
 //! 1. first backup of `image.raw` (2 GiB: random, text and zero zones);
 //! 2. unchanged second backup, with the metadata shortcut;
 //! 3. unchanged second backup, reading everything (`--reread`);
@@ -13,11 +13,20 @@
 //!    the clock stops);
 //! 6. full restore of the first snapshot (the image as generated).
 //!
+//! Tree steps (the ~20,000-file, ~1 GiB tree, its own server and
+//! datastore):
+//! 1. first backup; 2. unchanged second backup; 3. backup after the same
+//!    `mutate` (2% of the files changed, added or removed); 4. full
+//!    restore of the mutated snapshot (compared with the tree after the
+//!    clock stops); 5. single-file restore of a 20 MiB file. After each
+//!    backup, the datastore's size on disk (`du`).
+//!
 //! For each: seconds, MB/s over the image size, bytes uploaded or
 //! downloaded, peak client RSS (from wait4) and peak server RSS (VmHWM,
 //! reset before each step through /proc/PID/clear_refs).
 //!
-//! Environment: `HOARD_BENCH_DIR` is where the datastore and the dataset
+//! Environment: `HOARD_BENCH_PART` = `image`, `tree` or `all` (default);
+//! `HOARD_BENCH_DIR` is where the datastore and the dataset
 //! go (default: the system temp dir; /dev/shm measures without the disk);
 //! `HOARD_BENCH_ROUNDS` (default 3) how often the whole sequence runs,
 //! each round on a fresh datastore and a fresh copy of the image. This
@@ -43,6 +52,8 @@ struct Step {
     moved: u64,
     client_rss_kib: u64,
     server_rss_kib: u64,
+    /// The datastore's size on disk after a backup step.
+    datastore: Option<u64>,
 }
 
 fn main() {
@@ -71,11 +82,13 @@ fn main() {
     let size = std::fs::metadata(pristine.join("image.raw"))
         .expect("image")
         .len();
-    let mut all: Vec<Vec<Step>> = Vec::new();
+    let part = std::env::var("HOARD_BENCH_PART").unwrap_or_else(|_| "all".into());
+    let (do_image, do_tree) = (part != "tree", part != "image");
+    let mut images: Vec<Vec<Step>> = Vec::new();
+    let mut trees: Vec<Vec<Step>> = Vec::new();
     for round in 0..rounds {
-        // Each round: a fresh datastore and a fresh copy of the image
-        // (the mutation is deterministic, so every round sees the same
-        // bytes). The tree is only linked: mutate needs it, we do not.
+        // Each round: a fresh datastore and a fresh copy of the data (the
+        // mutation is deterministic, so every round sees the same bytes).
         let work = dir.path().join(format!("round{round}"));
         std::fs::create_dir(&work).expect("round dir");
         run_ok(
@@ -84,17 +97,64 @@ fn main() {
                 .arg(pristine.join("image.raw"))
                 .arg(work.join("image.raw")),
         );
-        std::os::unix::fs::symlink(pristine.join("tree"), work.join("tree")).expect("symlink");
-        all.push(run_round(&work, size));
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(pristine.join("tree"))
+                .arg(work.join("tree")),
+        );
+        let image = do_image.then(|| ImageRun::start(&work));
+        let tree = do_tree.then(|| TreeRun::start(&work));
+        let mut image_steps = Vec::new();
+        let mut tree_steps = Vec::new();
+        if let Some(r) = &image {
+            r.before_mutation(&mut image_steps);
+        }
+        if let Some(r) = &tree {
+            r.before_mutation(&mut tree_steps);
+        }
+        run_ok(
+            Command::new("python3")
+                .arg(GEN)
+                .arg("mutate")
+                .arg(&work)
+                .stderr(Stdio::null()),
+        );
+        if let Some(r) = &image {
+            r.after_mutation(&mut image_steps, size);
+        }
+        if let Some(r) = &tree {
+            r.after_mutation(&mut tree_steps);
+        }
+        if do_image {
+            images.push(image_steps);
+        }
+        if do_tree {
+            trees.push(tree_steps);
+        }
+        drop((image, tree));
         let _ = std::fs::remove_dir_all(&work);
     }
+    if do_image {
+        println!(
+            "\nimage (2 GiB), {rounds} rounds: median seconds (min-max), median MB/s, data moved, peak RSS over all rounds"
+        );
+        print_steps(&images, size);
+    }
+    if do_tree {
+        let tree_size = du_apparent(&pristine.join("tree"));
+        println!(
+            "\ntree ({:.0} MiB), {rounds} rounds: median seconds (min-max), median MB/s, data moved, peak RSS; datastore size after the step",
+            tree_size as f64 / (1 << 20) as f64
+        );
+        print_steps(&trees, tree_size);
+    }
+}
 
+fn print_steps(all: &[Vec<Step>], size: u64) {
     println!(
-        "\nimage (2 GiB), {rounds} rounds: median seconds (min-max), median MB/s, data moved, peak RSS over all rounds"
-    );
-    println!(
-        "{:30} {:>18} {:>8} {:>12} {:>11} {:>11}",
-        "step", "seconds", "MB/s", "moved", "client RSS", "server RSS"
+        "{:30} {:>18} {:>8} {:>12} {:>11} {:>11} {:>11}",
+        "step", "seconds", "MB/s", "moved", "client RSS", "server RSS", "datastore"
     );
     for (i, first) in all[0].iter().enumerate() {
         let mut secs: Vec<f64> = all.iter().map(|r| r[i].seconds).collect();
@@ -102,8 +162,12 @@ fn main() {
         let median = secs[secs.len() / 2];
         let client = all.iter().map(|r| r[i].client_rss_kib).max().unwrap_or(0);
         let server = all.iter().map(|r| r[i].server_rss_kib).max().unwrap_or(0);
+        let store = match first.datastore {
+            Some(b) => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+            None => "-".into(),
+        };
         println!(
-            "{:30} {:>6.2} ({:.2}-{:.2}) {:>8.0} {:>8.1} MiB {:>7} MiB {:>7} MiB",
+            "{:30} {:>6.2} ({:.2}-{:.2}) {:>8.0} {:>8.1} MiB {:>7} MiB {:>7} MiB {:>11}",
             first.name,
             median,
             secs[0],
@@ -112,31 +176,199 @@ fn main() {
             first.moved as f64 / (1 << 20) as f64,
             client / 1024,
             server / 1024,
+            store,
         );
     }
 }
 
-fn run_round(work: &Path, size: u64) -> Vec<Step> {
-    let image = work.join("image.raw");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
-        .arg(work.join("ds"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start server");
-    let mut banner = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut banner)
-        .expect("banner");
-    let addr = banner
-        .trim()
-        .rsplit(' ')
+/// Bytes a directory's files hold (apparent sizes).
+fn du_apparent(dir: &Path) -> u64 {
+    du(dir, &["-sb"])
+}
+
+/// Bytes a directory takes on disk.
+fn du_disk(dir: &Path) -> u64 {
+    du(dir, &["-s", "--block-size=1"])
+}
+
+fn du(dir: &Path, args: &[&str]) -> u64 {
+    let out = Command::new("du").args(args).arg(dir).output().expect("du");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
         .next()
-        .expect("address")
-        .to_string();
-    let spec = format!("drive-scsi0.img={}", image.display());
-    let backup = |time: &str, extra: &[&str]| {
+        .and_then(|n| n.parse().ok())
+        .expect("du output")
+}
+
+/// A server on its own datastore, for one part of a round.
+struct Served {
+    child: Child,
+    addr: String,
+    ds: PathBuf,
+}
+
+impl Served {
+    fn start(ds: PathBuf) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
+            .arg(&ds)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut banner = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut banner)
+            .expect("banner");
+        let addr = banner
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("address")
+            .to_string();
+        Served { child, addr, ds }
+    }
+
+    /// Runs one client command as a timed step.
+    fn step(
+        &self,
+        name: &'static str,
+        args: &[String],
+        moved: impl Fn(&serde_json::Value) -> u64,
+    ) -> (Step, serde_json::Value) {
+        let (seconds, client_rss_kib, server_rss_kib, out) = measure(&self.child, &self.addr, args);
+        let report: serde_json::Value = serde_json::from_slice(&out).expect("json report");
+        let step = Step {
+            name,
+            seconds,
+            moved: moved(&report),
+            client_rss_kib,
+            server_rss_kib,
+            datastore: None,
+        };
+        (step, report)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+struct TreeRun {
+    served: Served,
+    work: PathBuf,
+}
+
+impl TreeRun {
+    fn start(work: &Path) -> TreeRun {
+        TreeRun {
+            served: Served::start(work.join("ds-tree")),
+            work: work.to_path_buf(),
+        }
+    }
+
+    fn backup(&self, steps: &mut Vec<Step>, name: &'static str, time: &str) {
+        let spec = format!("root={}", self.work.join("tree").display());
+        let args = strings(&[
+            "backup",
+            "--type",
+            "host",
+            "--id",
+            "bench",
+            "--time",
+            time,
+            "--quiet",
+            "--output-format",
+            "json",
+            &spec,
+        ]);
+        let (mut step, report) = self.served.step(name, &args, |r| {
+            let t = &r["trees"][0];
+            t["meta"]["bytes_uploaded"].as_u64().unwrap_or(0)
+                + t["data"]["bytes_uploaded"].as_u64().unwrap_or(0)
+        });
+        assert_eq!(
+            report["trees"][0]["skipped"], 0,
+            "entries skipped: {report}"
+        );
+        run_ok(&mut Command::new("sync"));
+        step.datastore = Some(du_disk(&self.served.ds));
+        steps.push(step);
+    }
+
+    fn before_mutation(&self, steps: &mut Vec<Step>) {
+        self.backup(steps, "tree: first backup", "1000");
+        self.backup(steps, "tree: unchanged", "2000");
+    }
+
+    fn after_mutation(&self, steps: &mut Vec<Step>) {
+        self.backup(steps, "tree: after 2% mutation", "3000");
+        let target = self.work.join("restored-tree");
+        let args = strings(&[
+            "restore",
+            "host/bench/1970-01-01T00:50:00Z",
+            "root",
+            target.to_str().expect("utf-8 path"),
+            "--quiet",
+            "--output-format",
+            "json",
+        ]);
+        let downloaded = |r: &serde_json::Value| r["data_bytes_downloaded"].as_u64().unwrap_or(0);
+        let (step, _) = self.served.step("tree: full restore", &args, downloaded);
+        steps.push(step);
+        run_ok(
+            Command::new("diff")
+                .arg("-r")
+                .arg("--no-dereference")
+                .arg(self.work.join("tree"))
+                .arg(&target),
+        );
+        let _ = std::fs::remove_dir_all(&target);
+        let one = self.work.join("one-file");
+        let args = strings(&[
+            "restore",
+            "host/bench/1970-01-01T00:50:00Z",
+            "root",
+            one.to_str().expect("utf-8 path"),
+            "--path",
+            "big/L010.log",
+            "--quiet",
+            "--output-format",
+            "json",
+        ]);
+        let (step, _) = self
+            .served
+            .step("tree: single-file restore", &args, downloaded);
+        steps.push(step);
+        assert!(
+            same_content(&self.work.join("tree/big/L010.log"), &one),
+            "single file differs"
+        );
+    }
+}
+
+struct ImageRun {
+    served: Served,
+    work: PathBuf,
+}
+
+impl ImageRun {
+    fn start(work: &Path) -> ImageRun {
+        ImageRun {
+            served: Served::start(work.join("ds-image")),
+            work: work.to_path_buf(),
+        }
+    }
+
+    fn backup(&self, steps: &mut Vec<Step>, name: &'static str, time: &str, extra: &[&str]) {
+        let spec = format!("drive-scsi0.img={}", self.work.join("image.raw").display());
         let mut args = vec![
             "backup",
             "--type",
@@ -151,76 +383,57 @@ fn run_round(work: &Path, size: u64) -> Vec<Step> {
         ];
         args.extend_from_slice(extra);
         args.push(&spec);
-        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
-    let mut steps = Vec::new();
-    let mut step = |name, args: Vec<String>, moved_key: &str| {
-        let (seconds, client_rss_kib, server_rss_kib, out) = measure(&server, &addr, &args);
-        let report: serde_json::Value = serde_json::from_slice(&out).expect("json report");
-        let moved = match moved_key {
-            "uploaded" => report["images"][0]["bytes_uploaded"].as_u64(),
-            _ => report["bytes_downloaded"].as_u64(),
-        }
-        .expect("byte count");
-        assert_eq!(report["size"].as_u64().unwrap_or(size), size);
-        steps.push(Step {
-            name,
-            seconds,
-            moved,
-            client_rss_kib,
-            server_rss_kib,
+        let (mut step, _) = self.served.step(name, &strings(&args), |r| {
+            r["images"][0]["bytes_uploaded"]
+                .as_u64()
+                .expect("byte count")
         });
-    };
-    step("first backup", backup("1000", &[]), "uploaded");
-    step(
-        "unchanged, metadata shortcut",
-        backup("2000", &[]),
-        "uploaded",
-    );
-    step(
-        "unchanged, --reread",
-        backup("3000", &["--reread"]),
-        "uploaded",
-    );
-    run_ok(
-        Command::new("python3")
-            .arg(GEN)
-            .arg("mutate")
-            .arg(work)
-            .stderr(Stdio::null()),
-    );
-    step("after 1% mutation", backup("4000", &[]), "uploaded");
-    let target = work.join("restored.raw");
-    let restore = |snapshot: &str| -> Vec<String> {
+        run_ok(&mut Command::new("sync"));
+        step.datastore = Some(du_disk(&self.served.ds));
+        steps.push(step);
+    }
+
+    fn before_mutation(&self, steps: &mut Vec<Step>) {
+        self.backup(steps, "first backup", "1000", &[]);
+        self.backup(steps, "unchanged, metadata shortcut", "2000", &[]);
+        self.backup(steps, "unchanged, --reread", "3000", &["--reread"]);
+    }
+
+    fn after_mutation(&self, steps: &mut Vec<Step>, size: u64) {
+        self.backup(steps, "after 1% mutation", "4000", &[]);
+        let image = self.work.join("image.raw");
+        let target = self.work.join("restored.raw");
+        let restore = |snapshot: &str| -> Vec<String> {
+            let _ = std::fs::remove_file(&target);
+            strings(&[
+                "restore",
+                snapshot,
+                "drive-scsi0.img",
+                target.to_str().expect("utf-8 path"),
+                "--quiet",
+                "--output-format",
+                "json",
+            ])
+        };
+        let downloaded = |r: &serde_json::Value| {
+            assert_eq!(r["size"].as_u64(), Some(size));
+            r["bytes_downloaded"].as_u64().expect("byte count")
+        };
+        let (step, _) = self.served.step(
+            "full restore, mutated image",
+            &restore("vm/100/1970-01-01T01:06:40Z"),
+            downloaded,
+        );
+        steps.push(step);
+        assert!(same_content(&image, &target), "restored image differs");
+        let (step, _) = self.served.step(
+            "full restore, first image",
+            &restore("vm/100/1970-01-01T00:16:40Z"),
+            downloaded,
+        );
+        steps.push(step);
         let _ = std::fs::remove_file(&target);
-        [
-            "restore",
-            snapshot,
-            "drive-scsi0.img",
-            target.to_str().expect("utf-8 path"),
-            "--quiet",
-            "--output-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    step(
-        "full restore, mutated image",
-        restore("vm/100/1970-01-01T01:06:40Z"),
-        "downloaded",
-    );
-    assert!(same_content(&image, &target), "restored image differs");
-    step(
-        "full restore, first image",
-        restore("vm/100/1970-01-01T00:16:40Z"),
-        "downloaded",
-    );
-    let _ = std::fs::remove_file(&target);
-    let _ = server.kill();
-    let _ = server.wait();
-    steps
+    }
 }
 
 fn run_ok(cmd: &mut Command) {
