@@ -75,7 +75,19 @@ impl ProgressView {
         bar.set_message(verb.to_string());
         let b = bar.clone();
         let ticker = tokio::spawn(async move {
+            let mut open_ended = false;
             loop {
+                // A tree's size is not known ahead of its walk: show the
+                // bytes done and the rate only.
+                if progress.total() == 0 && progress.done() > 0 && !open_ended {
+                    open_ended = true;
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} {spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed}",
+                        )
+                        .expect("valid template"),
+                    );
+                }
                 b.set_length(progress.total());
                 b.set_position(progress.done());
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -113,6 +113,58 @@ fn dynamic_file_written_listed_and_read_back() {
     let digests = hash_list(&mut c, 6, &path);
     assert_eq!(digests, entries.iter().map(|e| e.1).collect::<Vec<_>>());
     assert_eq!(download(&mut c, 7, &digests), parts.concat());
+    // Extension GetIndex: each chunk's end offset with its digest.
+    let ends: Vec<(u64, Digest)> = parts
+        .iter()
+        .scan(0u64, |end, p| {
+            *end += p.len() as u64;
+            Some((*end, Digest::of(p)))
+        })
+        .collect();
+    assert_eq!(get_index(&mut c, 8, &path), ends);
+}
+
+/// Extension GetIndex: the IndexPart entries until the empty one.
+fn get_index(c: &mut Conn, stream: u8, path: &str) -> Vec<(u64, Digest)> {
+    c.send(stream, &Message::GetIndex { path: path.into() });
+    let mut out = Vec::new();
+    loop {
+        match c.recv() {
+            (s, Message::IndexPart(l)) if s == stream => {
+                if l.is_empty() {
+                    return out;
+                }
+                out.extend(l.iter().map(|e| (e.offset, e.digest)));
+            }
+            other => panic!("expected IndexPart, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn extension_get_index_of_fixed_files_and_errors() {
+    let server = Server::start();
+    let mut c = server.connect();
+    let (path, data) = write_fixed(&mut c, 1, "100", "d.img");
+    let got = get_index(&mut c, 2, &path);
+    let want: Vec<(u64, Digest)> = data
+        .chunks(4096)
+        .scan(0u64, |end, ch| {
+            *end += ch.len() as u64;
+            Some((*end, Digest::of(ch)))
+        })
+        .collect();
+    assert_eq!(got, want);
+    for bad in [
+        "vm/100/2019-04-23T12:23:36Z/nope.didx",
+        "../etc/passwd",
+        "vm/100/2019-04-23T12:23:36Z/manifest.json",
+    ] {
+        c.send(3, &Message::GetIndex { path: bad.into() });
+        c.expect_error(3, "");
+    }
+    // The connection goes on.
+    assert_eq!(get_index(&mut c, 4, &path).len(), 3);
 }
 
 #[test]

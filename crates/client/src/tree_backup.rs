@@ -220,6 +220,7 @@ pub async fn backup_tree(
         report,
         progress,
         buf: vec![0u8; READ_BUF],
+        large_file: opts.avg_chunk as u64,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -341,6 +342,9 @@ struct Walker {
     report: TreeReport,
     progress: Arc<Progress>,
     buf: Vec<u8>,
+    /// Files from this size on start a new chunk: the data stream's
+    /// average chunk size.
+    large_file: u64,
 }
 
 fn timestamp(m: &std::fs::Metadata) -> Timestamp {
@@ -669,6 +673,11 @@ impl Walker {
         };
         self.flush_run()?;
         let size = m.len();
+        // A large file starts a chunk of its own, so its chunks are the
+        // same wherever it lies in the tree (copies, moves, renames).
+        if size >= self.large_file {
+            self.data.cut()?;
+        }
         let extents = sparse_extents(&file, size, m);
         let payload = self.data.offset();
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);

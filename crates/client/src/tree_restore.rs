@@ -14,7 +14,6 @@
 //! non-empty target is refused. A symlink is created, never followed.
 
 use std::ffi::OsStr;
-use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -314,12 +313,13 @@ pub async fn restore_tree(
                 Output::Dir { fd, .. } => fd.try_clone().ok(),
                 Output::Single { .. } => None,
             };
+            let as_root = rustix::process::geteuid().is_root();
             let mut r = Restorer {
                 archive,
                 cursor,
                 root,
                 prefix: path.into_bytes(),
-                as_root: rustix::process::geteuid().is_root(),
+                as_root,
                 counts: Counts::default(),
                 what: snapshot_name,
             };
@@ -422,10 +422,14 @@ impl Plan<'_> {
         Ok(())
     }
 
+    /// A chunk equal (by digest) to the one needed just before is not
+    /// fetched again: a backup that spliced in an earlier snapshot's
+    /// chunks repeats the chunk at each seam between spliced and new data.
     fn payload(&mut self, at: u64, len: u64) {
         for c in self.data.covering(at, len) {
-            if self.needs.last() != Some(&c) {
-                self.needs.push(c);
+            match self.needs.last() {
+                Some(&last) if self.data.digests[last] == self.data.digests[c] => {}
+                _ => self.needs.push(c),
             }
         }
     }
@@ -452,10 +456,11 @@ struct DataCursor {
 }
 
 impl DataCursor {
-    /// Chunk `c`, which must be the current or the next planned one.
+    /// Chunk `c`, which must be the current one (or have its digest) or
+    /// the next planned one.
     fn chunk(&mut self, c: usize) -> Result<Bytes> {
         if let Some((i, b)) = &self.current
-            && *i == c
+            && self.map.digests[*i] == self.map.digests[c]
         {
             return Ok(b.clone());
         }
@@ -478,7 +483,7 @@ impl DataCursor {
 
     /// Calls `sink` with the bytes `at .. at + len` of the data stream,
     /// slice by slice, without copying them.
-    fn read(&mut self, at: u64, len: u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    fn read(&mut self, at: u64, len: u64, sink: &mut dyn FnMut(Bytes) -> Result<()>) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -489,7 +494,7 @@ impl DataCursor {
             let start = self.map.start(c);
             let from = (pos - start) as usize;
             let to = ((end - start) as usize).min(chunk.len());
-            sink(&chunk[from..to])?;
+            sink(chunk.slice(from..to))?;
             pos = start + to as u64;
         }
         Ok(())
@@ -499,7 +504,7 @@ impl DataCursor {
     fn gather(&mut self, at: u64, len: u64) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len as usize);
         self.read(at, len, &mut |s| {
-            out.extend_from_slice(s);
+            out.extend_from_slice(&s);
             Ok(())
         })?;
         Ok(out)
@@ -627,7 +632,7 @@ struct Restorer {
 }
 
 /// An entry's mtime as both access and modification time.
-fn times(e: &Entry) -> Timestamps {
+pub(crate) fn times(e: &Entry) -> Timestamps {
     let t = Timespec {
         tv_sec: e.mtime.sec,
         tv_nsec: e.mtime.nsec as _,
@@ -636,6 +641,36 @@ fn times(e: &Entry) -> Timestamps {
         last_access: t,
         last_modification: t,
     }
+}
+
+/// Owner (as root), mode, extended attributes and times of an open
+/// entry, in that order: chown clears setuid bits and capabilities,
+/// chmod rewrites an ACL's mask. Returns what failed.
+pub(crate) fn set_metadata(
+    fd: impl AsFd,
+    e: &Entry,
+    as_root: bool,
+) -> Vec<(String, std::io::Error)> {
+    let mut failed = Vec::new();
+    if as_root
+        && let Err(err) = rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+        )
+    {
+        failed.push(("cannot set owner".to_string(), err.into()));
+    }
+    if let Err(err) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode)) {
+        failed.push(("cannot set mode".to_string(), err.into()));
+    }
+    for (name, err) in xattrs::set_fd(&fd, &e.xattrs) {
+        failed.push((format!("cannot set extended attribute {name}"), err));
+    }
+    if let Err(err) = rustix::fs::futimens(&fd, &times(e)) {
+        failed.push(("cannot set times".to_string(), err.into()));
+    }
+    failed
 }
 
 fn os(name: &[u8]) -> &OsStr {
@@ -647,10 +682,10 @@ impl Restorer {
         match out {
             Output::Dir { fd, path } => {
                 let rel = self.prefix.clone();
+                let fd = Arc::new(fd);
                 self.fill_dir(&fd, &path, entry, &rel, 0)?;
-                self.finish_meta_fd(&fd, &path, entry);
+                self.finish_meta_fd(&*fd, &path, entry);
                 self.counts.dirs += 1;
-                Ok(())
             }
             Output::Single {
                 parent,
@@ -658,19 +693,21 @@ impl Restorer {
                 path,
                 overwrite,
             } => {
+                let parent = Arc::new(parent);
                 if entry.payload().is_some() {
-                    self.single_file(&parent, &name, &path, entry, overwrite)
+                    self.single_file(&parent, &name, &path, entry, overwrite)?;
                 } else {
-                    self.create(&parent, &path, &name, entry, &self.prefix.clone(), 0)
+                    self.create(&parent, &path, &name, entry, &self.prefix.clone(), 0)?;
                 }
             }
         }
+        Ok(())
     }
 
     /// Creates the entries of directory `e` inside `dirfd` (at `path`).
     fn fill_dir(
         &mut self,
-        dirfd: &OwnedFd,
+        dirfd: &Arc<OwnedFd>,
         path: &Path,
         e: &Entry,
         rel: &[u8],
@@ -692,12 +729,14 @@ impl Restorer {
             self.create(
                 dirfd,
                 &child_path,
-                &child.name.clone(),
+                &child.name,
                 child,
                 &child_rel,
                 depth + 1,
             )?;
         }
+        // Every entry is created (the writers only fill files), so the
+        // directory's mtime may be set now.
         Ok(())
     }
 
@@ -709,7 +748,7 @@ impl Restorer {
     /// Creates one entry named `name` in `dirfd`.
     fn create(
         &mut self,
-        dirfd: &OwnedFd,
+        dirfd: &Arc<OwnedFd>,
         path: &Path,
         name: &[u8],
         e: &Entry,
@@ -723,10 +762,11 @@ impl Restorer {
         };
         match &e.kind {
             Kind::Dir { .. } => {
-                rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700)).map_err(target_io)?;
-                let fd = open_dir_nofollow(dirfd, name).map_err(target_io)?;
+                rustix::fs::mkdirat(&**dirfd, name, Mode::from_raw_mode(0o700))
+                    .map_err(target_io)?;
+                let fd = Arc::new(open_dir_nofollow(&**dirfd, name).map_err(target_io)?);
                 self.fill_dir(&fd, path, e, rel, depth)?;
-                self.finish_meta_fd(&fd, path, e);
+                self.finish_meta_fd(&*fd, path, e);
                 self.counts.dirs += 1;
             }
             Kind::Hardlink { target, .. } if inside(&self.prefix, target) => {
@@ -734,8 +774,10 @@ impl Restorer {
                 self.counts.links += 1;
             }
             Kind::File { .. } | Kind::Hardlink { .. } => {
+                self.counts.files += 1;
+                self.counts.bytes += e.size;
                 let fd = rustix::fs::openat(
-                    dirfd,
+                    &**dirfd,
                     name,
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -746,12 +788,11 @@ impl Restorer {
                 )
                 .map_err(target_io)?;
                 let mut file = std::fs::File::from(fd);
-                self.write_payload(&mut file, path, e)?;
+                self.stream_payload(&mut file, path, e)?;
                 self.finish_meta_fd(&file, path, e);
-                self.counts.files += 1;
             }
             Kind::Symlink { target } => {
-                rustix::fs::symlinkat(os(target), dirfd, name).map_err(target_io)?;
+                rustix::fs::symlinkat(os(target), &**dirfd, name).map_err(target_io)?;
                 self.finish_meta_at(dirfd, name, path, e, true);
                 self.counts.others += 1;
             }
@@ -761,7 +802,7 @@ impl Restorer {
                 } else {
                     FileType::BlockDevice
                 };
-                match rustix::fs::mknodat(dirfd, name, ft, Mode::from_raw_mode(0o600), *rdev) {
+                match rustix::fs::mknodat(&**dirfd, name, ft, Mode::from_raw_mode(0o600), *rdev) {
                     Ok(()) => {
                         self.finish_meta_at(dirfd, name, path, e, false);
                         self.counts.others += 1;
@@ -775,7 +816,7 @@ impl Restorer {
                 } else {
                     FileType::Socket
                 };
-                rustix::fs::mknodat(dirfd, name, ft, Mode::from_raw_mode(0o600), 0)
+                rustix::fs::mknodat(&**dirfd, name, ft, Mode::from_raw_mode(0o600), 0)
                     .map_err(target_io)?;
                 self.finish_meta_at(dirfd, name, path, e, false);
                 self.counts.others += 1;
@@ -825,9 +866,15 @@ impl Restorer {
             .map_err(|e| refuse(format!("the target was not restored ({e})")))
     }
 
-    /// Writes a file's payload (dense or sparse) into `file`.
-    fn write_payload(&mut self, file: &mut std::fs::File, path: &Path, e: &Entry) -> Result<()> {
-        use std::os::unix::fs::FileExt;
+    /// Checks a file's payload header (and extent map) and calls `sink`
+    /// with each piece of content and its offset in the file. Returns
+    /// whether the file is sparse.
+    fn payload_pieces(
+        &mut self,
+        path: &Path,
+        e: &Entry,
+        sink: &mut dyn FnMut(u64, Bytes) -> Result<()>,
+    ) -> Result<bool> {
         let (at, len, sparse) = e.payload().expect("files have payloads");
         let damaged =
             |why: String| Error::Damaged(format!("{}: {why} in {}", path.display(), self.what));
@@ -839,72 +886,68 @@ impl Restorer {
                 len - PAYLOAD_HEADER_SIZE as u64
             )));
         }
+        let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
+        let progress = self.cursor.progress.clone();
+        if !sparse {
+            let mut off = 0u64;
+            self.cursor.read(pos, e.size, &mut |s| {
+                let n = s.len() as u64;
+                sink(off, s)?;
+                off += n;
+                progress.advance(n);
+                Ok(())
+            })?;
+            return Ok(false);
+        }
+        let count = u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
+        if count > MAX_EXTENTS || format::extent_map_len(count) > body {
+            return Err(damaged(format!(
+                "sparse map of {count} extents does not fit its payload"
+            )));
+        }
+        let raw = self.cursor.gather(pos + 8, 16 * count)?;
+        let extents: Vec<Extent> = raw
+            .chunks_exact(16)
+            .map(|x| Extent {
+                offset: u64::from_le_bytes(x[..8].try_into().expect("8")),
+                len: u64::from_le_bytes(x[8..].try_into().expect("8")),
+            })
+            .collect();
+        format::check_extents(&extents, e.size, body).map_err(|x| damaged(x.to_string()))?;
+        pos += format::extent_map_len(count);
+        for ex in extents {
+            let mut off = ex.offset;
+            self.cursor.read(pos, ex.len, &mut |s| {
+                let n = s.len() as u64;
+                sink(off, s)?;
+                off += n;
+                progress.advance(n);
+                Ok(())
+            })?;
+            pos += ex.len;
+        }
+        Ok(true)
+    }
+
+    /// Writes a file's content as its chunks arrive.
+    fn stream_payload(&mut self, file: &mut std::fs::File, path: &Path, e: &Entry) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         let io = |err: std::io::Error| Error::Target {
             path: path.to_path_buf(),
             source: err,
         };
-        let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
-        let progress = self.cursor.progress.clone();
-        if !sparse {
-            self.cursor.read(pos, e.size, &mut |s| {
-                progress.advance(s.len() as u64);
-                file.write_all(s).map_err(io)
-            })?;
-        } else {
-            let count =
-                u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
-            if count > MAX_EXTENTS || format::extent_map_len(count) > body {
-                return Err(damaged(format!(
-                    "sparse map of {count} extents does not fit its payload"
-                )));
-            }
-            let raw = self.cursor.gather(pos + 8, 16 * count)?;
-            let extents: Vec<Extent> = raw
-                .chunks_exact(16)
-                .map(|x| Extent {
-                    offset: u64::from_le_bytes(x[..8].try_into().expect("8")),
-                    len: u64::from_le_bytes(x[8..].try_into().expect("8")),
-                })
-                .collect();
-            format::check_extents(&extents, e.size, body).map_err(|x| damaged(x.to_string()))?;
-            pos += format::extent_map_len(count);
-            for ex in extents {
-                let mut off = ex.offset;
-                self.cursor.read(pos, ex.len, &mut |s| {
-                    file.write_all_at(s, off).map_err(io)?;
-                    off += s.len() as u64;
-                    progress.advance(s.len() as u64);
-                    Ok(())
-                })?;
-                pos += ex.len;
-            }
+        let sparse = self.payload_pieces(path, e, &mut |off, b| {
+            file.write_all_at(&b, off).map_err(io)
+        })?;
+        if sparse {
             file.set_len(e.size).map_err(io)?;
         }
-        self.counts.bytes += e.size;
         Ok(())
     }
 
-    /// Owner, mode, extended attributes and times of an open entry, in
-    /// that order: chown clears setuid bits and capabilities, chmod
-    /// rewrites an ACL's mask.
     fn finish_meta_fd(&mut self, fd: &impl AsFd, path: &Path, e: &Entry) {
-        if self.as_root
-            && let Err(err) = rustix::fs::fchown(
-                fd,
-                Some(rustix::fs::Uid::from_raw(e.uid)),
-                Some(rustix::fs::Gid::from_raw(e.gid)),
-            )
-        {
-            self.failed(path, "cannot set owner", err);
-        }
-        if let Err(err) = rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode)) {
-            self.failed(path, "cannot set mode", err);
-        }
-        for (name, err) in xattrs::set_fd(fd, &e.xattrs) {
-            self.failed(path, &format!("cannot set extended attribute {name}"), err);
-        }
-        if let Err(err) = rustix::fs::futimens(fd, &times(e)) {
-            self.failed(path, "cannot set times", err);
+        for (what, err) in set_metadata(fd, e, self.as_root) {
+            self.failed(path, &what, err);
         }
     }
 
@@ -953,7 +996,7 @@ impl Restorer {
     /// directory, synced, then renamed, so a failure leaves nothing.
     fn single_file(
         &mut self,
-        parent: &OwnedFd,
+        parent: &Arc<OwnedFd>,
         name: &[u8],
         path: &Path,
         e: &Entry,
@@ -970,7 +1013,7 @@ impl Restorer {
             source: err.into(),
         };
         let fd = rustix::fs::openat(
-            parent,
+            &**parent,
             os(&temp),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -978,23 +1021,25 @@ impl Restorer {
         .map_err(target_io)?;
         let mut file = std::fs::File::from(fd);
         let result = (|| {
-            self.write_payload(&mut file, path, e)?;
+            self.stream_payload(&mut file, path, e)?;
             self.finish_meta_fd(&file, path, e);
             file.sync_all().map_err(|err| Error::Target {
                 path: path.to_path_buf(),
                 source: err,
             })?;
-            if !overwrite && rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            if !overwrite
+                && rustix::fs::statat(&**parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok()
             {
                 return Err(target_err(path, "appeared during the restore"));
             }
-            rustix::fs::renameat(parent, os(&temp), parent, os(name)).map_err(target_io)?;
-            rustix::fs::fsync(parent).map_err(target_io)
+            rustix::fs::renameat(&**parent, os(&temp), &**parent, os(name)).map_err(target_io)?;
+            rustix::fs::fsync(&**parent).map_err(target_io)
         })();
         if result.is_err() {
-            let _ = rustix::fs::unlinkat(parent, os(&temp), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&**parent, os(&temp), AtFlags::empty());
         } else {
             self.counts.files += 1;
+            self.counts.bytes += e.size;
         }
         result
     }

@@ -17,9 +17,11 @@ use crate::error::{Error, Result};
 
 pub const CHUNK_MAGIC_RAW: [u8; 8] = *b"hoardCR1";
 pub const CHUNK_MAGIC_ZSTD: [u8; 8] = *b"hoardCZ1";
-/// zstd level for chunk payloads: level 1 compresses text about 4x at
-/// ~0.5 GB/s a core; higher levels cost far more time for a few percent.
-pub const ZSTD_LEVEL: i32 = 1;
+/// zstd level for chunk payloads. Measured on the text of the benchmark
+/// dataset, 1 MiB chunks: level 1 4.0x at 454 MB/s, level 3 5.2x at 418
+/// MB/s, level 4 5.2x at 359 MB/s, negative levels under 2.5x: level 3
+/// (zstd's default, also restic's) costs 8% more time for 30% less space.
+pub const ZSTD_LEVEL: i32 = 3;
 pub const CHUNK_HEADER_SIZE: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -423,6 +423,23 @@ impl ChunkStore {
     }
 }
 
+thread_local! {
+    /// One compression context per thread: creating one per chunk costs
+    /// its tables' allocation and setup every time.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_compress(data: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
+        }
+        c.as_mut()?.compress(data).ok()
+    })
+}
+
 /// The zstd payload for `data` if it is worth storing so: a sample of
 /// three 16 KiB pieces must shrink by an eighth first, so incompressible
 /// data (media, encrypted or already compressed files) costs almost no
@@ -438,12 +455,12 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
         for at in [0, mid, data.len() - PIECE] {
             sample.extend_from_slice(&data[at..at + PIECE]);
         }
-        let z = zstd::bulk::compress(&sample, ZSTD_LEVEL).ok()?;
+        let z = zstd_compress(&sample)?;
         if z.len() > sample.len() - sample.len() / 8 {
             return None;
         }
     }
-    let z = zstd::bulk::compress(data, ZSTD_LEVEL).ok()?;
+    let z = zstd_compress(data)?;
     (!z.is_empty() && z.len() < data.len() - data.len() / 32).then_some(z)
 }
 
