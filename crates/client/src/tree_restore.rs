@@ -238,6 +238,7 @@ pub async fn restore_tree(
                 prefix: path.as_bytes().to_vec(),
                 needs: Vec::new(),
                 bytes: 0,
+                recent: Recent::new(),
             };
             plan.entry(&mut archive, &entry, path.as_bytes(), 0)
                 .map_err(|e| plan_error(e, &mut archive))?;
@@ -300,7 +301,7 @@ pub async fn restore_tree(
         map: data,
         needs,
         next: 0,
-        current: None,
+        recent: Recent::new(),
         progress: progress.clone(),
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -380,6 +381,40 @@ struct Plan<'a> {
     prefix: Vec<u8>,
     needs: Vec<usize>,
     bytes: u64,
+    /// What the cursor will hold when it needs each chunk.
+    recent: Recent<()>,
+}
+
+/// Chunks held for reuse while restoring, by digest, the oldest dropped
+/// first. The plan and the cursor keep one each, fed the same sequence of
+/// requests, so they agree on which chunks must be downloaded: a chunk
+/// an earlier snapshot's splice repeated (at each seam between spliced
+/// and new data) is downloaded once.
+struct Recent<T> {
+    entries: std::collections::VecDeque<(Digest, T)>,
+}
+
+/// Chunks a [`Recent`] holds: at most 8 × 4 MiB with the default
+/// average, about 10 MiB typically.
+const RECENT_CHUNKS: usize = 8;
+
+impl<T> Recent<T> {
+    fn new() -> Recent<T> {
+        Recent {
+            entries: std::collections::VecDeque::with_capacity(RECENT_CHUNKS),
+        }
+    }
+
+    fn get(&self, d: &Digest) -> Option<&T> {
+        self.entries.iter().find(|(x, _)| x == d).map(|(_, t)| t)
+    }
+
+    fn push(&mut self, d: Digest, t: T) {
+        if self.entries.len() == RECENT_CHUNKS {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((d, t));
+    }
 }
 
 /// Whether archive path `target` lies in the restored subtree `prefix`.
@@ -422,14 +457,12 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// A chunk equal (by digest) to the one needed just before is not
-    /// fetched again: a backup that spliced in an earlier snapshot's
-    /// chunks repeats the chunk at each seam between spliced and new data.
     fn payload(&mut self, at: u64, len: u64) {
         for c in self.data.covering(at, len) {
-            match self.needs.last() {
-                Some(&last) if self.data.digests[last] == self.data.digests[c] => {}
-                _ => self.needs.push(c),
+            let d = self.data.digests[c];
+            if self.recent.get(&d).is_none() {
+                self.recent.push(d, ());
+                self.needs.push(c);
             }
         }
     }
@@ -451,17 +484,16 @@ struct DataCursor {
     needs: Vec<usize>,
     /// Index into `needs` of the next chunk to arrive.
     next: usize,
-    current: Option<(usize, Bytes)>,
+    recent: Recent<Bytes>,
     progress: Arc<Progress>,
 }
 
 impl DataCursor {
-    /// Chunk `c`, which must be the current one (or have its digest) or
-    /// the next planned one.
+    /// Chunk `c`: held (it or a chunk with its digest), or the next
+    /// planned one.
     fn chunk(&mut self, c: usize) -> Result<Bytes> {
-        if let Some((i, b)) = &self.current
-            && self.map.digests[*i] == self.map.digests[c]
-        {
+        let digest = self.map.digests[c];
+        if let Some(b) = self.recent.get(&digest) {
             return Ok(b.clone());
         }
         if self.needs.get(self.next) != Some(&c) {
@@ -477,7 +509,7 @@ impl DataCursor {
             .rt
             .block_on(job)
             .map_err(|e| Error::Protocol(format!("check task failed: {e}")))??;
-        self.current = Some((c, data.clone()));
+        self.recent.push(digest, data.clone());
         Ok(data)
     }
 
