@@ -1076,3 +1076,52 @@ impl Restorer {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_link_targets_inside_the_subtree() {
+        assert!(inside(b"", b"etc/hostname"));
+        assert!(inside(b"etc", b"etc/hostname"));
+        assert!(!inside(b"etc", b"etcetera/x"));
+        assert!(!inside(b"etc", b"etc"));
+        assert!(!inside(b"var", b"etc/hostname"));
+    }
+
+    #[test]
+    fn recent_chunks_drop_the_oldest() {
+        let d = |i: u8| Digest::of(&[i]);
+        let mut r: Recent<u8> = Recent::new();
+        for i in 0..RECENT_CHUNKS as u8 {
+            r.push(d(i), i);
+        }
+        assert_eq!(r.get(&d(0)), Some(&0));
+        r.push(d(100), 100);
+        assert_eq!(r.get(&d(0)), None);
+        assert_eq!(r.get(&d(1)), Some(&1));
+        assert_eq!(r.get(&d(100)), Some(&100));
+    }
+
+    #[test]
+    fn the_plan_fetches_a_repeated_chunk_once() {
+        // Chunks 0..4 where chunk 3 repeats chunk 1 (a splice seam).
+        let ds = [b"a", b"b", b"c", b"b"].map(|x| Digest::of(x));
+        let map = ChunkMap {
+            ends: vec![10, 20, 30, 40],
+            digests: ds.to_vec(),
+        };
+        let mut plan = Plan {
+            data: &map,
+            prefix: Vec::new(),
+            needs: Vec::new(),
+            bytes: 0,
+            recent: Recent::new(),
+        };
+        plan.payload(0, 25);
+        plan.payload(25, 15);
+        plan.payload(0, 5);
+        assert_eq!(plan.needs, vec![0, 1, 2]);
+    }
+}
