@@ -113,17 +113,19 @@ pub fn run(args: SnapshotsArgs) -> Result<()> {
         }
         let mut first = true;
         for f in &s.manifest.files {
+            // A tree archive is one line, sized by its data stream.
+            let name = match tree_line(&s.manifest, f) {
+                Line::Hidden => continue,
+                Line::Tree(name) => name,
+                Line::File => display_name(f).to_string(),
+            };
             let snap = if first {
                 s.path.to_string()
             } else {
                 String::new()
             };
             let st = if first { state.as_str() } else { "" };
-            println!(
-                "{snap:width$}  {st:10}  {:>11}  {}",
-                bytes(f.file_size),
-                display_name(f)
-            );
+            println!("{snap:width$}  {st:10}  {:>11}  {name}", bytes(f.file_size));
             first = false;
         }
         if first {
@@ -131,4 +133,28 @@ pub fn run(args: SnapshotsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+enum Line {
+    File,
+    /// The data stream of archive NAME, shown as `NAME/ (tree)`.
+    Tree(String),
+    /// The metadata stream of an archive, folded into its data line.
+    Hidden,
+}
+
+fn tree_line(m: &hoard_datastore::Manifest, f: &hoard_datastore::ManifestFile) -> Line {
+    use hoard_client::tree_backup::{DATA_SUFFIX, META_SUFFIX};
+    let pair = |name: &str, other: &str| m.file(&format!("{name}{other}.didx")).is_some();
+    if let Some(name) = f.name.strip_suffix(&format!("{DATA_SUFFIX}.didx"))
+        && pair(name, META_SUFFIX)
+    {
+        return Line::Tree(format!("{name}/ (tree)"));
+    }
+    if let Some(name) = f.name.strip_suffix(&format!("{META_SUFFIX}.didx"))
+        && pair(name, DATA_SUFFIX)
+    {
+        return Line::Hidden;
+    }
+    Line::File
 }

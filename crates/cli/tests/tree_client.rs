@@ -383,6 +383,11 @@ fn every_file_type_and_metadata_kind_round_trips() {
         "{text}"
     );
     assert!(text.contains(" 3145728 "), "{text}");
+    // `hoard snapshots` shows the archive as one tree.
+    let out = hoard(&server.addr, &["snapshots"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("root/ (tree)"), "{text}");
+    assert!(!text.contains("root.hmeta"), "{text}");
     // A path that is not there.
     let out = hoard(
         &server.addr,
