@@ -146,8 +146,9 @@ pub struct RemoteFile {
     /// Chunks downloaded so far (tests assert on it).
     pub fetched: Arc<AtomicU64>,
     /// The error behind the last [`ArchiveError::Source`] this returned,
-    /// so the caller can report it with its own kind (exit code).
-    pub last_error: Option<Error>,
+    /// so the caller can report it with its own kind (exit code); shared,
+    /// so it outlives a reader that consumed this file.
+    pub last_error: Arc<std::sync::Mutex<Option<Error>>>,
 }
 
 impl RemoteFile {
@@ -165,7 +166,7 @@ impl RemoteFile {
             cache: VecDeque::new(),
             cached_bytes: 0,
             fetched: Arc::new(AtomicU64::new(0)),
-            last_error: None,
+            last_error: Arc::default(),
         }
     }
 
@@ -249,7 +250,7 @@ impl RangeSource for RemoteFile {
     fn read(&mut self, offset: u64, len: usize) -> hoard_archive::Result<Vec<u8>> {
         self.read_range(offset, len).map_err(|e| {
             let msg = e.to_string();
-            self.last_error = Some(e);
+            *self.last_error.lock().expect("lock poisoned") = Some(e);
             ArchiveError::Source(msg)
         })
     }
@@ -257,9 +258,18 @@ impl RangeSource for RemoteFile {
 
 /// An archive error as a client error: the stream's own failure keeps
 /// its kind; a malformed or hostile archive is damage (exit 8).
-pub fn archive_error(e: ArchiveError, source: &mut RemoteFile) -> Error {
+pub fn archive_error(e: ArchiveError, source: &RemoteFile) -> Error {
+    source_error(e, &source.last_error)
+}
+
+/// [`archive_error`] with the file's error slot.
+pub fn source_error(e: ArchiveError, slot: &std::sync::Mutex<Option<Error>>) -> Error {
     match e {
-        ArchiveError::Source(msg) => source.last_error.take().unwrap_or(Error::Protocol(msg)),
+        ArchiveError::Source(msg) => slot
+            .lock()
+            .expect("lock poisoned")
+            .take()
+            .unwrap_or(Error::Protocol(msg)),
         ArchiveError::NotFound(_) | ArchiveError::NotADirectory(_) => {
             Error::NotFound(e.to_string())
         }

@@ -37,7 +37,9 @@ use tokio::task::JoinHandle;
 use crate::conn::Connection;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::remote::{ChunkMap, RemoteFile, archive_error, check_chunk, chunk_map, download};
+use crate::remote::{
+    ChunkMap, RemoteFile, archive_error, check_chunk, chunk_map, download, source_error,
+};
 use crate::tree_backup::{DATA_SUFFIX, META_SUFFIX};
 use crate::xattrs;
 
@@ -73,12 +75,9 @@ pub async fn open_archive(
     let rt = tokio::runtime::Handle::current();
     let data_size = data.size();
     let remote = RemoteFile::new(conn, rt, format!("{snapshot}/{meta_name}"), meta);
+    let slot = remote.last_error.clone();
     let archive = tokio::task::spawn_blocking(move || {
-        // A failed open consumes the source; its message names the cause.
-        Archive::open(remote, data_size).map_err(|e| match e {
-            hoard_archive::ArchiveError::Source(m) => Error::Protocol(m),
-            other => Error::Damaged(other.to_string()),
-        })
+        Archive::open(remote, data_size).map_err(|e| source_error(e, &slot))
     })
     .await
     .map_err(|e| Error::Protocol(format!("archive task failed: {e}")))??;
