@@ -55,6 +55,22 @@ pub enum Kind {
     Socket,
 }
 
+impl Kind {
+    /// The kind's name in listings (`hoard ls --output-format json`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Dir { .. } => "dir",
+            Kind::Symlink { .. } => "symlink",
+            Kind::Hardlink { .. } => "hardlink",
+            Kind::CharDev { .. } => "chardev",
+            Kind::BlockDev { .. } => "blockdev",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// One path component (empty only for the root).

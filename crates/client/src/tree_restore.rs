@@ -110,26 +110,13 @@ pub struct Listing {
     pub meta_chunks_downloaded: u64,
 }
 
-pub fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::File { .. } => "file",
-        Kind::Dir { .. } => "dir",
-        Kind::Symlink { .. } => "symlink",
-        Kind::Hardlink { .. } => "hardlink",
-        Kind::CharDev { .. } => "chardev",
-        Kind::BlockDev { .. } => "blockdev",
-        Kind::Fifo => "fifo",
-        Kind::Socket => "socket",
-    }
-}
-
 fn listed(e: &Entry) -> ListedEntry {
     let mtime = jiff::Timestamp::new(e.mtime.sec, e.mtime.nsec as i32)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{}.{:09}", e.mtime.sec, e.mtime.nsec));
     ListedEntry {
         name: String::from_utf8_lossy(&e.name).into_owned(),
-        kind: kind_name(&e.kind),
+        kind: e.kind.name(),
         mode: e.mode_string(),
         uid: e.uid,
         gid: e.gid,
@@ -918,34 +905,33 @@ impl Restorer {
             )));
         }
         let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
+        // A dense file is one extent: all of it.
+        let extents = if sparse {
+            let count =
+                u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
+            if count > MAX_EXTENTS || format::extent_map_len(count) > body {
+                return Err(damaged(format!(
+                    "sparse map of {count} extents does not fit its payload"
+                )));
+            }
+            let raw = self.cursor.gather(pos + 8, 16 * count)?;
+            let extents: Vec<Extent> = raw
+                .chunks_exact(16)
+                .map(|x| Extent {
+                    offset: u64::from_le_bytes(x[..8].try_into().expect("8")),
+                    len: u64::from_le_bytes(x[8..].try_into().expect("8")),
+                })
+                .collect();
+            format::check_extents(&extents, e.size, body).map_err(|x| damaged(x.to_string()))?;
+            pos += format::extent_map_len(count);
+            extents
+        } else {
+            vec![Extent {
+                offset: 0,
+                len: e.size,
+            }]
+        };
         let progress = self.cursor.progress.clone();
-        if !sparse {
-            let mut off = 0u64;
-            self.cursor.read(pos, e.size, &mut |s| {
-                let n = s.len() as u64;
-                sink(off, s)?;
-                off += n;
-                progress.advance(n);
-                Ok(())
-            })?;
-            return Ok(false);
-        }
-        let count = u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
-        if count > MAX_EXTENTS || format::extent_map_len(count) > body {
-            return Err(damaged(format!(
-                "sparse map of {count} extents does not fit its payload"
-            )));
-        }
-        let raw = self.cursor.gather(pos + 8, 16 * count)?;
-        let extents: Vec<Extent> = raw
-            .chunks_exact(16)
-            .map(|x| Extent {
-                offset: u64::from_le_bytes(x[..8].try_into().expect("8")),
-                len: u64::from_le_bytes(x[8..].try_into().expect("8")),
-            })
-            .collect();
-        format::check_extents(&extents, e.size, body).map_err(|x| damaged(x.to_string()))?;
-        pos += format::extent_map_len(count);
         for ex in extents {
             let mut off = ex.offset;
             self.cursor.read(pos, ex.len, &mut |s| {
@@ -957,7 +943,7 @@ impl Restorer {
             })?;
             pos += ex.len;
         }
-        Ok(true)
+        Ok(sparse)
     }
 
     /// Writes a file's content as its chunks arrive.

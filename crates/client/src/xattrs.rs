@@ -41,15 +41,14 @@ pub fn read(path: &Path) -> io::Result<Vec<Xattr>> {
 }
 
 /// Sizes change between the query and the read when someone writes
-/// meanwhile: retry a few times.
-fn list(path: &Path) -> Result<Vec<u8>, Errno> {
+/// meanwhile: asks for the size, reads, and retries a few times.
+fn sized(
+    query: impl Fn() -> Result<usize, Errno>,
+    read: impl Fn(&mut [u8]) -> Result<usize, Errno>,
+) -> Result<Vec<u8>, Errno> {
     for _ in 0..4 {
-        let size = rustix::fs::llistxattr_query(path)?;
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; size];
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
+        let mut buf = vec![0u8; query()?];
+        match read(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -61,21 +60,19 @@ fn list(path: &Path) -> Result<Vec<u8>, Errno> {
     Err(Errno::RANGE)
 }
 
+fn list(path: &Path) -> Result<Vec<u8>, Errno> {
+    sized(
+        || rustix::fs::llistxattr_query(path),
+        |buf| rustix::fs::llistxattr(path, buf),
+    )
+}
+
 fn get(path: &Path, name: &[u8]) -> Result<Vec<u8>, Errno> {
     let name = os_name(name);
-    for _ in 0..4 {
-        let size = rustix::fs::lgetxattr_query(path, name)?;
-        let mut buf = vec![0u8; size];
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Errno::RANGE)
+    sized(
+        || rustix::fs::lgetxattr_query(path, name),
+        |buf| rustix::fs::lgetxattr(path, name, buf),
+    )
 }
 
 /// Sets `attrs` on an open file or directory.
