@@ -89,6 +89,7 @@ fn main() -> ExitCode {
             )
             .without_time()
             .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init();
     }

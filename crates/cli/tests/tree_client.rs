@@ -991,3 +991,65 @@ fn restore_refuses_a_non_empty_target_and_names_the_archive() {
     );
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 }
+
+#[test]
+fn a_damaged_base_is_read_around() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in 0..30 {
+        let sub = src.join(format!("m{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..60 {
+            std::fs::write(sub.join(format!("file-with-a-longish-name-{f:03}")), [d, f]).unwrap();
+        }
+    }
+    let spec = [format!("root={}", src.display())];
+    let extra = ["--chunk-size", "16K"];
+    let first = backup(&server, "h", "2026-01-01T00:00:00Z", &spec, &extra);
+    assert!(
+        first["trees"][0]["meta"]["chunks"].as_u64().unwrap() >= 4,
+        "{first}"
+    );
+    // Lose a chunk of the metadata stream: first one in the middle (the
+    // walk meets it in a directory), then the first one (opening the
+    // archive meets it).
+    let ds = hoard_datastore::Datastore::open(&server.datastore()).unwrap();
+    let rounds = [
+        ("2026-01-01T00:00:00Z", 1, "2026-01-02T00:00:00Z"),
+        ("2026-01-02T00:00:00Z", 0, "2026-01-03T00:00:00Z"),
+    ];
+    for (base, chunk, time) in rounds {
+        let index = ds
+            .open_index(&format!("host/h/{base}/root.hmeta.didx"))
+            .unwrap();
+        let lost = index.digests(chunk, 1).unwrap()[0];
+        std::fs::remove_file(ds.chunks().chunk_path(&lost)).unwrap();
+        let out = hoard(
+            &server.addr,
+            &[
+                "backup",
+                "--type",
+                "host",
+                "--id",
+                "h",
+                "--time",
+                time,
+                "--output-format",
+                "json",
+                "--chunk-size",
+                "16K",
+                &spec[0],
+            ],
+        );
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("cannot be read"), "{err}");
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(r["trees"][0]["files_read"].as_u64().unwrap() > 0, "{r}");
+        // The new snapshot holds everything it needs.
+        let restored = dir.path().join(format!("out-{chunk}"));
+        restore(&server, &format!("host/h/{time}"), &restored, &[]);
+        assert_same_tree(&src, &restored);
+    }
+}

@@ -37,6 +37,10 @@ pub(crate) enum Piece {
     New(JoinHandle<(Digest, Bytes, OwnedSemaphorePermit)>),
     /// A chunk the server holds, spliced in by digest.
     Known { digest: Digest, size: u64 },
+    /// The stream is complete: only now may the file be finished. A feed
+    /// dropped without it (its producer failed) leaves the file
+    /// unfinished, so the snapshot cannot end up complete.
+    End,
 }
 
 /// The producer side of one stream. Blocking: runs on its own thread.
@@ -106,9 +110,10 @@ impl ChunkFeed {
         Ok(())
     }
 
-    /// Flushes the last chunk; the uploader finishes when the feed drops.
+    /// Flushes the last chunk and tells the uploader to finish the file.
     pub(crate) fn finish(mut self) -> Result<(), FeedClosed> {
-        self.cut()
+        self.cut()?;
+        self.tx.blocking_send(Piece::End).map_err(|_| FeedClosed)
     }
 
     fn emit(&mut self) -> Result<(), FeedClosed> {
@@ -184,8 +189,13 @@ pub(crate) async fn upload_stream(
     let mut report = StreamReport::default();
     let mut entries: Vec<DynamicEntry> = Vec::with_capacity(ENTRY_BATCH);
     let mut in_flight = 0usize;
+    let mut ended = false;
     while let Some(piece) = rx.recv().await {
         let (digest, size) = match piece {
+            Piece::End => {
+                ended = true;
+                break;
+            }
             Piece::Known { digest, size } => {
                 report.chunks_reused += 1;
                 (digest, size)
@@ -229,6 +239,12 @@ pub(crate) async fn upload_stream(
             stream.recv_ok(&what).await?;
             in_flight -= 1;
         }
+    }
+    if !ended {
+        // Dropped unfinished: the server discards the file.
+        return Err(Error::Protocol(format!(
+            "{what} stopped before its end (see the cause above)"
+        )));
     }
     if !entries.is_empty() {
         send_entries(&stream, &entries).await?;

@@ -119,6 +119,8 @@ impl TreeReport {
 struct Previous {
     archive: Archive<RemoteFile>,
     data: ChunkMap,
+    /// The digests of its metadata stream.
+    archive_digests: Vec<Digest>,
 }
 
 /// Backs up one tree into `opts.snapshot` over `conn`. `listed` is the
@@ -162,6 +164,7 @@ pub async fn backup_tree(
                 k.extend(data_map.digests.iter().copied());
             }
             if opts.reuse_unchanged {
+                let archive_digests = meta_map.digests.clone();
                 let remote =
                     RemoteFile::new(conn.clone(), rt.clone(), meta_name.to_string(), meta_map);
                 let data_size = data_map.size();
@@ -172,11 +175,18 @@ pub async fn backup_tree(
                     Ok(archive) => Some(Previous {
                         archive,
                         data: data_map,
+                        archive_digests,
                     }),
                     Err(e) => {
                         tracing::warn!(
                             "the previous archive cannot be read, every file is read: {e}"
                         );
+                        // Its chunks may be what is missing: upload them
+                        // again when they recur.
+                        let mut k = known.lock().expect("lock poisoned");
+                        for d in data_map.digests.iter().chain(&archive_digests) {
+                            k.remove(d);
+                        }
                         None
                     }
                 }
@@ -215,6 +225,7 @@ pub async fn backup_tree(
         all_file_systems: opts.all_file_systems,
         excludes,
         previous,
+        known,
         links: HashMap::new(),
         run: None,
         report,
@@ -337,6 +348,8 @@ struct Walker {
     all_file_systems: bool,
     excludes: Gitignore,
     previous: Option<Previous>,
+    /// Digests the server is known to hold (shared with the uploaders).
+    known: Arc<Mutex<HashSet<Digest>>>,
     links: HashMap<(u64, u64), LinkTarget>,
     run: Option<SpliceRun>,
     report: TreeReport,
@@ -439,8 +452,23 @@ impl Walker {
             (Some(p), Some(prev_archive)) if p.is_dir() => match prev_archive.archive.read_dir(p) {
                 Ok(list) => list,
                 Err(e) => {
+                    // A damaged base costs reading, never the backup: the
+                    // rest of the tree is read in full.
                     let e = archive_error(e, prev_archive.archive.source());
-                    return Err(WalkError::Failed(e));
+                    tracing::warn!(
+                        "{}: the previous snapshot's archive cannot be read ({e}); reading every file from here on",
+                        dir.display()
+                    );
+                    self.flush_run()?;
+                    // Its chunks may be what is missing: upload them again
+                    // when they recur (the server keeps one copy).
+                    if let Some(prev) = self.previous.take() {
+                        let mut known = self.known.lock().expect("lock poisoned");
+                        for d in prev.data.digests.iter().chain(&prev.archive_digests) {
+                            known.remove(d);
+                        }
+                    }
+                    Vec::new()
                 }
             },
             _ => Vec::new(),
@@ -577,7 +605,8 @@ impl Walker {
         }
         let size = m.len();
         let unchanged = old.filter(|o| {
-            matches!(o.kind, Kind::File { .. })
+            self.previous.is_some()
+                && matches!(o.kind, Kind::File { .. })
                 && o.size == size
                 && o.mtime == timestamp(m)
                 && o.ctime_ns == ctime_ns(m)
