@@ -175,7 +175,9 @@ impl Chunker {
 /// as the byte-at-a-time definition (unit-tested against it). Measured
 /// (`cargo bench -p hoard-chunker`): 2.0 GB/s byte at a time, 2.4-2.6
 /// GB/s so; checking only every second byte (FastCDC 2020) gained
-/// nothing more here, the loop being bound by its table loads.
+/// nothing more here, nor did loading eight input bytes at once and
+/// extracting them by shifts (2.2 GB/s, 1.3 on text): the loop is bound
+/// by its table loads.
 #[inline]
 fn scan(hash: &mut u64, data: &[u8], mask: u64) -> Option<usize> {
     let mut h = *hash;
