@@ -709,7 +709,11 @@ impl Walker {
         }
         let extents = sparse_extents(&file, size, m);
         let payload = self.data.offset();
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        // Read-ahead advice pays for large files only: one syscall less
+        // per small file.
+        if size >= self.large_file {
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        }
         let (payload_len, sparse) = match &extents {
             Some(ex) => {
                 let data: u64 = ex.iter().map(|e| e.len).sum();
