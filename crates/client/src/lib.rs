@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod conn;
+mod dir_writer;
 mod error;
 mod feed;
 pub mod progress;

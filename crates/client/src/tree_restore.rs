@@ -5,7 +5,8 @@
 //! Restore walks the tables twice on one blocking thread: first to list
 //! the data chunks the payloads need, in the order they will be
 //! consumed (a download task streams exactly those, checking each on the
-//! blocking pool in parallel), then to create the entries.
+//! blocking pool in parallel), then to create the entries, handing small
+//! files to writer threads by directory ([`crate::dir_writer`]).
 //!
 //! Never outside the target: every entry is created relative to an open
 //! directory descriptor, by a single name the decoder checked (no `/`,
@@ -28,13 +29,14 @@ use hoard_archive::format::{
 use hoard_archive::{Archive, Entry, Kind};
 use hoard_datastore::Manifest;
 use hoard_types::{Digest, SnapshotPath};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::conn::Connection;
+use crate::dir_writer::{Batch, DirState, FileWork, Writers, set_metadata, times};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::remote::{
@@ -302,6 +304,7 @@ pub async fn restore_tree(
             };
             let as_root = rustix::process::geteuid().is_root();
             let mut r = Restorer {
+                writers: None,
                 archive,
                 cursor,
                 root,
@@ -647,49 +650,17 @@ struct Restorer {
     as_root: bool,
     counts: Counts,
     what: String,
+    /// Writer threads for the files of a tree restore.
+    writers: Option<Writers>,
 }
 
-/// An entry's mtime as both access and modification time.
-pub(crate) fn times(e: &Entry) -> Timestamps {
-    let t = Timespec {
-        tv_sec: e.mtime.sec,
-        tv_nsec: e.mtime.nsec as _,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
-}
-
-/// Owner (as root), mode, extended attributes and times of an open
-/// entry, in that order: chown clears setuid bits and capabilities,
-/// chmod rewrites an ACL's mask. Returns what failed.
-pub(crate) fn set_metadata(
-    fd: impl AsFd,
-    e: &Entry,
-    as_root: bool,
-) -> Vec<(String, std::io::Error)> {
-    let mut failed = Vec::new();
-    if as_root
-        && let Err(err) = rustix::fs::fchown(
-            &fd,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-        )
-    {
-        failed.push(("cannot set owner".to_string(), err.into()));
-    }
-    if let Err(err) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode)) {
-        failed.push(("cannot set mode".to_string(), err.into()));
-    }
-    for (name, err) in xattrs::set_fd(&fd, &e.xattrs) {
-        failed.push((format!("cannot set extended attribute {name}"), err));
-    }
-    if let Err(err) = rustix::fs::futimens(&fd, &times(e)) {
-        failed.push(("cannot set times".to_string(), err.into()));
-    }
-    failed
-}
+/// Files up to this size go to the writer threads (their content held
+/// as chunk slices meanwhile); larger ones are streamed to disk by the
+/// restore thread as their chunks arrive.
+const POOLED_FILE: u64 = 4 << 20;
+/// A batch is handed over at this many bytes or files.
+const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_FILES: usize = 256;
 
 fn os(name: &[u8]) -> &OsStr {
     OsStr::from_bytes(name)
@@ -700,10 +671,20 @@ impl Restorer {
         match out {
             Output::Dir { fd, path } => {
                 let rel = self.prefix.clone();
-                let fd = Arc::new(fd);
-                self.fill_dir(&fd, &path, entry, &rel, 0)?;
-                self.finish_meta_fd(&*fd, &path, entry);
+                // HOARD_RESTORE_THREADS overrides the writer count (for
+                // measuring; the default is one per core).
+                let threads = std::env::var("HOARD_RESTORE_THREADS")
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                self.writers = Some(Writers::new(threads, self.as_root));
+                let dir = DirState::new(fd, path, entry.clone());
+                self.fill_dir(&dir, entry, &rel, 0)?;
+                let writers = self.writers.take().expect("set above");
+                writers.release(&dir);
                 self.counts.dirs += 1;
+                self.counts.failed += writers.finish()?;
+                Ok(())
             }
             Output::Single {
                 parent,
@@ -711,50 +692,96 @@ impl Restorer {
                 path,
                 overwrite,
             } => {
-                let parent = Arc::new(parent);
                 if entry.payload().is_some() {
-                    self.single_file(&parent, &name, &path, entry, overwrite)?;
+                    self.single_file(&parent, &name, &path, entry, overwrite)
                 } else {
-                    self.create(&parent, &path, &name, entry, &self.prefix.clone(), 0)?;
+                    self.create(&parent, &path, &name, entry, &self.prefix.clone())
                 }
             }
         }
-        Ok(())
     }
 
-    /// Creates the entries of directory `e` inside `dirfd` (at `path`).
-    fn fill_dir(
-        &mut self,
-        dirfd: &Arc<OwnedFd>,
-        path: &Path,
-        e: &Entry,
-        rel: &[u8],
-        depth: usize,
-    ) -> Result<()> {
+    fn writers(&self) -> &Writers {
+        self.writers.as_ref().expect("a tree restore has writers")
+    }
+
+    /// Creates the entries of directory `e` in `dir`: small files in
+    /// batches for the writers, the rest here, subdirectories depth
+    /// first (the order the plan downloads the chunks in).
+    fn fill_dir(&mut self, dir: &Arc<DirState>, e: &Entry, rel: &[u8], depth: usize) -> Result<()> {
         if depth >= MAX_DEPTH {
             return Err(Error::Damaged(format!(
                 "{} is nested deeper than {MAX_DEPTH}",
-                path.display()
+                dir.path.display()
             )));
         }
         let children = self
             .archive
             .read_dir(e)
             .map_err(|err| archive_error(err, self.archive.source()))?;
+        let new_batch = || Batch {
+            dir: dir.clone(),
+            files: Vec::new(),
+            bytes: 0,
+        };
+        let mut batch = new_batch();
         for child in &children {
-            let child_path = path.join(os(&child.name));
+            let child_path = dir.path.join(os(&child.name));
             let child_rel = join(rel, &child.name);
-            self.create(
-                dirfd,
-                &child_path,
-                &child.name,
-                child,
-                &child_rel,
-                depth + 1,
-            )?;
+            let pooled = match &child.kind {
+                Kind::File { .. } => child.size <= POOLED_FILE,
+                Kind::Hardlink { target, .. } => {
+                    !inside(&self.prefix, target) && child.size <= POOLED_FILE
+                }
+                _ => false,
+            };
+            if pooled {
+                self.counts.files += 1;
+                self.counts.bytes += child.size;
+                let mut pieces = Vec::new();
+                let sparse = self.payload_pieces(&child_path, child, &mut |at, b| {
+                    pieces.push((at, b));
+                    Ok(())
+                })?;
+                batch.bytes += child.size;
+                batch.files.push(FileWork {
+                    path: child_path,
+                    entry: child.clone(),
+                    pieces,
+                    sparse,
+                });
+                if batch.bytes >= BATCH_BYTES || batch.files.len() >= BATCH_FILES {
+                    self.writers()
+                        .submit(std::mem::replace(&mut batch, new_batch()))?;
+                }
+                continue;
+            }
+            // Anything else is created here; a hard link's target may be
+            // in the batch being filled, so that goes first.
+            if !batch.files.is_empty() && !matches!(child.kind, Kind::File { .. }) {
+                self.writers()
+                    .submit(std::mem::replace(&mut batch, new_batch()))?;
+            }
+            if child.is_dir() {
+                let name = os(&child.name);
+                let target_io = |err: Errno| Error::Target {
+                    path: child_path.clone(),
+                    source: err.into(),
+                };
+                rustix::fs::mkdirat(&dir.fd, name, Mode::from_raw_mode(0o700))
+                    .map_err(target_io)?;
+                let fd = open_dir_nofollow(&dir.fd, name).map_err(target_io)?;
+                let sub = DirState::new(fd, child_path.clone(), child.clone());
+                self.fill_dir(&sub, child, &child_rel, depth + 1)?;
+                self.writers().release(&sub);
+                self.counts.dirs += 1;
+            } else {
+                self.create(&dir.fd, &child_path, &child.name, child, &child_rel)?;
+            }
         }
-        // Every entry is created (the writers only fill files), so the
-        // directory's mtime may be set now.
+        if !batch.files.is_empty() {
+            self.writers().submit(batch)?;
+        }
         Ok(())
     }
 
@@ -763,15 +790,15 @@ impl Restorer {
         self.counts.failed += 1;
     }
 
-    /// Creates one entry named `name` in `dirfd`.
+    /// Creates one entry named `name` in `dirfd` (not a directory: those
+    /// are [`Restorer::fill_dir`]'s).
     fn create(
         &mut self,
-        dirfd: &Arc<OwnedFd>,
+        dirfd: &OwnedFd,
         path: &Path,
         name: &[u8],
         e: &Entry,
         rel: &[u8],
-        depth: usize,
     ) -> Result<()> {
         let name = os(name);
         let target_io = |err: Errno| Error::Target {
@@ -780,14 +807,17 @@ impl Restorer {
         };
         match &e.kind {
             Kind::Dir { .. } => {
-                rustix::fs::mkdirat(&**dirfd, name, Mode::from_raw_mode(0o700))
-                    .map_err(target_io)?;
-                let fd = Arc::new(open_dir_nofollow(&**dirfd, name).map_err(target_io)?);
-                self.fill_dir(&fd, path, e, rel, depth)?;
-                self.finish_meta_fd(&*fd, path, e);
-                self.counts.dirs += 1;
+                return Err(Error::Protocol(format!(
+                    "{}: directory {} reached the entry creator",
+                    path.display(),
+                    String::from_utf8_lossy(rel)
+                )));
             }
             Kind::Hardlink { target, .. } if inside(&self.prefix, target) => {
+                // The target may still be with a writer.
+                if let Some(w) = &self.writers {
+                    w.drain()?;
+                }
                 self.link(dirfd, name, path, target)?;
                 self.counts.links += 1;
             }
@@ -795,7 +825,7 @@ impl Restorer {
                 self.counts.files += 1;
                 self.counts.bytes += e.size;
                 let fd = rustix::fs::openat(
-                    &**dirfd,
+                    dirfd,
                     name,
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -810,7 +840,7 @@ impl Restorer {
                 self.finish_meta_fd(&file, path, e);
             }
             Kind::Symlink { target } => {
-                rustix::fs::symlinkat(os(target), &**dirfd, name).map_err(target_io)?;
+                rustix::fs::symlinkat(os(target), dirfd, name).map_err(target_io)?;
                 self.finish_meta_at(dirfd, name, path, e, true);
                 self.counts.others += 1;
             }
@@ -820,7 +850,7 @@ impl Restorer {
                 } else {
                     FileType::BlockDevice
                 };
-                match rustix::fs::mknodat(&**dirfd, name, ft, Mode::from_raw_mode(0o600), *rdev) {
+                match rustix::fs::mknodat(dirfd, name, ft, Mode::from_raw_mode(0o600), *rdev) {
                     Ok(()) => {
                         self.finish_meta_at(dirfd, name, path, e, false);
                         self.counts.others += 1;
@@ -834,7 +864,7 @@ impl Restorer {
                 } else {
                     FileType::Socket
                 };
-                rustix::fs::mknodat(&**dirfd, name, ft, Mode::from_raw_mode(0o600), 0)
+                rustix::fs::mknodat(dirfd, name, ft, Mode::from_raw_mode(0o600), 0)
                     .map_err(target_io)?;
                 self.finish_meta_at(dirfd, name, path, e, false);
                 self.counts.others += 1;
@@ -1013,7 +1043,7 @@ impl Restorer {
     /// directory, synced, then renamed, so a failure leaves nothing.
     fn single_file(
         &mut self,
-        parent: &Arc<OwnedFd>,
+        parent: &OwnedFd,
         name: &[u8],
         path: &Path,
         e: &Entry,
@@ -1030,7 +1060,7 @@ impl Restorer {
             source: err.into(),
         };
         let fd = rustix::fs::openat(
-            &**parent,
+            parent,
             os(&temp),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -1044,16 +1074,15 @@ impl Restorer {
                 path: path.to_path_buf(),
                 source: err,
             })?;
-            if !overwrite
-                && rustix::fs::statat(&**parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            if !overwrite && rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).is_ok()
             {
                 return Err(target_err(path, "appeared during the restore"));
             }
-            rustix::fs::renameat(&**parent, os(&temp), &**parent, os(name)).map_err(target_io)?;
-            rustix::fs::fsync(&**parent).map_err(target_io)
+            rustix::fs::renameat(parent, os(&temp), parent, os(name)).map_err(target_io)?;
+            rustix::fs::fsync(parent).map_err(target_io)
         })();
         if result.is_err() {
-            let _ = rustix::fs::unlinkat(&**parent, os(&temp), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(parent, os(&temp), AtFlags::empty());
         } else {
             self.counts.files += 1;
             self.counts.bytes += e.size;
