@@ -79,15 +79,6 @@ impl<S: RangeSource> Archive<S> {
         &self.root
     }
 
-    pub fn data_size(&self) -> u64 {
-        self.data_size
-    }
-
-    /// Where the root entry starts in the metadata stream.
-    pub fn root_offset(&self) -> u64 {
-        self.root_at
-    }
-
     pub fn source(&mut self) -> &mut S {
         &mut self.meta
     }

@@ -160,10 +160,8 @@ pub fn run(args: BackupArgs) -> Result<()> {
         view.finish();
         let report = result?;
         // Closing waits for the server to mark the snapshot complete. All
-        // image tasks have ended, so this is the last reference.
-        if let Some(conn) = Arc::into_inner(conn) {
-            conn.close().await?;
-        }
+        // file tasks have ended, so this is the last reference.
+        conn.close_shared().await?;
         Ok::<_, Error>(report)
     })?;
     if args.client.output_format == OutputFormat::Json {

@@ -37,9 +37,7 @@ pub fn run(args: LsArgs) -> Result<()> {
         }
         let conn = Arc::new(conn);
         let listing = list(conn.clone(), &snap.path, &args.archive, &args.path).await?;
-        if let Some(conn) = Arc::into_inner(conn) {
-            conn.close().await?;
-        }
+        conn.close_shared().await?;
         Ok::<_, Error>(listing)
     })?;
     if args.client.output_format == OutputFormat::Json {

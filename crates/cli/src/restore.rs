@@ -175,9 +175,7 @@ fn run_tree(
         .await;
         view.finish();
         let report = result?;
-        if let Some(conn) = Arc::into_inner(conn) {
-            conn.close().await?;
-        }
+        conn.close_shared().await?;
         Ok::<_, Error>(report)
     })?;
     if args.client.output_format == OutputFormat::Json {

@@ -397,22 +397,37 @@ fn every_file_type_and_metadata_kind_round_trips() {
     assert!(stderr(&out).contains("etc/nope"), "{}", stderr(&out));
 }
 
+/// `dirs` directories below `root`, each with `files` files: names and
+/// contents from `dir` and `file` (given the directory and file numbers).
+fn populate(
+    root: &Path,
+    dirs: usize,
+    files: usize,
+    dir: impl Fn(usize) -> String,
+    file: impl Fn(usize, usize) -> (String, Vec<u8>),
+) {
+    for d in 0..dirs {
+        let sub = root.join(dir(d));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..files {
+            let (name, content) = file(d, f);
+            std::fs::write(sub.join(name), content).unwrap();
+        }
+    }
+}
+
 #[test]
 fn unchanged_tree_reads_and_uploads_nothing() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    for d in 0..20 {
-        let sub = src.join(format!("d{d:02}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..50 {
-            std::fs::write(
-                sub.join(format!("f{f}")),
-                noise(100 + f * 37, (d * 100 + f) as u64),
-            )
-            .unwrap();
-        }
-    }
+    populate(
+        &src,
+        20,
+        50,
+        |d| format!("d{d:02}"),
+        |d, f| (format!("f{f}"), noise(100 + f * 37, (d * 100 + f) as u64)),
+    );
     std::fs::write(src.join("large"), noise(2 << 20, 9)).unwrap();
     let spec = [format!("root={}", src.display())];
     let first = backup(&server, "h", "2026-01-01T00:00:00Z", &spec, &[]);
@@ -494,28 +509,20 @@ fn partial_restores_read_only_the_chunks_they_need() {
     let src = dir.path().join("src");
     // 4 directories of 5 files of 512 KiB, and many small files so that
     // the metadata stream spans several chunks.
-    for d in 0..4 {
-        let sub = src.join(format!("d{d}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..5 {
-            std::fs::write(
-                sub.join(format!("f{f}")),
-                noise(512 << 10, (d * 10 + f) as u64),
-            )
-            .unwrap();
-        }
-    }
-    for d in 0..30 {
-        let sub = src.join(format!("many/m{d:02}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..60 {
-            std::fs::write(
-                sub.join(format!("file-with-a-longish-name-{f:03}")),
-                [f as u8],
-            )
-            .unwrap();
-        }
-    }
+    populate(
+        &src,
+        4,
+        5,
+        |d| format!("d{d}"),
+        |d, f| (format!("f{f}"), noise(512 << 10, (d * 10 + f) as u64)),
+    );
+    populate(
+        &src,
+        30,
+        60,
+        |d| format!("many/m{d:02}"),
+        |_, f| (format!("file-with-a-longish-name-{f:03}"), vec![f as u8]),
+    );
     let spec = [format!("root={}", src.display())];
     let r = backup(
         &server,
@@ -997,13 +1004,18 @@ fn a_damaged_base_is_read_around() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    for d in 0..30 {
-        let sub = src.join(format!("m{d:02}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..60 {
-            std::fs::write(sub.join(format!("file-with-a-longish-name-{f:03}")), [d, f]).unwrap();
-        }
-    }
+    populate(
+        &src,
+        30,
+        60,
+        |d| format!("m{d:02}"),
+        |d, f| {
+            (
+                format!("file-with-a-longish-name-{f:03}"),
+                vec![d as u8, f as u8],
+            )
+        },
+    );
     let spec = [format!("root={}", src.display())];
     let extra = ["--chunk-size", "16K"];
     let first = backup(&server, "h", "2026-01-01T00:00:00Z", &spec, &extra);

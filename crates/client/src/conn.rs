@@ -138,6 +138,16 @@ impl Connection {
         })
     }
 
+    /// [`Connection::close`] through a shared handle, once the caller's
+    /// tasks are done with it (so this is the last reference). A handle
+    /// still shared elsewhere is left to its other holders.
+    pub async fn close_shared(self: Arc<Self>) -> Result<()> {
+        match Arc::into_inner(self) {
+            Some(conn) => conn.close().await,
+            None => Ok(()),
+        }
+    }
+
     /// Half-closes the connection and waits until the server closed its
     /// side too: by then it has closed the snapshots this connection
     /// wrote (docs/protocol.md), so they are complete when this returns.

@@ -34,14 +34,6 @@ impl ChunkMap {
         self.ends.last().copied().unwrap_or(0)
     }
 
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     pub fn start(&self, i: usize) -> u64 {
         if i == 0 { 0 } else { self.ends[i - 1] }
     }

@@ -245,7 +245,7 @@ pub async fn backup_tree(
         .await
         .map_err(|_| Error::Protocol("the walker thread died".into()));
     // The uploaders' errors explain a walker that stopped because they
-    // went away; otherwise the walker's error is the cause.
+    // went away.
     let meta_r = meta_up
         .await
         .map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
@@ -254,12 +254,11 @@ pub async fn backup_tree(
         .map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
     let mut report = match walked? {
         Ok(r) => r,
-        Err(WalkError::Closed) => {
+        Err(FeedClosed) => {
             meta_r??;
             data_r??;
             return Err(Error::Protocol("an upload stopped early".into()));
         }
-        Err(WalkError::Failed(e)) => return Err(e),
     };
     report.meta = meta_r??;
     report.data = data_r??;
@@ -301,25 +300,9 @@ fn build_excludes(root: &Path, patterns: &[String]) -> Result<Gitignore> {
         .map_err(|e| Error::Usage(format!("exclude patterns: {e}")))
 }
 
-enum WalkError {
-    /// An uploader went away: its error is the cause.
-    Closed,
-    Failed(Error),
-}
-
-impl From<FeedClosed> for WalkError {
-    fn from(_: FeedClosed) -> Self {
-        WalkError::Closed
-    }
-}
-
-impl From<Error> for WalkError {
-    fn from(e: Error) -> Self {
-        WalkError::Failed(e)
-    }
-}
-
-type WalkResult<T> = std::result::Result<T, WalkError>;
+/// The walker stops only when an uploader went away (its error is the
+/// cause): unreadable entries are skipped, a damaged base is read around.
+type WalkResult<T> = std::result::Result<T, FeedClosed>;
 
 /// Chunks of the previous data stream waiting to be spliced in: a run of
 /// neighbouring unchanged files shares them.
