@@ -212,29 +212,50 @@ fn du(dir: &Path, args: &[&str]) -> u64 {
 /// A server on its own datastore, for one part of a round.
 struct Served {
     child: Child,
-    addr: String,
+    /// What the client needs: server address, token, fingerprint.
+    addr: Vec<(&'static str, String)>,
     ds: PathBuf,
 }
 
 impl Served {
     fn start(ds: PathBuf) -> Served {
+        let state = ds.with_extension("state");
+        let token = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(["token", "create", "bench", "--role", "admin", "--state-dir"])
+            .arg(&state)
+            .output()
+            .expect("create a token");
+        assert!(token.status.success(), "token create failed");
+        let token = String::from_utf8(token.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
             .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
             .arg(&ds)
+            .arg("--state-dir")
+            .arg(&state)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .expect("start server");
-        let mut banner = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut banner)
-            .expect("banner");
-        let addr = banner
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("address")
-            .to_string();
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut fingerprint = String::new();
+        let server = loop {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("banner");
+            let last = line.trim().rsplit(' ').next().expect("word").to_string();
+            if line.contains("fingerprint") {
+                fingerprint = last;
+            } else if line.contains("serving") {
+                break last;
+            }
+        };
+        let addr = vec![
+            ("HOARD_SERVER", server),
+            ("HOARD_TOKEN", token),
+            ("HOARD_FINGERPRINT", fingerprint),
+        ];
         Served { child, addr, ds }
     }
 
@@ -452,7 +473,11 @@ fn run_ok(cmd: &mut Command) {
 
 /// Runs the client once: wall seconds, its peak RSS, the server's peak
 /// RSS during the run, and its stdout.
-fn measure(server: &Child, addr: &str, args: &[String]) -> (f64, u64, u64, Vec<u8>) {
+fn measure(
+    server: &Child,
+    addr: &[(&'static str, String)],
+    args: &[String],
+) -> (f64, u64, u64, Vec<u8>) {
     run_ok(&mut Command::new("sync"));
     let status_path = format!("/proc/{}/status", server.id());
     // "5" resets the peak RSS (VmHWM) to the current RSS.
@@ -461,7 +486,7 @@ fn measure(server: &Child, addr: &str, args: &[String]) -> (f64, u64, u64, Vec<u
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
         .args(args)
-        .env("HOARD_SERVER", addr)
+        .envs(addr.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(out_file.try_clone().expect("dup"))
         .spawn()
         .expect("start client");

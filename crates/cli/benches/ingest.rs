@@ -54,15 +54,27 @@ fn run(clients: usize, per_client: usize) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_hoard"))
         .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
         .arg(dir.path().join("ds"))
-        .env("RUST_LOG", "warn")
+        .args(["--listen-v1", "127.0.0.1:0", "--v1-role", "admin"])
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("banner");
-    let addr = line.trim().rsplit(' ').next().expect("address").to_string();
+    // The raw clients below speak version 1 on the plain listener.
+    let mut out = BufReader::new(server.stdout.take().expect("stdout"));
+    let addr = loop {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("banner");
+        if line.contains("version 1 without TLS") {
+            break line
+                .split(" on ")
+                .nth(1)
+                .expect("address")
+                .split(' ')
+                .next()
+                .expect("address")
+                .to_string();
+        }
+    };
 
     // Per client: a random base buffer and the digests of its variants.
     let bases: Vec<(Vec<u8>, Vec<Digest>)> = (0..clients)

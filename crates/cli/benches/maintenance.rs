@@ -47,7 +47,7 @@ fn bench_gc(base: &Path, chunks: u64) {
     }
     let reg = ds.register_writer().unwrap();
     let snap: SnapshotPath = "ct/bench/2026-01-01T00:00:00Z".parse().unwrap();
-    let mut w = ds.begin_snapshot(&snap, true).unwrap();
+    let mut w = ds.begin_snapshot(&snap).unwrap();
     let mut f = w
         .start_file(
             &FileName::new("root").unwrap(),
@@ -93,7 +93,7 @@ fn bench_verify(base: &Path) {
     let ds = Datastore::open_or_create(&base.join("verify")).unwrap();
     let reg = ds.register_writer().unwrap();
     let snap: SnapshotPath = "vm/bench/2026-01-01T00:00:00Z".parse().unwrap();
-    let mut w = ds.begin_snapshot(&snap, true).unwrap();
+    let mut w = ds.begin_snapshot(&snap).unwrap();
     const CS: usize = 4 << 20;
     const N: u64 = 256;
     let mut f = w

@@ -18,13 +18,17 @@ use crate::client_args::OutputFormat;
 pub struct AdminArgs {
     /// Datastore directory (the one `hoard serve` uses).
     /// [default: $XDG_DATA_HOME/hoard/datastore, i.e. ~/.local/share/hoard/datastore]
-    #[arg(long, env = "HOARD_DATASTORE")]
+    #[arg(long, env = "HOARD_DATASTORE", global = true)]
     pub datastore: Option<PathBuf>,
+    /// The server's state directory (certificate, key, tokens), if it is
+    /// not the datastore's `.server/` (`hoard serve --state-dir`).
+    #[arg(long, env = "HOARD_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
     /// No progress bar and no summary.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub quiet: bool,
     /// `json` prints the result as JSON on stdout, for scripts.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
     pub output_format: OutputFormat,
 }
 
@@ -68,6 +72,15 @@ impl AdminArgs {
             None => crate::serve::default_datastore()?,
         };
         Datastore::open(&dir).map_err(ds_error)
+    }
+
+    /// The server's state directory: `--state-dir`, or the datastore's
+    /// `.server/`.
+    pub fn state(&self) -> anyhow::Result<PathBuf> {
+        match &self.state_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(crate::serve::state_dir(self.open()?.root())),
+        }
     }
 
     pub fn json(&self) -> bool {

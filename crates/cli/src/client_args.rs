@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use hoard_client::{Connection, Progress};
+use hoard_client::{ConnectOptions, Connection, Fingerprint, Progress, ServerTrust};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Args, Clone)]
@@ -14,6 +14,18 @@ pub struct ClientArgs {
     /// Server address, HOST:PORT.
     #[arg(long, env = "HOARD_SERVER", default_value = "127.0.0.1:8007")]
     pub server: String,
+    /// API token, NAME:SECRET (from `hoard token create` on the server).
+    #[arg(long, env = "HOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server certificate's SHA-256 fingerprint (`hoard cert
+    /// fingerprint` on the server); without it, a fingerprint remembered
+    /// in ~/.config/hoard/known_servers, or a CA-signed certificate.
+    #[arg(long, env = "HOARD_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Extra CA certificates (PEM) to trust besides the system's, for a
+    /// server whose certificate a private CA signed.
+    #[arg(long, env = "HOARD_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -29,8 +41,62 @@ pub enum OutputFormat {
 }
 
 impl ClientArgs {
+    /// Connects and authenticates. With no pin anywhere and a
+    /// certificate no CA vouches for, a user at a terminal is shown the
+    /// fingerprint and asked; a yes is remembered for this server.
     pub async fn connect(&self) -> hoard_client::Result<Connection> {
-        Connection::connect(&self.server).await
+        use hoard_client::Error;
+        let Some(token) = self.token.clone() else {
+            return Err(Error::Usage(
+                "no API token: pass --token NAME:SECRET or set HOARD_TOKEN (`hoard token create` on the server makes one)".into(),
+            ));
+        };
+        let known = crate::known_servers::path();
+        let mut opts = ConnectOptions {
+            server: self.server.clone(),
+            token,
+            trust: ServerTrust::Chain {
+                extra_ca: self.ca.clone(),
+            },
+            mismatch_hint: String::new(),
+        };
+        if let Some(fp) = &self.fingerprint {
+            let fp: Fingerprint = fp.parse().map_err(Error::Usage)?;
+            opts.trust = ServerTrust::Pinned(fp);
+        } else if let Some(fp) = known
+            .as_deref()
+            .and_then(|p| crate::known_servers::lookup(p, &self.server))
+        {
+            opts.trust = ServerTrust::Pinned(fp);
+            opts.mismatch_hint = format!(
+                "\nThe expected fingerprint was remembered in {}; if the server's certificate was replaced on purpose, remove its line there.",
+                known
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        match Connection::connect(&opts).await {
+            Err(Error::Untrusted { fingerprint, .. }) if interactive() => {
+                let fp: Fingerprint = fingerprint.parse().map_err(Error::Usage)?;
+                if !confirm(&self.server, &fp).await {
+                    return Err(Error::Usage(
+                        "the server's certificate was not accepted".into(),
+                    ));
+                }
+                if let Some(path) = &known
+                    && let Err(e) = crate::known_servers::remember(path, &self.server, &fp)
+                {
+                    tracing::warn!(
+                        "could not remember the fingerprint in {}: {e}",
+                        path.display()
+                    );
+                }
+                opts.trust = ServerTrust::Pinned(fp);
+                Connection::connect(&opts).await
+            }
+            other => other,
+        }
     }
 
     /// Prints the closing summary line on stderr, unless quiet.
@@ -39,6 +105,24 @@ impl ClientArgs {
             eprintln!("{line}");
         }
     }
+}
+
+fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks on the terminal whether to trust `fp` for `server`.
+async fn confirm(server: &str, fp: &Fingerprint) -> bool {
+    eprintln!(
+        "The certificate of server {server} is not signed by a trusted CA.\nSHA-256 fingerprint: {fp}\nCompare it with `hoard cert fingerprint` on the server."
+    );
+    eprint!("Trust it and remember it for {server}? [y/N] ");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    matches!(answer, Ok(Ok(line)) if matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

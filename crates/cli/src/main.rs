@@ -4,12 +4,14 @@ mod admin_args;
 mod backup;
 mod client_args;
 mod gc;
+mod known_servers;
 mod ls;
 mod protect;
 mod prune;
 mod restore;
 mod serve;
 mod snapshots;
+mod token;
 mod verify;
 
 use std::process::ExitCode;
@@ -54,6 +56,13 @@ enum Command {
     Protect(protect::ProtectArgs),
     /// Undo `hoard protect`.
     Unprotect(protect::ProtectArgs),
+    /// Create, list and revoke API tokens (on the server's machine).
+    Token(token::TokenArgs),
+    /// The server's TLS certificate (on the server's machine).
+    Cert(token::CertArgs),
+    /// Show or assign the owner of a backup group (on the server's
+    /// machine).
+    Owner(token::OwnerArgs),
 }
 
 /// glibc serves allocations above 128 KiB with mmap and gives them back
@@ -104,6 +113,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Protect(args) => protect::run(args, true),
         Command::Unprotect(args) => protect::run(args, false),
+        Command::Token(args) => token::run(args),
+        Command::Cert(args) => token::run_cert(args),
+        Command::Owner(args) => token::run_owner(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

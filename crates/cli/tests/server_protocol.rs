@@ -195,7 +195,10 @@ fn unknown_and_server_only_types_are_errors() {
     c.send_raw(&[3, 255, 6, 0, 0, 0]);
     c.expect_error(3, "unknown packet type 255");
     let server_only = [
-        Message::Hello { version: 1 },
+        Message::Hello {
+            version: 1,
+            features: Features::NONE,
+        },
         Message::Ok,
         Message::Error {
             id: ErrorId::Generic,
@@ -396,11 +399,19 @@ fn create_backup_errors() {
         ),
     );
     c.expect_error(1, "exists already");
-    // Without EXCL a new file may be added, but not an existing name.
+    // Without EXCL neither: a finished snapshot is immutable, so no file
+    // is added to it or restarted in it.
     c.send(1, &create(BackupType::Vm, "200", T0, 0, "a", 4096, 4096));
-    c.expect_error(1, "a.fidx exists already");
+    c.expect_error(1, "immutable");
     c.send(2, &create(BackupType::Vm, "200", T0, 0, "b", 4096, 4096));
-    expect_created(&mut c, 2);
+    c.expect_error(2, "immutable");
+    let m = std::fs::read_to_string(
+        server
+            .datastore()
+            .join("vm/200/2019-04-23T12:23:36Z/manifest.json"),
+    )
+    .unwrap();
+    assert!(m.contains("\"complete\"") && !m.contains("b.fidx"), "{m}");
 }
 
 #[test]
@@ -656,7 +667,8 @@ fn connections_are_isolated_and_snapshots_locked() {
     );
     drop(a);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // Once the first connection is gone, the snapshot is free again.
+    // Once the first connection is gone, the snapshot is finished and
+    // immutable: no connection adds to it.
     b.send(
         2,
         &create(
@@ -669,7 +681,14 @@ fn connections_are_isolated_and_snapshots_locked() {
             0,
         ),
     );
-    expect_created(&mut b, 2);
+    b.expect_error(2, "immutable");
+    let m = std::fs::read_to_string(
+        server
+            .datastore()
+            .join("host/h1/2019-04-23T12:23:36Z/manifest.json"),
+    )
+    .unwrap();
+    assert!(m.contains("\"complete\"") && !m.contains("etc"), "{m}");
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Server, T0, create, dynamic, expect_created, hoard, noise, stderr, upload};
+use common::{
+    Server, T0, client_env, create, dynamic, expect_created, hoard, noise, stderr, upload,
+};
 use hoard_archive::format::payload_header;
 use hoard_archive::{Entry, Kind, MetaWriter, Timestamp, Xattr};
 use hoard_protocol::{BackupFlags, Message};
@@ -616,7 +618,7 @@ fn excludes_caches_and_other_file_systems() {
     );
     let out = Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
-        .env("HOARD_SERVER", &server.addr)
+        .envs(client_env(&server.addr))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -690,7 +692,7 @@ fn unreadable_entries_are_reported_and_skipped() {
             "json",
             &format!("root={}", src.display()),
         ])
-        .env("HOARD_SERVER", &server.addr)
+        .envs(client_env(&server.addr))
         .output()
         .unwrap();
     let err = stderr(&out);

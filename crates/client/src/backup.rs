@@ -23,7 +23,7 @@ use bytes::Bytes;
 use hoard_datastore::{FileKind, ManifestFile};
 use hoard_protocol::consts::MAX_ENTRIES_PER_PACKET;
 use hoard_protocol::{
-    BackupFlags, CreateBackup, FixedEntry, FixedEntryList, Message, SnapshotFilter,
+    BackupFlags, CreateBackup, Features, FixedEntry, FixedEntryList, Message, SnapshotFilter,
 };
 use hoard_types::{Digest, FileName, SnapshotPath};
 use serde::Serialize;
@@ -125,14 +125,14 @@ pub async fn backup(
         ty: Some(group.ty),
         id: Some(group.id.clone()),
     };
-    let (listed, extensions) = match list_snapshots(&conn, filter).await {
-        Ok(l) => (l, true),
-        // A server without hoard's extensions: no bases, no attributes.
-        Err(Error::Server { message, .. }) => {
-            tracing::warn!("no incremental base: the server cannot list snapshots ({message})");
-            (Vec::new(), false)
-        }
-        Err(e) => return Err(e),
+    // A server without hoard's extensions (negotiated in the Hello): no
+    // bases, no attributes.
+    let extensions = conn.features().contains(Features::EXTENSIONS);
+    let listed = if extensions {
+        list_snapshots(&conn, filter).await?
+    } else {
+        tracing::warn!("no incremental base: the server does not offer hoard's extensions");
+        Vec::new()
     };
     let listed = Arc::new(listed);
     let shared = Arc::new(RunState {

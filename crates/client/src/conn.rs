@@ -10,11 +10,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hoard_protocol::consts::{HELLO_STREAM, PROTOCOL_VERSION};
-use hoard_protocol::{ErrorId, Message};
+use hoard_protocol::consts::{ALPN_V2, HELLO_STREAM, PROTOCOL_VERSION_2};
+use hoard_protocol::{ErrorId, Features, Message, Secret};
+use hoard_transport::tls::{self, Trust};
 use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, writer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -48,52 +49,124 @@ impl Shared {
 pub struct Connection {
     out: Outbox,
     shared: Arc<Shared>,
+    features: Features,
     /// The server answers one hash list per connection at a time.
     pub(crate) hash_list_turn: tokio::sync::Mutex<()>,
     reader: JoinHandle<()>,
     writer: JoinHandle<std::io::Result<()>>,
 }
 
+pub use hoard_transport::tls::{Fingerprint, Trust as ServerTrust};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `HOST:PORT`.
+    pub server: String,
+    /// `NAME:SECRET`.
+    pub token: String,
+    pub trust: Trust,
+    /// Added to a fingerprint mismatch's message (where the pin came from).
+    pub mismatch_hint: String,
+}
+
 impl Connection {
-    /// Connects and reads the server's Hello.
-    pub async fn connect(server: &str) -> Result<Connection> {
+    /// Connects over TLS, checks the server's certificate against
+    /// `opts.trust`, and authenticates with protocol version 2.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Connection> {
+        let server = opts.server.as_str();
         let connect_err = |source| Error::Connect {
             server: server.to_string(),
             source,
         };
+        let (config, seen) =
+            tls::client_config(&opts.trust).map_err(|e| Error::Usage(format!("TLS setup: {e}")))?;
         let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
             .await
             .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_err)?;
         hoard_transport::configure_socket(&sock).map_err(connect_err)?;
-        let (read_half, write_half) = sock.into_split();
+        let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+        let name = tls::server_name(host)
+            .or_else(|| tls::server_name("localhost"))
+            .expect("localhost is a valid name");
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, sock))
+            .await
+            .map_err(|_| {
+                Error::Protocol(format!(
+                    "{server}: no TLS handshake within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?;
+        let stream = match handshake {
+            Ok(s) => s,
+            Err(e) => return Err(handshake_error(opts, seen.fingerprint(), e)),
+        };
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_V2) {
+            return Err(Error::Protocol(format!(
+                "{server} does not offer hoard protocol version 2 (ALPN hoard/2); is it an older hoard?"
+            )));
+        }
+        Self::start(stream, server, &opts.token).await
+    }
+
+    /// Runs protocol version 2 over an established stream: reads the
+    /// Hello, authenticates with `token`, and starts the reader and
+    /// writer tasks.
+    pub async fn start<S>(stream: S, server: &str, token: &str) -> Result<Connection>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, mut write_half) = tokio::io::split(stream);
         let mut reader =
             FrameReader::new(tokio::io::BufReader::with_capacity(256 * 1024, read_half));
-        let hello = tokio::time::timeout(CONNECT_TIMEOUT, reader.next())
-            .await
-            .map_err(|_| Error::Protocol(format!("{server} sent no Hello")))?;
-        match hello {
-            Ok(Some((h, payload))) if h.stream == HELLO_STREAM => {
-                match Message::decode(&h, payload) {
-                    Ok(Message::Hello { version }) if version == PROTOCOL_VERSION => {}
-                    Ok(Message::Hello { version }) => {
-                        return Err(Error::Protocol(format!(
-                            "{server} speaks protocol version {version}, this client {PROTOCOL_VERSION}"
-                        )));
-                    }
-                    other => {
-                        return Err(Error::Protocol(format!(
-                            "{server} is not a hoard server (first packet {other:?})"
-                        )));
-                    }
-                }
-            }
-            Ok(_) => {
+        let offered = match next_handshake_packet(&mut reader, server).await? {
+            Message::Hello { version, features } if version == PROTOCOL_VERSION_2 => features,
+            Message::Hello { version, .. } => {
                 return Err(Error::Protocol(format!(
-                    "{server} is not a hoard server (no Hello)"
+                    "{server} speaks protocol version {version}, this client {PROTOCOL_VERSION_2}"
                 )));
             }
-            Err(e) => return Err(Error::Protocol(format!("{server}: {e}"))),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "{server} is not a hoard server (first packet {:?})",
+                    other.packet_type()
+                )));
+            }
+        };
+        let features = offered.intersect(Features::SUPPORTED);
+        let auth = Message::Authenticate {
+            features,
+            token: Secret(token.to_string()),
+        };
+        write_half
+            .write_all(&auth.encode(HELLO_STREAM))
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        write_half
+            .flush()
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        match next_handshake_packet(&mut reader, server).await? {
+            Message::Ok => {}
+            Message::Error {
+                id: ErrorId::Denied,
+                message,
+            } => return Err(Error::Denied(message)),
+            Message::Error { id, message } => {
+                return Err(Error::Server {
+                    what: "the connection".into(),
+                    message,
+                    busy: id == ErrorId::Busy,
+                });
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "{server} answered Authenticate with {:?}",
+                    other.packet_type()
+                )));
+            }
         }
         let shared = Arc::new(Shared {
             routes: Mutex::new(Routes {
@@ -109,10 +182,16 @@ impl Connection {
         Ok(Connection {
             out,
             shared,
+            features,
             hash_list_turn: tokio::sync::Mutex::new(()),
             reader,
             writer,
         })
+    }
+
+    /// The features negotiated with the server.
+    pub fn features(&self) -> Features {
+        self.features
     }
 
     /// A new stream whose incoming packets queue up to `depth` deep; a
@@ -170,10 +249,54 @@ impl Connection {
     }
 }
 
-async fn route_packets(
-    mut reader: FrameReader<tokio::io::BufReader<OwnedReadHalf>>,
-    shared: Arc<Shared>,
-) {
+/// One packet of the opening exchange (stream 0), under the connect
+/// timeout.
+async fn next_handshake_packet<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    server: &str,
+) -> Result<Message> {
+    let next = tokio::time::timeout(CONNECT_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| Error::Protocol(format!("{server} did not answer the opening")))?;
+    match next {
+        Ok(Some((h, payload))) if h.stream == HELLO_STREAM => {
+            Message::decode(&h, payload).map_err(|e| Error::Protocol(format!("{server}: {e}")))
+        }
+        Ok(Some(_)) => Err(Error::Protocol(format!(
+            "{server} is not a hoard server (a packet on a stream other than 0 first)"
+        ))),
+        Ok(None) => Err(Error::ConnectionLost(format!(
+            "{server} closed the connection during the opening"
+        ))),
+        Err(e) => Err(Error::Protocol(format!("{server}: {e}"))),
+    }
+}
+
+/// Says why a TLS handshake failed in the user's terms: an untrusted or
+/// changed certificate is not a network problem.
+fn handshake_error(
+    opts: &ConnectOptions,
+    seen: Option<tls::Fingerprint>,
+    e: std::io::Error,
+) -> Error {
+    match (&opts.trust, seen) {
+        (Trust::Pinned(expected), Some(seen)) if *expected != seen => Error::FingerprintMismatch {
+            server: opts.server.clone(),
+            expected: expected.to_string(),
+            seen: seen.to_string(),
+            hint: opts.mismatch_hint.clone(),
+        },
+        (Trust::Chain { .. }, Some(seen)) if e.to_string().contains("certificate") => {
+            Error::Untrusted {
+                server: opts.server.clone(),
+                fingerprint: seen.to_string(),
+            }
+        }
+        _ => Error::Protocol(format!("{}: TLS handshake failed: {e}", opts.server)),
+    }
+}
+
+async fn route_packets<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, shared: Arc<Shared>) {
     let reason = loop {
         let (header, payload) = match reader.next().await {
             Ok(Some(frame)) => frame,
@@ -234,11 +357,7 @@ impl Stream {
     /// [`Error::Server`], naming `what` was asked.
     pub async fn recv(&mut self, what: &str) -> Result<Message> {
         match self.rx.recv().await {
-            Some(Message::Error { id, message }) => Err(Error::Server {
-                what: what.to_string(),
-                message,
-                busy: id == ErrorId::Busy,
-            }),
+            Some(Message::Error { id, message }) => Err(server_error(what, id, message)),
             Some(m) => Ok(m),
             None => Err(Error::ConnectionLost(self.shared.lost_reason())),
         }
@@ -247,11 +366,7 @@ impl Stream {
     /// A packet already queued on this stream, without waiting.
     pub fn try_recv(&mut self, what: &str) -> Option<Result<Message>> {
         match self.rx.try_recv() {
-            Ok(Message::Error { id, message }) => Some(Err(Error::Server {
-                what: what.to_string(),
-                message,
-                busy: id == ErrorId::Busy,
-            })),
+            Ok(Message::Error { id, message }) => Some(Err(server_error(what, id, message))),
             Ok(m) => Some(Ok(m)),
             Err(mpsc::error::TryRecvError::Empty) => None,
             Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -272,6 +387,18 @@ impl Stream {
     /// be reused.
     pub fn finish(mut self) {
         self.clean = true;
+    }
+}
+
+/// An Error packet as the client's error: permission problems apart.
+fn server_error(what: &str, id: ErrorId, message: String) -> Error {
+    match id {
+        ErrorId::Denied => Error::Denied(format!("server refused {what}: {message}")),
+        id => Error::Server {
+            what: what.to_string(),
+            message,
+            busy: id == ErrorId::Busy,
+        },
     }
 }
 

@@ -10,6 +10,23 @@ pub enum Error {
         server: String,
         source: std::io::Error,
     },
+    /// No pin and no CA vouches for the server's certificate.
+    #[error(
+        "the certificate of server {server} is not trusted; its SHA-256 fingerprint is\n  {fingerprint}\nCompare it with `hoard cert fingerprint` on the server, then pass --fingerprint (or set HOARD_FINGERPRINT), or confirm it interactively on a terminal"
+    )]
+    Untrusted { server: String, fingerprint: String },
+    #[error(
+        "server {server} presented a certificate with fingerprint\n  {seen}\nnot the expected\n  {expected}\nRefusing to connect: the server's certificate changed, or someone is in between.{hint}"
+    )]
+    FingerprintMismatch {
+        server: String,
+        expected: String,
+        seen: String,
+        hint: String,
+    },
+    /// The server refused the token, or the token may not do this.
+    #[error("{0}")]
+    Denied(String),
     #[error("connection to the server lost: {0}")]
     ConnectionLost(String),
     #[error("the server broke the protocol: {0}")]
@@ -52,6 +69,8 @@ impl Error {
             Error::Source { .. } => 6,
             Error::Target { .. } => 7,
             Error::Damaged(_) => 8,
+            Error::Untrusted { .. } | Error::FingerprintMismatch { .. } => 9,
+            Error::Denied(_) => 10,
         }
     }
 

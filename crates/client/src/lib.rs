@@ -25,6 +25,6 @@ pub mod tree_backup;
 pub mod tree_restore;
 mod xattrs;
 
-pub use conn::Connection;
+pub use conn::{ConnectOptions, Connection, Fingerprint, ServerTrust};
 pub use error::{Error, Result};
 pub use progress::Progress;

@@ -17,7 +17,7 @@ use hoard_types::{Digest, MAX_CHUNK_SIZE};
 
 use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader, ZSTD_LEVEL};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{TempFile, fsync_dir};
+use crate::fsutil::{TempFile, fsync_dir, open_nofollow};
 use crate::locks::{FsTime, Locks, touch};
 
 /// What an insert did.
@@ -213,7 +213,7 @@ impl ChunkStore {
     /// it if it is older than `since`.
     fn keep_existing(&self, digest: &Digest, since: FsTime) -> Result<bool> {
         let path = self.chunk_path(digest);
-        let file = match File::open(&path) {
+        let file = match open_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
@@ -256,7 +256,7 @@ impl ChunkStore {
         if FsTime::mtime(&meta) >= cutoff {
             return Ok(Marked::Recent);
         }
-        let file = match File::open(&path) {
+        let file = match open_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marked::Missing),
             Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
@@ -361,7 +361,7 @@ impl ChunkStore {
 
     fn open(&self, digest: &Digest) -> Result<(File, ChunkHeader)> {
         let path = self.chunk_path(digest);
-        let file = match File::open(&path) {
+        let file = match open_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::ChunkMissing(*digest));

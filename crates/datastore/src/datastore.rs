@@ -15,7 +15,7 @@ use crate::chunk_store::ChunkStore;
 use crate::dynamic_index::{DynamicIndexReader, DynamicIndexWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::fixed_index::{FixedIndexReader, FixedIndexWriter};
-use crate::fsutil::{create_dir_durable, fsync_dir, write_atomic};
+use crate::fsutil::{create_dir_durable, fsync_dir, open_nofollow, refuse_symlinks, write_atomic};
 use crate::index_file::IndexSummary;
 use crate::locks::{FsTime, Locks, SnapshotPin, WriterRegistration, try_exclusive};
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState};
@@ -23,6 +23,11 @@ use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotS
 const MARKER_NAME: &str = ".hoard-datastore";
 const MARKER_CONTENT: &str = "hoard-datastore 2\n";
 const LOCK_NAME: &str = ".lock";
+/// In a group's directory: the name of the token that owns the group.
+const OWNER_NAME: &str = "owner";
+const MAX_OWNER_BYTES: u64 = 256;
+/// How far ahead of the server's clock a new snapshot's time may lie.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 /// Where verify moves damaged chunks.
 pub(crate) const BAD_DIR: &str = ".bad";
 
@@ -105,27 +110,39 @@ impl Datastore {
             .join(snap.time.to_string())
     }
 
-    /// Takes the snapshot for writing, creating it if needed. With `excl`
-    /// the snapshot must not exist yet. Fails with [`Error::SnapshotBusy`]
-    /// while another writer holds it.
-    pub fn begin_snapshot(&self, snap: &SnapshotPath, excl: bool) -> Result<SnapshotWriter> {
-        let dir = self.snapshot_dir(snap);
+    /// Creates the snapshot and takes it for writing. A snapshot is
+    /// written by one writer, once: one that exists already is refused
+    /// ([`Error::SnapshotBusy`] while its writer lives,
+    /// [`Error::SnapshotExists`] after), so a finished snapshot never
+    /// changes. Its time must be newer than every snapshot of its group,
+    /// and not beyond [`MAX_CLOCK_SKEW_SECS`] ahead of this machine's
+    /// clock, so a writer can neither slip an old snapshot under the
+    /// newest (pushing good ones out of a retention policy) nor plant
+    /// one that stays the newest for ever.
+    pub fn begin_snapshot(&self, snap: &SnapshotPath) -> Result<SnapshotWriter> {
+        let dir = self.checked_snapshot_dir(snap)?;
+        let now = SnapshotTime::now();
+        if snap.time.epoch() > now.epoch().saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(Error::SnapshotInFuture {
+                time: snap.clone(),
+                now: now.to_string(),
+                skew_secs: MAX_CLOCK_SKEW_SECS,
+            });
+        }
         if let Some(group_dir) = dir.parent() {
             create_dir_durable(group_dir)?;
         }
-        let created = match fs::create_dir(&dir) {
-            Ok(()) => {
-                fsync_dir(dir.parent().unwrap_or(&self.root))?;
-                true
-            }
+        match fs::create_dir(&dir) {
+            Ok(()) => fsync_dir(dir.parent().unwrap_or(&self.root))?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if excl {
-                    return Err(Error::SnapshotExists(snap.clone()));
-                }
-                false
+                return Err(if self.writer_active(snap)? {
+                    Error::SnapshotBusy(snap.clone())
+                } else {
+                    Error::SnapshotExists(snap.clone())
+                });
             }
             Err(e) => return Err(e).ctx(|| format!("creating snapshot {snap}")),
-        };
+        }
         let lock = open_snapshot_lock(&dir, snap)?;
         match lock.try_lock() {
             Ok(()) => {}
@@ -134,19 +151,25 @@ impl Datastore {
                 return Err(e).ctx(|| format!("locking snapshot {snap}"));
             }
         }
+        // Checked with the new directory in place: of two writers racing
+        // with different times, each sees the other's directory or was
+        // first, so neither ends up under an older newest.
+        if let Some(newest) = self.newest_other_snapshot(snap)? {
+            let _ = fs::remove_file(dir.join(LOCK_NAME));
+            let _ = fs::remove_dir(&dir);
+            return Err(Error::SnapshotNotNewer {
+                time: snap.clone(),
+                newest,
+            });
+        }
         let manifest_path = dir.join(MANIFEST_NAME);
-        let mut manifest = if manifest_path.exists() {
-            Manifest::load(&manifest_path, &snap.to_string())?
-        } else {
-            Manifest::new(snap.to_string())
-        };
+        let mut manifest = Manifest::new(snap.to_string());
         manifest.state = SnapshotState::Writing;
         manifest.store(&self.tmp, &manifest_path)?;
         Ok(SnapshotWriter {
             ds: self.clone(),
             snap: snap.clone(),
             dir,
-            created,
             manifest,
             started: HashSet::new(),
             in_progress: HashSet::new(),
@@ -154,8 +177,120 @@ impl Datastore {
         })
     }
 
+    /// The newest snapshot of `snap`'s group at or after `snap`'s time,
+    /// other than `snap` itself (any state, manifest or not).
+    fn newest_other_snapshot(&self, snap: &SnapshotPath) -> Result<Option<SnapshotPath>> {
+        let group_dir = self.group_dir(&snap.group);
+        let newest = dir_names(&group_dir)?
+            .iter()
+            .filter_map(|n| n.parse::<SnapshotTime>().ok())
+            .filter(|t| *t > snap.time)
+            .max();
+        Ok(newest.map(|time| SnapshotPath {
+            group: snap.group.clone(),
+            time,
+        }))
+    }
+
+    fn group_dir(&self, group: &BackupGroup) -> PathBuf {
+        self.root.join(group.ty.as_str()).join(group.id.as_str())
+    }
+
+    /// [`Datastore::snapshot_dir`], refusing it if the type, group or
+    /// snapshot directory is a symbolic link.
+    fn checked_snapshot_dir(&self, snap: &SnapshotPath) -> Result<PathBuf> {
+        let time = snap.time.to_string();
+        refuse_symlinks(
+            &self.root,
+            &[snap.group.ty.as_str(), snap.group.id.as_str(), &time],
+        )?;
+        Ok(self.snapshot_dir(snap))
+    }
+
+    /// Whether the group's directory exists.
+    pub fn group_exists(&self, group: &BackupGroup) -> Result<bool> {
+        refuse_symlinks(&self.root, &[group.ty.as_str(), group.id.as_str()])?;
+        Ok(self.group_dir(group).is_dir())
+    }
+
+    /// The name recorded as the group's owner, if any.
+    pub fn group_owner(&self, group: &BackupGroup) -> Result<Option<String>> {
+        refuse_symlinks(
+            &self.root,
+            &[group.ty.as_str(), group.id.as_str(), OWNER_NAME],
+        )?;
+        let path = self.group_dir(group).join(OWNER_NAME);
+        let mut file = match open_nofollow(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx(|| format!("reading the owner of {group}")),
+        };
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(&mut file, MAX_OWNER_BYTES),
+            &mut text,
+        )
+        .ctx(|| format!("reading the owner of {group}"))?;
+        let owner = text.trim();
+        if owner.is_empty() {
+            return Err(Error::Owner {
+                group: group.to_string(),
+                reason: "the owner file is empty".into(),
+            });
+        }
+        Ok(Some(owner.to_string()))
+    }
+
+    /// Makes `owner` the owner of a group that has none, creating the
+    /// group's directory; fails if another owner got there first.
+    pub fn claim_group(&self, group: &BackupGroup, owner: &str) -> Result<()> {
+        refuse_symlinks(&self.root, &[group.ty.as_str(), group.id.as_str()])?;
+        let dir = self.group_dir(group);
+        create_dir_durable(&dir)?;
+        let mut tmp = crate::fsutil::TempFile::create(&self.tmp, "owner")?;
+        std::io::Write::write_all(&mut tmp.file, format!("{owner}\n").as_bytes())
+            .ctx(|| format!("writing the owner of {group}"))?;
+        tmp.sync()?;
+        // link(2) creates the name only if it is absent: of two claims,
+        // exactly one wins.
+        match fs::hard_link(tmp.path(), dir.join(OWNER_NAME)) {
+            Ok(()) => fsync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                match self.group_owner(group)? {
+                    Some(o) if o == owner => Ok(()),
+                    other => Err(Error::Owner {
+                        group: group.to_string(),
+                        reason: format!("it belongs to {}", other.unwrap_or_default()),
+                    }),
+                }
+            }
+            Err(e) => Err(e).ctx(|| format!("recording the owner of {group}")),
+        }
+    }
+
+    /// Records `owner` as the group's owner, replacing any other (an
+    /// admin's assignment).
+    pub fn set_group_owner(&self, group: &BackupGroup, owner: &str) -> Result<()> {
+        refuse_symlinks(
+            &self.root,
+            &[group.ty.as_str(), group.id.as_str(), OWNER_NAME],
+        )?;
+        let dir = self.group_dir(group);
+        if !dir.is_dir() {
+            return Err(Error::Owner {
+                group: group.to_string(),
+                reason: "no such group".into(),
+            });
+        }
+        write_atomic(
+            &self.tmp,
+            &dir.join(OWNER_NAME),
+            format!("{owner}\n").as_bytes(),
+        )
+    }
+
     pub fn load_manifest(&self, snap: &SnapshotPath) -> Result<Manifest> {
-        let path = self.snapshot_dir(snap).join(MANIFEST_NAME);
+        let path = self.checked_snapshot_dir(snap)?.join(MANIFEST_NAME);
         if !path.exists() {
             return Err(Error::SnapshotNotFound(snap.clone()));
         }
@@ -176,7 +311,7 @@ impl Datastore {
     /// running backup, a snapshot being restored. Fails with
     /// [`Error::SnapshotNotFound`] if it is gone, or going.
     pub fn pin_snapshot(&self, snap: &SnapshotPath) -> Result<SnapshotPin> {
-        let dir = self.snapshot_dir(snap);
+        let dir = self.checked_snapshot_dir(snap)?;
         let pin = SnapshotPin::take(&dir, &snap.to_string())?
             .ok_or_else(|| Error::SnapshotNotFound(snap.clone()))?;
         // Checked after the pin: a prune that held the directory first
@@ -323,7 +458,7 @@ impl Datastore {
             other => other?,
         };
         let entry = manifest.file(name).ok_or_else(not_found)?;
-        let path = self.snapshot_dir(&snap).join(name);
+        let path = self.checked_snapshot_dir(&snap)?.join(name);
         let reader = match entry.kind {
             FileKind::Fixed => IndexReader::Fixed(FixedIndexReader::open(&path, rel)?),
             FileKind::Dynamic => IndexReader::Dynamic(DynamicIndexReader::open(&path, rel)?),
@@ -544,7 +679,6 @@ pub struct SnapshotWriter {
     ds: Datastore,
     snap: SnapshotPath,
     dir: PathBuf,
-    created: bool,
     manifest: Manifest,
     /// Stored names started since the lock was taken.
     started: HashSet<String>,
@@ -636,11 +770,6 @@ impl SnapshotWriter {
         stored
     }
 
-    /// Whether this writer created the snapshot (it did not exist before).
-    pub fn created(&self) -> bool {
-        self.created
-    }
-
     /// Forgets a file that will not be finished (its stream failed).
     pub fn abandon(&mut self, stored_name: &str) {
         self.in_progress.remove(stored_name);
@@ -652,11 +781,11 @@ impl SnapshotWriter {
     }
 
     /// Releases the snapshot. It is complete if every file started under
-    /// this lock was finished. A snapshot this writer created that ends
-    /// with no file at all is removed again.
+    /// this lock was finished. A snapshot that ends with no file at all
+    /// is removed again.
     pub fn close(mut self) -> Result<SnapshotState> {
         let all_done = self.started.iter().all(|n| self.manifest.file(n).is_some());
-        if self.created && self.manifest.files.is_empty() {
+        if self.manifest.files.is_empty() {
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
             let _ = fs::remove_file(self.dir.join(LOCK_NAME));
             let _ = fs::remove_dir(&self.dir);

@@ -20,8 +20,27 @@ pub enum Error {
     NoDatastore(PathBuf),
     #[error("{path}: unsupported datastore format {found:?}")]
     UnsupportedFormat { path: PathBuf, found: String },
-    #[error("snapshot {0} exists already")]
+    #[error(
+        "snapshot {0} exists already; a snapshot is written by one connection and is immutable after"
+    )]
     SnapshotExists(SnapshotPath),
+    #[error("snapshot time {time} is not newer than the group's newest snapshot {newest}")]
+    SnapshotNotNewer {
+        time: SnapshotPath,
+        newest: SnapshotPath,
+    },
+    #[error(
+        "snapshot time {time} lies more than {skew_secs} s in the future of the server's clock ({now})"
+    )]
+    SnapshotInFuture {
+        time: SnapshotPath,
+        now: String,
+        skew_secs: u64,
+    },
+    #[error("refusing {}: a symbolic link inside the datastore (hoard never follows links there)", .0.display())]
+    Symlink(PathBuf),
+    #[error("group {group}: {reason}")]
+    Owner { group: String, reason: String },
     #[error("snapshot {0} is being written by another connection")]
     SnapshotBusy(SnapshotPath),
     #[error("snapshot {0} not found")]
@@ -67,6 +86,10 @@ pub enum Error {
     },
     #[error("dynamic index: chunk at offset {got} does not continue the file at offset {expected}")]
     DynamicOffset { expected: u64, got: u64 },
+    #[error(
+        "fixed index: {entries} entries scattered over {pages} pages of the index; send slots roughly in order"
+    )]
+    ScatteredSlots { pages: u64, entries: u64 },
     #[error("fixed index incomplete: chunk {0} was never sent")]
     SlotMissing(u64),
     #[error("index {path}: {reason}")]

@@ -27,7 +27,23 @@ pub const MIN_FIXED_CHUNK_SIZE: u32 = 4096;
 pub struct FixedIndexWriter {
     tmp: TempFile,
     header: IndexHeader,
+    /// One bit per 4 KiB page of entries that has been written to, and how
+    /// many: a client that scatters entries far apart would otherwise make
+    /// the server write a page per 40-byte entry (see [`Self::set`]).
+    pages: Vec<u64>,
+    pages_touched: u64,
+    entries_set: u64,
 }
+
+/// Entries in one 4 KiB page of a fixed index.
+const ENTRIES_PER_PAGE: u64 = 4096 / DIGEST_SIZE as u64;
+/// Pages a writer may touch beyond one per [`MIN_ENTRIES_PER_PAGE`]
+/// entries sent: room for the parallel, roughly ordered writes of any
+/// real client (1 MiB of index, 32,768 slots).
+const PAGE_ALLOWANCE: u64 = 256;
+/// Entries a touched page must average (of the 128 it holds), past the
+/// allowance.
+const MIN_ENTRIES_PER_PAGE: u64 = 8;
 
 impl FixedIndexWriter {
     /// Checks declared sizes: the chunk size is in range and the slot count
@@ -50,6 +66,7 @@ impl FixedIndexWriter {
     /// Checks the declared sizes before anything is allocated on disk.
     pub fn create(tmp_dir: &Path, file_size: u64, chunk_size: u32) -> Result<Self> {
         let count = Self::check_sizes(file_size, chunk_size)?;
+        debug_assert_eq!(ENTRIES_PER_PAGE, 128);
         let tmp = TempFile::create(tmp_dir, "fidx")?;
         tmp.file
             .set_len(INDEX_HEADER_SIZE as u64 + count * DIGEST_SIZE as u64)
@@ -58,7 +75,14 @@ impl FixedIndexWriter {
         header.file_size = file_size;
         header.chunk_count = count;
         header.chunk_size = chunk_size;
-        Ok(FixedIndexWriter { tmp, header })
+        let pages = (INDEX_HEADER_SIZE as u64 + count * DIGEST_SIZE as u64).div_ceil(4096);
+        Ok(FixedIndexWriter {
+            tmp,
+            header,
+            pages: vec![0; pages.div_ceil(64) as usize],
+            pages_touched: 0,
+            entries_set: 0,
+        })
     }
 
     pub fn chunk_count(&self) -> u64 {
@@ -80,9 +104,30 @@ impl FixedIndexWriter {
     }
 
     /// Fills slot `index`; a slot may be filled again (last one wins).
+    ///
+    /// Slots may come in any order, but not scattered: a writer whose
+    /// entries touch more than one new 4 KiB page of the index per
+    /// [`MIN_ENTRIES_PER_PAGE`] entries (beyond a first allowance) is
+    /// refused, so that a few KB of packets cannot make the server write
+    /// megabytes of temp file.
     pub fn set(&mut self, index: u64, digest: &Digest) -> Result<()> {
         self.slot_size(index)?;
         let off = INDEX_HEADER_SIZE as u64 + index * DIGEST_SIZE as u64;
+        self.entries_set += 1;
+        for page in [off / 4096, (off + DIGEST_SIZE as u64 - 1) / 4096] {
+            let (word, bit) = ((page / 64) as usize, page % 64);
+            if self.pages[word] & (1 << bit) == 0 {
+                self.pages[word] |= 1 << bit;
+                self.pages_touched += 1;
+            }
+        }
+        let allowed = PAGE_ALLOWANCE + self.entries_set.div_ceil(MIN_ENTRIES_PER_PAGE);
+        if self.pages_touched > allowed {
+            return Err(Error::ScatteredSlots {
+                pages: self.pages_touched,
+                entries: self.entries_set,
+            });
+        }
         self.tmp
             .file
             .write_all_at(digest.as_bytes(), off)
@@ -188,6 +233,35 @@ mod tests {
         r.verify_checksum().unwrap();
         assert_eq!(r.digests(0, 3).unwrap(), ds);
         assert_eq!(r.file_size(), 10_000);
+    }
+
+    #[test]
+    fn scattered_slots_are_refused_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"x");
+        // 2^30 slots, entries 128 slots (one page) apart.
+        let mut w = FixedIndexWriter::create(dir.path(), (1 << 30) * 4096, 4096).unwrap();
+        let mut refused_at = None;
+        for i in 0..10_000u64 {
+            if let Err(e) = w.set(i * 128, &d) {
+                assert!(matches!(e, Error::ScatteredSlots { .. }));
+                refused_at = Some(i);
+                break;
+            }
+        }
+        let n = refused_at.expect("refused");
+        assert!(n <= PAGE_ALLOWANCE + 40, "refused after {n} entries");
+        // In order, the same index takes a million entries without complaint.
+        let mut w = FixedIndexWriter::create(dir.path(), (1 << 30) * 4096, 4096).unwrap();
+        for i in 0..1_000_000u64 {
+            w.set(i, &d).unwrap();
+        }
+        // Parallel writers that interleave a few regions are fine too.
+        let mut w = FixedIndexWriter::create(dir.path(), (1 << 20) * 4096, 4096).unwrap();
+        for i in 0..100_000u64 {
+            let region = i % 16;
+            w.set(region * 65_536 + i / 16, &d).unwrap();
+        }
     }
 
     #[test]

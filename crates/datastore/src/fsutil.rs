@@ -8,6 +8,36 @@ use rand::Rng;
 
 use crate::error::{IoContext, Result};
 
+/// Opens a file for reading without following a symbolic link in its
+/// last component: a link planted in the datastore is refused (ELOOP),
+/// never served.
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Refuses `root/a`, `root/a/b`, … (each of `parts` in turn) if one is
+/// a symbolic link. Missing components are fine: they are created later
+/// as real directories.
+pub(crate) fn refuse_symlinks(root: &Path, parts: &[&str]) -> Result<()> {
+    let mut path = root.to_path_buf();
+    for part in parts {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(crate::error::Error::Symlink(path));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx(|| format!("checking {}", path.display())),
+        }
+    }
+    Ok(())
+}
+
 /// fsync a directory so that renames and creations in it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -57,6 +87,10 @@ impl TempFile {
             path,
             persisted: false,
         })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// fsync, rename to `dest`, fsync `dest`'s directory.

@@ -96,7 +96,7 @@ impl IndexFile {
             path: name.to_string(),
             reason,
         };
-        let file = File::open(path).ctx(|| format!("opening index {name}"))?;
+        let file = crate::fsutil::open_nofollow(path).ctx(|| format!("opening index {name}"))?;
         let len = file
             .metadata()
             .ctx(|| format!("reading index {name}"))?

@@ -129,13 +129,18 @@ impl Manifest {
             path: display.to_string(),
             reason,
         };
-        let len = std::fs::metadata(path)
+        let mut file =
+            crate::fsutil::open_nofollow(path).ctx(|| format!("reading manifest {display}"))?;
+        let len = file
+            .metadata()
             .ctx(|| format!("reading manifest {display}"))?
             .len();
         if len > MAX_MANIFEST_BYTES {
             return Err(bad(format!("{len} bytes is larger than any manifest")));
         }
-        let raw = std::fs::read(path).ctx(|| format!("reading manifest {display}"))?;
+        let mut raw = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut file, &mut raw)
+            .ctx(|| format!("reading manifest {display}"))?;
         let m: Manifest = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
         if m.magic != MANIFEST_MAGIC {
             return Err(bad(format!("unknown magic {:?}", m.magic)));

@@ -28,7 +28,7 @@ fn fixed_file_round_trip_and_listing() {
     let a = store_chunk(&ds, &[1u8; 4096]);
     let b = store_chunk(&ds, &[2u8; 100]);
     let p = snap("vm/100/2019-04-23T12:23:36Z");
-    let mut w = ds.begin_snapshot(&p, true).unwrap();
+    let mut w = ds.begin_snapshot(&p).unwrap();
     let mut f = w
         .start_file(&name("d.img"), FileKind::Fixed, true, 4196, 4096)
         .unwrap();
@@ -52,6 +52,11 @@ fn fixed_file_round_trip_and_listing() {
     let rel = f.rel_path().to_string();
     let m = f.finish().unwrap();
     w.record(m).unwrap();
+    // A finished name cannot be rewritten.
+    assert!(matches!(
+        w.start_file(&name("d.img"), FileKind::Fixed, true, 1, 4096),
+        Err(Error::FileExists { .. })
+    ));
     assert_eq!(w.close().unwrap(), SnapshotState::Complete);
 
     let r = ds.open_index(&rel).unwrap();
@@ -62,18 +67,13 @@ fn fixed_file_round_trip_and_listing() {
     assert_eq!(list[0].manifest.files[0].file_size, 4196);
     assert!(list[0].manifest.files[0].raw);
 
-    // Reopening works; EXCL refuses; a finished name cannot be rewritten.
+    // Reopening works; a finished snapshot is immutable.
     let ds = Datastore::open(&dir.path().join("ds")).unwrap();
     assert!(matches!(
-        ds.begin_snapshot(&p, true),
+        ds.begin_snapshot(&p),
         Err(Error::SnapshotExists(_))
     ));
-    let mut w = ds.begin_snapshot(&p, false).unwrap();
-    assert!(matches!(
-        w.start_file(&name("d.img"), FileKind::Fixed, true, 1, 4096),
-        Err(Error::FileExists { .. })
-    ));
-    assert_eq!(w.close().unwrap(), SnapshotState::Complete);
+    assert_eq!(ds.load_manifest(&p).unwrap().state, SnapshotState::Complete);
 }
 
 #[test]
@@ -81,13 +81,134 @@ fn second_writer_is_busy_and_lock_dies_with_writer() {
     let dir = tempfile::tempdir().unwrap();
     let ds = Datastore::open_or_create(dir.path()).unwrap();
     let p = snap("ct/7/2020-01-01T00:00:00Z");
-    let w = ds.begin_snapshot(&p, false).unwrap();
-    assert!(matches!(
-        ds.begin_snapshot(&p, false),
-        Err(Error::SnapshotBusy(_))
-    ));
+    let w = ds.begin_snapshot(&p).unwrap();
+    assert!(matches!(ds.begin_snapshot(&p), Err(Error::SnapshotBusy(_))));
     drop(w);
-    ds.begin_snapshot(&p, false).unwrap();
+    // The writer is gone: the snapshot is no longer busy, and still not
+    // writable again.
+    assert!(!ds.writer_active(&p).unwrap());
+    assert!(matches!(
+        ds.begin_snapshot(&p),
+        Err(Error::SnapshotExists(_))
+    ));
+}
+
+#[test]
+fn snapshot_times_only_move_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Datastore::open_or_create(dir.path()).unwrap();
+    let c = store_chunk(&ds, b"abc");
+    let finish = |p: &SnapshotPath| {
+        let mut w = ds.begin_snapshot(p).unwrap();
+        let mut f = w
+            .start_file(&name("f"), FileKind::Dynamic, false, 0, 0)
+            .unwrap();
+        f.add_dynamic(ds.chunks(), 0, &c, T0).unwrap();
+        w.record(f.finish().unwrap()).unwrap();
+        w.close().unwrap();
+    };
+    finish(&snap("vm/1/2024-01-01T00:00:00Z"));
+    for older in ["2023-12-31T23:59:59Z", "2020-01-01T00:00:00Z"] {
+        let p = snap(&format!("vm/1/{older}"));
+        assert!(matches!(
+            ds.begin_snapshot(&p),
+            Err(Error::SnapshotNotNewer { .. })
+        ));
+        // The refused snapshot leaves nothing behind.
+        assert!(!ds.snapshot_dir(&p).exists());
+    }
+    // Another group is not held back; a newer time is fine.
+    finish(&snap("vm/2/2020-01-01T00:00:00Z"));
+    finish(&snap("vm/1/2024-01-01T00:00:01Z"));
+    // Far in the future: refused; within the allowed skew: fine.
+    let now = hoard_types::SnapshotTime::now().epoch();
+    let far = hoard_types::SnapshotTime::from_epoch(now + MAX_CLOCK_SKEW_SECS + 120).unwrap();
+    let p = snap(&format!("vm/1/{far}"));
+    assert!(matches!(
+        ds.begin_snapshot(&p),
+        Err(Error::SnapshotInFuture { .. })
+    ));
+    assert!(!ds.snapshot_dir(&p).exists());
+    let near = hoard_types::SnapshotTime::from_epoch(now + 60).unwrap();
+    finish(&snap(&format!("vm/1/{near}")));
+    assert_eq!(ds.list_snapshots().unwrap().len(), 4);
+}
+
+#[test]
+fn groups_have_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Datastore::open_or_create(dir.path()).unwrap();
+    let g: hoard_types::BackupGroup = "vm/5".parse().unwrap();
+    assert!(!ds.group_exists(&g).unwrap());
+    assert_eq!(ds.group_owner(&g).unwrap(), None);
+    ds.claim_group(&g, "alice").unwrap();
+    ds.claim_group(&g, "alice").unwrap();
+    assert!(matches!(
+        ds.claim_group(&g, "mallory"),
+        Err(Error::Owner { .. })
+    ));
+    assert_eq!(ds.group_owner(&g).unwrap().as_deref(), Some("alice"));
+    ds.set_group_owner(&g, "bob").unwrap();
+    assert_eq!(ds.group_owner(&g).unwrap().as_deref(), Some("bob"));
+    assert!(ds.group_exists(&g).unwrap());
+}
+
+#[test]
+fn symlinks_planted_in_the_datastore_are_refused() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let ds = Datastore::open_or_create(&dir.path().join("ds")).unwrap();
+    let c = store_chunk(&ds, b"abc");
+    let p = snap("vm/1/2024-01-01T00:00:00Z");
+    let mut w = ds.begin_snapshot(&p).unwrap();
+    let mut f = w
+        .start_file(&name("f"), FileKind::Dynamic, false, 0, 0)
+        .unwrap();
+    f.add_dynamic(ds.chunks(), 0, &c, T0).unwrap();
+    w.record(f.finish().unwrap()).unwrap();
+    w.close().unwrap();
+    let root = dir.path().join("ds");
+    let rel = "vm/1/2024-01-01T00:00:00Z/f.didx";
+    ds.open_index(rel).unwrap();
+
+    // The index replaced by a link to a file outside.
+    let index = root.join(rel);
+    std::fs::rename(&index, outside.path().join("f.didx")).unwrap();
+    symlink(outside.path().join("f.didx"), &index).unwrap();
+    let err = ds.open_index(rel).unwrap_err().to_string();
+    assert!(err.contains("opening index"), "{err}");
+    std::fs::remove_file(&index).unwrap();
+    std::fs::rename(outside.path().join("f.didx"), &index).unwrap();
+    ds.open_index(rel).unwrap();
+
+    // The group directory moved outside and linked back: every way in is
+    // refused, and nothing is created outside.
+    let group = root.join("vm/1");
+    std::fs::rename(&group, outside.path().join("g")).unwrap();
+    symlink(outside.path().join("g"), &group).unwrap();
+    assert!(matches!(ds.open_index(rel), Err(Error::Symlink(_))));
+    assert!(matches!(ds.load_manifest(&p), Err(Error::Symlink(_))));
+    assert!(matches!(ds.pin_snapshot(&p), Err(Error::Symlink(_))));
+    let later = snap("vm/1/2025-01-01T00:00:00Z");
+    assert!(matches!(ds.begin_snapshot(&later), Err(Error::Symlink(_))));
+    assert!(!outside.path().join("g/2025-01-01T00:00:00Z").exists());
+    assert!(matches!(
+        ds.claim_group(&"vm/1".parse().unwrap(), "x"),
+        Err(Error::Symlink(_))
+    ));
+    // Listing skips the linked group rather than following it.
+    assert!(ds.list_snapshots().unwrap().is_empty());
+
+    // A chunk file replaced by a link.
+    let chunk = ds.chunks().chunk_path(&c);
+    std::fs::remove_file(&chunk).unwrap();
+    symlink("/etc/passwd", &chunk).unwrap();
+    let err = ds.chunks().load(&c).unwrap_err().to_string();
+    assert!(
+        !err.contains("root:"),
+        "nothing of the target is shown: {err}"
+    );
 }
 
 #[test]
@@ -98,7 +219,7 @@ fn abandoned_file_makes_snapshot_incomplete_and_empty_snapshot_vanishes() {
     let p = snap("host/h/2021-05-05T05:05:05Z");
 
     // Only a failed file: the snapshot is removed again.
-    let mut w = ds.begin_snapshot(&p, true).unwrap();
+    let mut w = ds.begin_snapshot(&p).unwrap();
     let f = w
         .start_file(&name("x"), FileKind::Fixed, true, 4096, 4096)
         .unwrap();
@@ -109,7 +230,7 @@ fn abandoned_file_makes_snapshot_incomplete_and_empty_snapshot_vanishes() {
     assert!(ds.list_snapshots().unwrap().is_empty());
 
     // One good file, one abandoned: incomplete.
-    let mut w = ds.begin_snapshot(&p, true).unwrap();
+    let mut w = ds.begin_snapshot(&p).unwrap();
     let mut f = w
         .start_file(&name("root"), FileKind::Dynamic, false, 0, 0)
         .unwrap();

@@ -6,10 +6,27 @@ pub const HEADER_SIZE: usize = 6;
 pub const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 /// Magic at the start of the server's Hello.
 pub const HELLO_MAGIC: [u8; 8] = *b"PMXBCKUP";
-/// The protocol version this crate speaks.
+/// The seed's protocol version: a Hello of [`HELLO_SIZE`] bytes, no
+/// authentication packet (the transport authenticated the peer, or the
+/// operator opened a plain listener for it).
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Hello payload: magic, version u32.
+/// Version 2: the Hello carries feature flags and the client's first
+/// packet is an Authenticate (docs/protocol.md, "Version 2").
+pub const PROTOCOL_VERSION_2: u32 = 2;
+/// Version 1 Hello payload: magic, version u32.
 pub const HELLO_SIZE: usize = 12;
+/// Version 2 Hello payload: magic, version u32, features u64.
+pub const HELLO_V2_SIZE: usize = 20;
+/// Authenticate payload before the token: features u64, token length u16.
+pub const AUTHENTICATE_HEADER_SIZE: usize = 10;
+/// Longest token in an Authenticate packet (`NAME:SECRET`).
+pub const MAX_TOKEN_LEN: usize = 512;
+/// Largest packet a server reads before the peer authenticated: room for
+/// an Authenticate with the longest token, nothing a flood could use.
+pub const MAX_PREAUTH_PACKET_SIZE: u32 = 1024;
+/// TLS ALPN protocol id of version 2 of the packet protocol. A TLS client
+/// that offers no ALPN (or `http/1.1`) speaks HTTP on the same port.
+pub const ALPN_V2: &[u8] = b"hoard/2";
 /// Stream id of the server's Hello.
 pub const HELLO_STREAM: u8 = 0;
 /// Fixed part of a CreateBackup payload (id and name follow).

@@ -25,6 +25,8 @@ pub enum PacketType {
     FileAttributes = 66,
     GetIndex = 67,
     IndexPart = 68,
+    // Version 2 (docs/protocol.md, "Version 2").
+    Authenticate = 69,
 }
 
 /// Which side of a connection may send a packet type.
@@ -56,6 +58,7 @@ impl PacketType {
             66 => FileAttributes,
             67 => GetIndex,
             68 => IndexPart,
+            69 => Authenticate,
             _ => return None,
         })
     }
@@ -64,15 +67,20 @@ impl PacketType {
         self as u8
     }
 
+    /// One of hoard's extension packets (64–68), which a version 2
+    /// session uses only when it negotiated [`crate::Features::EXTENSIONS`].
+    pub fn is_extension(self) -> bool {
+        (64..=68).contains(&self.as_u8())
+    }
+
     pub fn sender(self) -> Sender {
         use PacketType::*;
         match self {
             Hello | Ok | Error | HashListPart | Chunk | BackupCreated | SnapshotEntry
             | IndexPart => Sender::Server,
             GetHashList | DownloadChunks | UploadChunk | CreateBackup | BackupDataFixed
-            | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes | GetIndex => {
-                Sender::Client
-            }
+            | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes | GetIndex
+            | Authenticate => Sender::Client,
         }
     }
 }
@@ -139,7 +147,7 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_and_others_are_unknown() {
-        let known: Vec<u8> = (0..=12u8).chain(64..=68).collect();
+        let known: Vec<u8> = (0..=12u8).chain(64..=69).collect();
         for v in 0..=255u8 {
             match PacketType::from_u8(v) {
                 Some(t) => {

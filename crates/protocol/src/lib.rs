@@ -1,4 +1,4 @@
-//! hoard's packet protocol, version 1: pure encode and decode.
+//! hoard's packet protocol, versions 1 and 2: pure encode and decode.
 //!
 //! Byte-exact with the seed's protocol so that a client written from the
 //! seed alone talks to our server. This crate owns the layout of every
@@ -13,11 +13,15 @@
 
 pub mod consts;
 mod create_backup;
+mod features;
 mod header;
 mod lists;
 mod message;
 
 pub use create_backup::{BackupFlags, CreateBackup};
+pub use features::Features;
 pub use header::{FrameError, Header, PacketType, Sender, check_frame};
 pub use lists::{DigestList, DynamicEntry, DynamicEntryList, FixedEntry, FixedEntryList};
-pub use message::{ANY_TYPE, DecodeError, ErrorId, FILE_ATTRIBUTES_SIZE, Message, SnapshotFilter};
+pub use message::{
+    ANY_TYPE, DecodeError, ErrorId, FILE_ATTRIBUTES_SIZE, Message, Secret, SnapshotFilter,
+};

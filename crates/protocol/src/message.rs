@@ -3,8 +3,12 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hoard_types::{BackupId, BackupType, DIGEST_SIZE, Digest, NameError, SourceAttributes};
 
-use crate::consts::{HEADER_SIZE, HELLO_MAGIC, HELLO_SIZE, MAX_PACKET_SIZE};
+use crate::consts::{
+    AUTHENTICATE_HEADER_SIZE, HEADER_SIZE, HELLO_MAGIC, HELLO_SIZE, HELLO_V2_SIZE, MAX_PACKET_SIZE,
+    MAX_TOKEN_LEN,
+};
 use crate::create_backup::CreateBackup;
+use crate::features::Features;
 use crate::header::{Header, PacketType};
 use crate::lists::{DigestList, DynamicEntryList, FixedEntryList};
 
@@ -14,14 +18,21 @@ pub enum ErrorId {
     Generic = 0,
     /// Try again later: the resource is in use.
     Busy = 1,
+    /// Version 2 only: the principal may not do this (a version 1 peer
+    /// is sent Generic instead, the seed knowing only 0 and 1).
+    Denied = 2,
 }
 
 /// One packet's meaning. Bulk data (chunk bytes, lists) stays in the
 /// receive buffer as `Bytes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
+    /// The server's first packet. Version 1 carries no features (12
+    /// bytes, the seed's layout); version 2 and later carry the offered
+    /// feature flags (20 bytes).
     Hello {
         version: u32,
+        features: Features,
     },
     Ok,
     Error {
@@ -66,6 +77,23 @@ pub enum Message {
     /// Extension: entries (end offset, digest) of an index in order; an
     /// empty one ends the answer.
     IndexPart(DynamicEntryList),
+    /// Version 2: the client's first packet, with the features it will use
+    /// (a subset of those the Hello offered) and its API token.
+    Authenticate {
+        features: Features,
+        token: Secret,
+    },
+}
+
+/// A credential on the wire; its `Debug` never shows it, so no log line
+/// or error message can leak a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// Which snapshots a [`Message::ListSnapshots`] asks for. An id without a
@@ -117,6 +145,14 @@ pub enum DecodeError {
     Name(#[from] NameError),
     #[error("ListSnapshots names a backup id but no backup type")]
     FilterIdWithoutType,
+    #[error("a version {0} Hello must carry feature flags (20 bytes)")]
+    HelloFeatures(u32),
+    #[error("Authenticate declares a token of {declared} bytes but carries {got}")]
+    TokenLength { declared: usize, got: usize },
+    #[error("Authenticate carries a token longer than {MAX_TOKEN_LEN} bytes")]
+    TokenTooLong,
+    #[error("Authenticate carries a token that is not UTF-8")]
+    TokenUtf8,
 }
 
 fn exact(
@@ -164,6 +200,53 @@ fn decode_path(what: &'static str, mut p: &[u8]) -> Result<String, DecodeError> 
         });
     }
     String::from_utf8(p.to_vec()).map_err(|_| DecodeError::PathUtf8(what))
+}
+
+/// A version 1 Hello is the seed's 12 bytes; a later version's carries
+/// feature flags after the version.
+fn decode_hello(p: &[u8]) -> Result<Message, DecodeError> {
+    if p.len() != HELLO_SIZE && p.len() != HELLO_V2_SIZE {
+        return Err(DecodeError::Length {
+            what: "Hello",
+            expected: "12 or 20 bytes",
+            got: p.len(),
+        });
+    }
+    if p[..8] != HELLO_MAGIC {
+        return Err(DecodeError::HelloMagic);
+    }
+    let version = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
+    let features = match p.len() {
+        HELLO_SIZE if version > 1 => return Err(DecodeError::HelloFeatures(version)),
+        HELLO_SIZE => Features::NONE,
+        _ => Features(u64::from_le_bytes(p[12..20].try_into().expect("8 bytes"))),
+    };
+    Ok(Message::Hello { version, features })
+}
+
+fn decode_authenticate(mut p: &[u8]) -> Result<Message, DecodeError> {
+    at_least(
+        "Authenticate",
+        "at least 10 bytes",
+        AUTHENTICATE_HEADER_SIZE,
+        p,
+    )?;
+    let features = Features(p.get_u64_le());
+    let declared = p.get_u16_le() as usize;
+    if declared != p.len() {
+        return Err(DecodeError::TokenLength {
+            declared,
+            got: p.len(),
+        });
+    }
+    if declared > MAX_TOKEN_LEN {
+        return Err(DecodeError::TokenTooLong);
+    }
+    let token = String::from_utf8(p.to_vec()).map_err(|_| DecodeError::TokenUtf8)?;
+    Ok(Message::Authenticate {
+        features,
+        token: Secret(token),
+    })
 }
 
 fn decode_filter(mut p: &[u8]) -> Result<SnapshotFilter, DecodeError> {
@@ -229,6 +312,7 @@ impl Message {
             FileAttributes(_) => PacketType::FileAttributes,
             GetIndex { .. } => PacketType::GetIndex,
             IndexPart(_) => PacketType::IndexPart,
+            Authenticate { .. } => PacketType::Authenticate,
         }
     }
 
@@ -243,15 +327,8 @@ impl Message {
         let p = &payload[..];
         let len = p.len();
         Ok(match ty {
-            PacketType::Hello => {
-                exact("Hello", "12 bytes", HELLO_SIZE, p)?;
-                if p[..8] != HELLO_MAGIC {
-                    return Err(DecodeError::HelloMagic);
-                }
-                Message::Hello {
-                    version: u32::from_le_bytes([p[8], p[9], p[10], p[11]]),
-                }
-            }
+            PacketType::Hello => decode_hello(p)?,
+            PacketType::Authenticate => decode_authenticate(p)?,
             PacketType::Ok => {
                 exact("Ok", "0 bytes", 0, p)?;
                 Message::Ok
@@ -259,10 +336,10 @@ impl Message {
             PacketType::Error => {
                 at_least("Error", "at least 1 byte", 1, p)?;
                 // An unknown error id is still an error; report it as generic.
-                let id = if p[0] == ErrorId::Busy as u8 {
-                    ErrorId::Busy
-                } else {
-                    ErrorId::Generic
+                let id = match p[0] {
+                    1 => ErrorId::Busy,
+                    2 => ErrorId::Denied,
+                    _ => ErrorId::Generic,
                 };
                 Message::Error {
                     id,
@@ -365,7 +442,9 @@ impl Message {
     /// Payload length without the bulk tail.
     fn head_payload_len(&self) -> usize {
         match self {
-            Message::Hello { .. } => HELLO_SIZE,
+            Message::Hello { version, .. } if *version <= 1 => HELLO_SIZE,
+            Message::Hello { .. } => HELLO_V2_SIZE,
+            Message::Authenticate { token, .. } => AUTHENTICATE_HEADER_SIZE + token.0.len(),
             Message::Error { message, .. } => 1 + message.len(),
             Message::GetHashList { path }
             | Message::BackupCreated { path }
@@ -403,9 +482,18 @@ impl Message {
         out.reserve(HEADER_SIZE + self.head_payload_len());
         out.put_slice(&header.encode());
         match self {
-            Message::Hello { version } => {
+            Message::Hello { version, features } => {
                 out.put_slice(&HELLO_MAGIC);
                 out.put_u32_le(*version);
+                if *version > 1 {
+                    out.put_u64_le(features.0);
+                }
+            }
+            Message::Authenticate { features, token } => {
+                out.put_u64_le(features.0);
+                let len = u16::try_from(token.0.len()).expect("token longer than 65535 bytes");
+                out.put_u16_le(len);
+                out.put_slice(token.0.as_bytes());
             }
             Message::Error { id, message } => {
                 out.put_u8(*id as u8);

@@ -30,8 +30,52 @@ fn golden(stream: u8, msg: Message, wire: &str) {
 fn hello() {
     golden(
         0,
-        Message::Hello { version: 1 },
+        Message::Hello {
+            version: 1,
+            features: Features::NONE,
+        },
         "00 00 12000000 504d5842434b5550 01000000",
+    );
+}
+
+#[test]
+fn hello_v2_carries_features() {
+    golden(
+        0,
+        Message::Hello {
+            version: 2,
+            features: Features(0x0102),
+        },
+        "00 00 1a000000 504d5842434b5550 02000000 0201000000000000",
+    );
+    // A version 2 Hello without features is malformed.
+    let wire = hexb("00 00 12000000 504d5842434b5550 02000000");
+    let h = check_frame(&wire).unwrap().unwrap();
+    assert_eq!(
+        Message::decode(&h, Bytes::copy_from_slice(&wire[6..])),
+        Err(DecodeError::HelloFeatures(2))
+    );
+}
+
+#[test]
+fn authenticate() {
+    golden(
+        0,
+        Message::Authenticate {
+            features: Features(1),
+            token: Secret("a:b".into()),
+        },
+        "00 45 13000000 0100000000000000 0300 613a62",
+    );
+    // The declared token length must match what is carried.
+    let wire = hexb("00 45 13000000 0100000000000000 0400 613a62");
+    let h = check_frame(&wire).unwrap().unwrap();
+    assert_eq!(
+        Message::decode(&h, Bytes::copy_from_slice(&wire[6..])),
+        Err(DecodeError::TokenLength {
+            declared: 4,
+            got: 3
+        })
     );
 }
 

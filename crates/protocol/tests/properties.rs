@@ -42,7 +42,18 @@ fn create_backup() -> impl Strategy<Value = CreateBackup> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        any::<u32>().prop_map(|version| Message::Hello { version }),
+        (any::<u32>(), any::<u64>()).prop_map(|(version, f)| Message::Hello {
+            version,
+            features: if version <= 1 {
+                Features::NONE
+            } else {
+                Features(f)
+            },
+        }),
+        (any::<u64>(), "[a-z:0-9]{0,100}").prop_map(|(f, token)| Message::Authenticate {
+            features: Features(f),
+            token: Secret(token),
+        }),
         Just(Message::Ok),
         (any::<bool>(), ".{0,100}").prop_map(|(busy, message)| Message::Error {
             id: if busy {

@@ -10,24 +10,35 @@
 //! - When the connection ends, unfinished files are dropped (nothing
 //!   visible) and its snapshots are closed: complete if every file started
 //!   was finished, incomplete otherwise.
+//! - Every request is authorized in one place ([`crate::authorize`])
+//!   before it does anything.
+//! - A connection that sends nothing while nothing is in flight, or a
+//!   packet that stops arriving half-way, is closed after its timeout.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use hoard_auth::Principal;
 use hoard_datastore::{
     Datastore, FileWriter, FsTime, Inserted, SnapshotPin, SnapshotWriter, WriterRegistration,
 };
-use hoard_protocol::{ErrorId, Header, Message, PacketType, Sender};
+use hoard_protocol::consts::{
+    HELLO_STREAM, MAX_PACKET_SIZE, MAX_PREAUTH_PACKET_SIZE, PROTOCOL_VERSION, PROTOCOL_VERSION_2,
+};
+use hoard_protocol::{ErrorId, Features, Header, Message, PacketType, Sender};
 use hoard_types::{Digest, SnapshotPath};
-use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::ServerConfig;
+use crate::Shared;
+use crate::admission::{Pending, PrincipalSlot, Slot};
+use crate::authorize::KnownChunks;
 use crate::handlers::ListKind;
 use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, ReadError, writer};
 
@@ -54,6 +65,14 @@ pub(crate) enum Stream {
 pub(crate) struct BackupStream {
     pub snapshot: SnapshotPath,
     pub file: FileWriter,
+    /// The file's place in the server's open-file budget.
+    pub _open: OwnedSemaphorePermit,
+}
+
+/// An open snapshot and its place in the open-file budget.
+pub(crate) struct OpenSnapshot {
+    pub writer: SnapshotWriter,
+    pub _open: OwnedSemaphorePermit,
 }
 
 pub(crate) struct UploadDone {
@@ -64,12 +83,24 @@ pub(crate) struct UploadDone {
 
 pub(crate) struct Connection {
     pub ds: Datastore,
+    pub shared: Arc<Shared>,
     pub out: Outbox,
     pub peer: SocketAddr,
+    pub principal: Arc<Principal>,
+    /// Protocol version of the session (1 or 2).
+    pub version: u32,
+    pub features: Features,
     pub permits: Arc<Semaphore>,
-    pub config: Arc<ServerConfig>,
     pub streams: HashMap<u8, Stream>,
-    pub snapshots: HashMap<SnapshotPath, SnapshotWriter>,
+    pub snapshots: HashMap<SnapshotPath, OpenSnapshot>,
+    /// What this connection may reference and download (known-chunks
+    /// rule); shared with the tasks that send hash lists.
+    pub known: Arc<Mutex<KnownChunks>>,
+    /// When the last packet arrived (idle timeout).
+    pub last_packet: Instant,
+    /// A new group the CreateBackup being handled may claim for the
+    /// principal (set by [`Connection::authorize`]).
+    pub claim: Option<hoard_types::BackupGroup>,
     pub uploads: JoinSet<UploadDone>,
     /// Digests with an upload in flight on this connection, and how many.
     pub pending: HashMap<Digest, usize>,
@@ -82,50 +113,166 @@ pub(crate) struct Connection {
     pub pins: HashMap<SnapshotPath, SnapshotPin>,
 }
 
-pub(crate) async fn run(
-    sock: TcpStream,
+/// How a session begins: a version 1 session is authenticated already
+/// (by the HTTP upgrade, or as the plain listener's principal); a version
+/// 2 session authenticates with its first packet.
+pub(crate) enum Start {
+    V1 {
+        principal: Arc<Principal>,
+        slot: PrincipalSlot,
+    },
+    V2 {
+        pending: Pending,
+        deadline: Instant,
+    },
+}
+
+pub(crate) async fn run<R, W>(
+    read_half: R,
+    write_half: W,
     peer: SocketAddr,
-    ds: Datastore,
-    permits: Arc<Semaphore>,
-    config: Arc<ServerConfig>,
+    start: Start,
+    _slot: Slot,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) {
-    debug!(%peer, "connected");
-    let (read_half, write_half) = sock.into_split();
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(OUTBOX_DEPTH);
     let writer = tokio::spawn(writer::run(write_half, rx));
-    let mut conn = Connection {
-        ds,
-        out: tx,
-        peer,
-        permits,
-        config,
-        streams: HashMap::new(),
-        snapshots: HashMap::new(),
-        uploads: JoinSet::new(),
-        pending: HashMap::new(),
-        registration: None,
-        pins: HashMap::new(),
+    let mut reader = FrameReader::new(read_half);
+    let session = match start {
+        Start::V1 { principal, slot } => {
+            let hello = Message::Hello {
+                version: PROTOCOL_VERSION,
+                features: Features::NONE,
+            };
+            match tx.send((HELLO_STREAM, hello)).await {
+                // Version 1 sessions keep hoard's extension packets, as
+                // before version 2 existed.
+                Ok(()) => Some((principal, slot, PROTOCOL_VERSION, Features::EXTENSIONS)),
+                Err(_) => None,
+            }
+        }
+        Start::V2 { pending, deadline } => {
+            authenticate(&mut reader, &tx, peer, pending, deadline, &shared)
+                .await
+                .map(|(p, slot, f)| (p, slot, PROTOCOL_VERSION_2, f))
+        }
     };
-    let mut reader = FrameReader::new(tokio::io::BufReader::with_capacity(64 * 1024, read_half));
-    let hello = Message::Hello {
-        version: hoard_protocol::consts::PROTOCOL_VERSION,
-    };
-    if conn
-        .send(hoard_protocol::consts::HELLO_STREAM, hello)
-        .await
-        .is_ok()
-    {
+    if let Some((principal, _principal_slot, version, features)) = session {
+        debug!(%peer, principal = %principal.name, version, "session started");
+        reader.set_budget(shared.unfinished.clone());
+        let known = KnownChunks::new(&principal, shared.config.limits.max_known_chunks);
+        let mut conn = Connection {
+            ds: shared.ds.clone(),
+            permits: shared.chunk_writes.clone(),
+            shared,
+            out: tx,
+            peer,
+            principal,
+            version,
+            features,
+            streams: HashMap::new(),
+            snapshots: HashMap::new(),
+            known: Arc::new(Mutex::new(known)),
+            last_packet: Instant::now(),
+            claim: None,
+            uploads: JoinSet::new(),
+            pending: HashMap::new(),
+            registration: None,
+            pins: HashMap::new(),
+        };
         conn.serve(&mut reader, &mut stop).await;
+        conn.finish().await;
+        // The writer ends when the last sender is gone.
+        drop(conn);
+    } else {
+        drop(tx);
     }
-    conn.finish().await;
-    // The writer ends when the last sender is gone.
-    drop(conn);
     match writer.await {
         Ok(Ok(())) | Ok(Err(_)) => {}
         Err(e) => warn!(%peer, "writer task failed: {e}"),
     }
     debug!(%peer, "disconnected");
+}
+
+/// Version 2's opening: Hello with the offered features, then the
+/// client's Authenticate, read with a small packet limit under the
+/// handshake deadline. Answers Ok, or an Error and `None` (the caller
+/// closes).
+async fn authenticate<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    out: &Outbox,
+    peer: SocketAddr,
+    mut pending: Pending,
+    deadline: Instant,
+    shared: &Shared,
+) -> Option<(Arc<Principal>, PrincipalSlot, Features)> {
+    reader.set_limit(MAX_PREAUTH_PACKET_SIZE);
+    let offered = Features::SUPPORTED;
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION_2,
+        features: offered,
+    };
+    out.send((HELLO_STREAM, hello)).await.ok()?;
+    let frame = tokio::select! {
+        _ = pending.evicted() => {
+            info!(%peer, "connection closed: evicted before authenticating by newer connections");
+            return None;
+        }
+        r = tokio::time::timeout_at(deadline, reader.next()) => r,
+    };
+    let refuse = |id: ErrorId, message: String| async move {
+        info!(%peer, "connection refused: {message}");
+        let _ = out
+            .send((HELLO_STREAM, Message::Error { id, message }))
+            .await;
+        None
+    };
+    let (features, token) = match frame {
+        Err(_) => {
+            info!(%peer, "connection closed: no Authenticate within the handshake timeout");
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => return refuse(ErrorId::Generic, e.to_string()).await,
+        Ok(Ok(Some((h, payload)))) => match Message::decode(&h, payload) {
+            Ok(Message::Authenticate { features, token }) => (features, token),
+            Ok(other) => {
+                let msg = format!(
+                    "the first packet of protocol version 2 must be Authenticate, not {:?}",
+                    other.packet_type()
+                );
+                return refuse(ErrorId::Generic, msg).await;
+            }
+            Err(e) => return refuse(ErrorId::Generic, e.to_string()).await,
+        },
+    };
+    let unknown = features.beyond(offered);
+    if !unknown.is_empty() {
+        let msg = format!(
+            "Authenticate asks for features 0x{:x} that the server did not offer",
+            unknown.0
+        );
+        return refuse(ErrorId::Generic, msg).await;
+    }
+    let store = shared.tokens.clone();
+    let checked = tokio::task::spawn_blocking(move || store.authenticate(&token.0)).await;
+    let principal = match checked {
+        Ok(Ok(p)) => Arc::new(p),
+        Ok(Err(e)) => return refuse(ErrorId::Denied, e.to_string()).await,
+        Err(e) => return refuse(ErrorId::Generic, format!("internal error: {e}")).await,
+    };
+    let slot = match shared.admission.enter(&principal.name) {
+        Ok(s) => s,
+        Err(reason) => return refuse(ErrorId::Busy, reason).await,
+    };
+    out.send((HELLO_STREAM, Message::Ok)).await.ok()?;
+    reader.set_limit(MAX_PACKET_SIZE);
+    drop(pending);
+    Some((principal, slot, features))
 }
 
 impl Connection {
@@ -134,20 +281,45 @@ impl Connection {
         reader: &mut FrameReader<R>,
         stop: &mut watch::Receiver<bool>,
     ) {
+        let limits = self.shared.config.limits.clone();
         loop {
-            let may_read = self.uploads.len() < self.config.max_uploads_per_connection;
+            let may_read = self.uploads.len() < self.shared.config.max_uploads_per_connection;
+            let packet_deadline = reader
+                .packet_started()
+                .filter(|_| may_read)
+                .map(|t| Instant::from_std(t) + limits.packet_timeout);
+            let idle = self.uploads.is_empty() && !self.task_running();
+            let idle_deadline = self.last_packet + limits.idle_timeout;
             let flow = tokio::select! {
                 biased;
                 _ = stop.changed() => return,
                 Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     self.upload_done(done).await
                 }
+                _ = tokio::time::sleep_until(packet_deadline.unwrap_or(idle_deadline)), if packet_deadline.is_some() => {
+                    info!(peer = %self.peer, principal = %self.principal.name,
+                        "connection closed: a packet did not arrive whole within {} s", limits.packet_timeout.as_secs());
+                    return;
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if idle && packet_deadline.is_none() => {
+                    info!(peer = %self.peer, principal = %self.principal.name,
+                        "connection closed: idle for {} s", limits.idle_timeout.as_secs());
+                    return;
+                }
                 frame = reader.next(), if may_read => match frame {
-                    Ok(Some((header, payload))) => self.dispatch(header, payload).await,
+                    Ok(Some((header, payload))) => {
+                        self.last_packet = Instant::now();
+                        self.dispatch(header, payload).await
+                    }
                     Ok(None) => return,
                     Err(ReadError::Frame { stream, err }) => {
                         info!(peer = %self.peer, "framing error, closing: {err}");
                         let _ = self.send_error(stream, ErrorId::Generic, err.to_string()).await;
+                        return;
+                    }
+                    Err(e @ ReadError::OverLimit { stream, .. }) => {
+                        info!(peer = %self.peer, "closing: {e}");
+                        let _ = self.send_error(stream, ErrorId::Generic, e.to_string()).await;
                         return;
                     }
                     Err(e) => {
@@ -199,6 +371,19 @@ impl Connection {
                 .fail(stream, format!("stream {stream} is in use"))
                 .await;
         }
+        if ty.is_extension() && !self.features.contains(Features::EXTENSIONS) {
+            return self
+                .fail(
+                    stream,
+                    format!(
+                        "{ty:?} needs the extensions feature, which this session did not ask for"
+                    ),
+                )
+                .await;
+        }
+        if let Err(denied) = self.authorize(&msg) {
+            return self.fail_with(stream, ErrorId::Denied, denied.0).await;
+        }
         match msg {
             Message::UploadChunk { digest, data } => self.upload(stream, digest, data).await,
             Message::CreateBackup(req) => self.create_backup(stream, req).await,
@@ -228,6 +413,11 @@ impl Connection {
     }
 
     pub async fn send_error(&self, stream: u8, id: ErrorId, message: String) -> Flow {
+        // The seed knows error ids 0 and 1 only.
+        let id = match id {
+            ErrorId::Denied if self.version < PROTOCOL_VERSION_2 => ErrorId::Generic,
+            id => id,
+        };
         self.send(stream, Message::Error { id, message }).await
     }
 
@@ -246,8 +436,8 @@ impl Connection {
     pub fn cancel(&mut self, stream: u8) {
         match self.streams.remove(&stream) {
             Some(Stream::Backup(b)) => {
-                if let Some(w) = self.snapshots.get_mut(&b.snapshot) {
-                    w.abandon(b.file.stored_name());
+                if let Some(s) = self.snapshots.get_mut(&b.snapshot) {
+                    s.writer.abandon(b.file.stored_name());
                 }
             }
             Some(Stream::Task { abort, .. }) => abort.abort(),
@@ -288,6 +478,13 @@ impl Connection {
                 abort,
             },
         );
+    }
+
+    /// Whether an answer is still being sent on some stream.
+    fn task_running(&self) -> bool {
+        self.streams
+            .values()
+            .any(|s| matches!(s, Stream::Task { done, .. } if !done.load(Ordering::Acquire)))
     }
 
     pub fn hash_list_running(&self) -> bool {
@@ -353,12 +550,12 @@ impl Connection {
         for s in streams {
             self.cancel(s);
         }
-        let snapshots: Vec<SnapshotWriter> = self.snapshots.drain().map(|(_, w)| w).collect();
+        let snapshots: Vec<OpenSnapshot> = self.snapshots.drain().map(|(_, s)| s).collect();
         let peer = self.peer;
         let closed = tokio::task::spawn_blocking(move || {
-            for w in snapshots {
-                let path = w.path().clone();
-                match w.close() {
+            for s in snapshots {
+                let path = s.writer.path().clone();
+                match s.writer.close() {
                     Ok(state) => info!(%peer, "snapshot {path} closed: {state:?}"),
                     Err(e) => warn!(%peer, "closing snapshot {path}: {e}"),
                 }

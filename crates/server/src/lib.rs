@@ -1,29 +1,49 @@
 //! hoard's server: serves one datastore over the packet protocol.
 //!
+//! Two ways in ([`Listeners`]):
+//! - the **main listener**, always TLS. ALPN `hoard/2` selects protocol
+//!   version 2 (Hello with feature flags, then an Authenticate packet with
+//!   an API token); anything else speaks HTTP/1.1, where the seed's
+//!   version 1 runs after an `Upgrade` authenticated with a token
+//!   ([`http`]). The packet protocol never runs unauthenticated here.
+//! - an optional **plain version 1 listener** (`--listen-v1`) for legacy
+//!   clients, whose sessions act as one fixed principal.
+//!
 //! Each connection is a task that reads packets in order and dispatches
-//! them ([`connection`]); responses go through a bounded channel to a
-//! writer task (`hoard_transport::writer`), so a client that does not read slows only its
-//! own connection. Chunk uploads are hashed and written on blocking
+//! them ([`connection`]) after one authorization check ([`authorize`]);
+//! responses go through a bounded channel to a writer task
+//! (`hoard_transport::writer`), so a client that does not read slows only
+//! its own connection. Chunk uploads are hashed and written on blocking
 //! threads, at most [`ServerConfig::max_chunk_writes`] at a time across
 //! all connections; while a connection waits for a slot it stops reading
-//! from its socket, which is the backpressure that bounds memory: about
-//! one packet per connection plus one per write slot.
+//! from its socket, which is the backpressure that bounds memory.
 //!
-//! A misbehaving client gets an Error packet and, for framing errors, a
-//! closed connection; it never reaches another connection's state.
+//! What a hostile peer can hold is bounded too ([`Limits`], enforced in
+//! [`admission`] and [`connection`]): connections in all and per
+//! principal, handshakes in progress (the oldest is dropped for a new
+//! one), bytes of partly received packets, files and snapshots open, and
+//! time (handshake, idle, a packet that stops half-way).
 
+mod admission;
+mod authorize;
 mod connection;
 mod handlers;
+mod handshake;
+mod http;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hoard_auth::{Principal, TokenStore};
 use hoard_datastore::Datastore;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+
+pub use admission::Admission;
 
 /// Tunables; the defaults suit the machine the server runs on.
 #[derive(Debug, Clone)]
@@ -33,6 +53,54 @@ pub struct ServerConfig {
     pub max_chunk_writes: usize,
     /// Uploads one connection may have in flight before it stops reading.
     pub max_uploads_per_connection: usize,
+    pub limits: Limits,
+}
+
+/// What one peer, or all of them, can hold of the server
+/// (docs/security.md, "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections at once, authenticated or not.
+    pub max_connections: usize,
+    /// Authenticated connections of one principal (token) at once.
+    pub max_connections_per_principal: usize,
+    /// Connections still in their TLS handshake or authentication; past
+    /// this the oldest is dropped, so idle connects cannot lock out a
+    /// real client.
+    pub max_pending_handshakes: usize,
+    /// From accept until authenticated.
+    pub handshake_timeout: Duration,
+    /// A connection with nothing in flight that sends nothing this long
+    /// is closed (files it left unfinished are dropped).
+    pub idle_timeout: Duration,
+    /// A packet must arrive whole this long after its first byte.
+    pub packet_timeout: Duration,
+    /// Bytes of partly received packets, all connections together.
+    pub unfinished_bytes: usize,
+    /// Files being written on one connection at once.
+    pub max_open_files_per_connection: usize,
+    /// Files and snapshots being written at once, all connections.
+    pub max_open_files: usize,
+    /// Chunks a non-admin connection may learn from indexes it reads
+    /// (the known-chunks rule keeps them in memory).
+    pub max_known_chunks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_connections_per_principal: 64,
+            max_pending_handshakes: 128,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            packet_timeout: Duration::from_secs(120),
+            unfinished_bytes: 512 << 20,
+            max_open_files_per_connection: 64,
+            max_open_files: 8192,
+            max_known_chunks: 1 << 22,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -41,47 +109,85 @@ impl Default for ServerConfig {
         ServerConfig {
             max_chunk_writes: cores + 2,
             max_uploads_per_connection: 4,
+            limits: Limits::default(),
         }
     }
 }
 
-/// Serves `ds` on `listener` until `shutdown` completes, then lets every
-/// connection drop its unfinished files and close its snapshots before
-/// returning.
+/// Where the server listens.
+pub struct Listeners {
+    /// The main listener: TLS, authenticated.
+    pub main: TcpListener,
+    /// `--listen-v1`: plain version 1 sessions acting as this principal.
+    pub v1: Option<(TcpListener, Principal)>,
+}
+
+/// Everything a connection needs of the server, shared.
+pub(crate) struct Shared {
+    pub ds: Datastore,
+    pub tokens: TokenStore,
+    pub tls: tokio_rustls::TlsAcceptor,
+    pub config: ServerConfig,
+    /// Chunk writes in flight, all connections.
+    pub chunk_writes: Arc<Semaphore>,
+    /// KiB of partly received packets, all connections.
+    pub unfinished: Arc<Semaphore>,
+    /// Files and snapshots open for writing, all connections.
+    pub open_files: Arc<Semaphore>,
+    pub admission: Admission,
+}
+
+/// Serves `ds` until `shutdown` completes, then lets every connection
+/// drop its unfinished files and close its snapshots before returning.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     ds: Datastore,
+    tokens: TokenStore,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(config.max_chunk_writes.max(1)));
-    let config = Arc::new(config);
+    let limits = &config.limits;
+    let shared = Arc::new(Shared {
+        ds,
+        tokens,
+        tls: tokio_rustls::TlsAcceptor::from(tls),
+        chunk_writes: Arc::new(Semaphore::new(config.max_chunk_writes.max(1))),
+        unfinished: Arc::new(Semaphore::new(
+            (limits.unfinished_bytes / hoard_transport::BUDGET_UNIT)
+                .max(hoard_protocol::consts::MAX_PACKET_SIZE as usize / 1024),
+        )),
+        open_files: Arc::new(Semaphore::new(limits.max_open_files.max(1))),
+        admission: Admission::new(limits),
+        config,
+    });
+    let Listeners { main, v1 } = listeners;
+    let (v1_listener, v1_principal) = match v1 {
+        Some((l, p)) => (Some(l), Some(Arc::new(p))),
+        None => (None, None),
+    };
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = main.accept() => match accepted {
                 Ok((sock, peer)) => {
-                    if let Err(e) = hoard_transport::configure_socket(&sock) {
-                        warn!(%peer, "socket options: {e}");
+                    if let Some(slot) = admit(&shared, &sock, peer) {
+                        conns.spawn(handshake::tls(sock, peer, slot, shared.clone(), stop_rx.clone()));
                     }
-                    conns.spawn(connection::run(
-                        sock,
-                        peer,
-                        ds.clone(),
-                        permits.clone(),
-                        config.clone(),
-                        stop_rx.clone(),
-                    ));
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little
-                    // rather than spin.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                Err(e) => accept_failed(e).await,
+            },
+            accepted = accept_v1(v1_listener.as_ref()) => match accepted {
+                Ok((sock, peer)) => {
+                    if let Some(slot) = admit(&shared, &sock, peer) {
+                        let principal = v1_principal.clone().expect("a v1 listener has a principal");
+                        conns.spawn(handshake::plain_v1(sock, peer, slot, principal, shared.clone(), stop_rx.clone()));
+                    }
                 }
+                Err(e) => accept_failed(e).await,
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -92,7 +198,78 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds `addr`; a convenience for the CLI and tests.
+async fn accept_v1(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Out of file descriptors and the like: wait a little rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Counts the connection in, or refuses it (logged) when the server is
+/// full.
+fn admit(
+    shared: &Arc<Shared>,
+    sock: &tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<admission::Slot> {
+    match shared.admission.connect() {
+        Ok(slot) => {
+            if let Err(e) = hoard_transport::configure_socket(sock) {
+                warn!(%peer, "socket options: {e}");
+            }
+            Some(slot)
+        }
+        Err(reason) => {
+            warn!(%peer, "connection refused: {reason}");
+            None
+        }
+    }
+}
+
+/// Binds `addr` with a listen backlog of 1,024 (the default 128 makes a
+/// burst of connects wait for SYN retries).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Raises the soft open-file limit to the hard one and returns it: the
+/// server holds a descriptor per connection, per file being written and
+/// per chunk being stored.
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+    {
+        lim.current = Some(max);
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            warn!("raising the open-file limit to {max}: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Limits sized for an open-file limit of `nofile`: connections and
+/// writes share it, with room left for chunk writes and index reads.
+pub fn limits_for_open_files(nofile: u64) -> Limits {
+    let mut l = Limits::default();
+    let nofile = nofile.min(1 << 20) as usize;
+    let fixed = l.max_connections + l.max_pending_handshakes + 512;
+    l.max_open_files = nofile.saturating_sub(fixed).max(64);
+    l
 }

@@ -6,6 +6,7 @@
 //! messages to the socket, sending bulk data straight from its buffer.
 
 mod frame_reader;
+pub mod tls;
 pub mod writer;
 
 use std::time::Duration;
@@ -24,7 +25,7 @@ pub fn configure_socket(sock: &tokio::net::TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(sock).set_tcp_keepalive(&keepalive)
 }
 
-pub use frame_reader::{FrameReader, ReadError};
+pub use frame_reader::{BUDGET_UNIT, FrameReader, ReadError};
 pub use writer::{OUTBOX_DEPTH, Outbox};
 
 #[cfg(test)]

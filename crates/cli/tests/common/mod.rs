@@ -1,11 +1,15 @@
 //! Test harness: the real `hoard` binary serving a temporary datastore on
-//! a loopback port, and a raw packet connection to it.
+//! loopback ports (TLS, and plain version 1 acting as admin for the raw
+//! packet tests), an admin token for the client commands, and a raw
+//! packet connection.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,16 +18,80 @@ use hoard_types::{BackupId, BackupType, Digest, FileName, SnapshotPath, Snapshot
 
 pub struct Server {
     pub child: Child,
+    /// The TLS listener.
     pub addr: String,
+    /// The plain version 1 listener (sessions act as admin).
+    pub v1_addr: String,
     pub dir: tempfile::TempDir,
+    /// An admin token, NAME:SECRET.
+    pub token: String,
+    pub fingerprint: String,
+}
+
+/// Credentials of each running test server by address, so that
+/// [`hoard`] can pass them to the client.
+static CREDENTIALS: Mutex<Option<HashMap<String, (String, String)>>> = Mutex::new(None);
+
+/// The environment a client command needs for the server at `addr`.
+pub fn client_env(addr: &str) -> Vec<(&'static str, String)> {
+    let creds = CREDENTIALS.lock().unwrap();
+    let mut env = vec![("HOARD_SERVER", addr.to_string())];
+    match creds.as_ref().and_then(|m| m.get(addr)) {
+        Some((token, fp)) => {
+            env.push(("HOARD_TOKEN", token.clone()));
+            env.push(("HOARD_FINGERPRINT", fp.clone()));
+        }
+        // No server there: credentials that get as far as connecting.
+        None => env.push(("HOARD_TOKEN", "nobody:none".into())),
+    }
+    env
+}
+
+/// The server's state directory in a test's temp dir.
+pub fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
+
+/// Creates a token in the state directory under `dir`.
+pub fn create_token(dir: &Path, name: &str, role: &str, paths: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+    cmd.args(["token", "create", name, "--role", role, "--state-dir"])
+        .arg(state_dir(dir));
+    for p in paths {
+        cmd.args(["--path", p]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `hoard serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
-            .arg(dir.path().join("ds"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-v1",
+            "127.0.0.1:0",
+            "--v1-role",
+            "admin",
+            "--datastore",
+        ])
+        .arg(dir.path().join("ds"))
+        .arg("--state-dir")
+        .arg(state_dir(dir.path()))
+        .args(extra);
         Self::spawn(cmd, dir)
     }
 
@@ -35,8 +103,9 @@ impl Server {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let script = format!(
-            "mount -t tmpfs -o size={size} tmpfs '{m}' && exec '{bin}' serve --listen 127.0.0.1:0 --datastore '{m}/ds'",
+            "mount -t tmpfs -o size={size} tmpfs '{m}' && exec '{bin}' serve --listen 127.0.0.1:0 --listen-v1 127.0.0.1:0 --v1-role admin --datastore '{m}/ds' --state-dir '{s}'",
             m = mnt.display(),
+            s = state_dir(dir.path()).display(),
             bin = env!("CARGO_BIN_EXE_hoard"),
         );
         let mut cmd = Command::new("unshare");
@@ -45,29 +114,78 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Server {
+        let token = create_token(dir.path(), "test-admin", "admin", &[]);
         let mut child = cmd
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,hoard::serve=error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "unexpected banner {line:?}");
-        Server { child, addr, dir }
+        let (mut fingerprint, mut v1_addr) = (String::new(), String::new());
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let addr = loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the server exited");
+            let last = line.trim().rsplit(' ').next().unwrap().to_string();
+            if line.contains("fingerprint") {
+                fingerprint = last;
+            } else if line.contains("version 1 without TLS") {
+                v1_addr = line
+                    .split(" on ")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string();
+            } else if line.contains("serving datastore") {
+                break last;
+            }
+        };
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "unexpected address {addr:?}"
+        );
+        CREDENTIALS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(addr.clone(), (token.clone(), fingerprint.clone()));
+        Server {
+            child,
+            addr,
+            v1_addr,
+            dir,
+            token,
+            fingerprint,
+        }
+    }
+
+    /// Creates a token on this server.
+    pub fn token(&self, name: &str, role: &str, paths: &[&str]) -> String {
+        create_token(self.dir.path(), name, role, paths)
+    }
+
+    /// Runs `hoard` as a client of this server with `token`.
+    pub fn hoard_as(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .env("HOARD_SERVER", &self.addr)
+            .env("HOARD_TOKEN", token)
+            .env("HOARD_FINGERPRINT", &self.fingerprint)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn datastore(&self) -> PathBuf {
         self.dir.path().join("ds")
     }
 
+    /// A raw version 1 connection on the plain listener (admin).
     pub fn connect(&self) -> Conn {
-        let mut c = Conn::connect(&self.addr);
+        let mut c = Conn::connect(&self.v1_addr);
         match c.recv() {
-            (0, Message::Hello { version: 1 }) => {}
+            (0, Message::Hello { version: 1, .. }) => {}
             other => panic!("expected Hello, got {other:?}"),
         }
         c
@@ -162,10 +280,11 @@ impl Conn {
     }
 }
 
-/// Runs the `hoard` binary with `HOARD_SERVER` set to `addr`.
+/// Runs the `hoard` binary as a client of the test server at `addr`
+/// (its admin token and fingerprint; see [`client_env`]).
 pub fn hoard(addr: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .env("HOARD_SERVER", addr)
+        .envs(client_env(addr))
         .args(args)
         .output()
         .unwrap()
@@ -331,7 +450,7 @@ pub fn make(ds: &hoard_datastore::Datastore, time: u64, chunks: &[&[u8]]) -> Sna
         group: "vm/1".parse().unwrap(),
         time: SnapshotTime::from_epoch(time).unwrap(),
     };
-    let mut w = ds.begin_snapshot(&path, true).unwrap();
+    let mut w = ds.begin_snapshot(&path).unwrap();
     let size = chunks.iter().map(|c| c.len() as u64).sum();
     let mut f = w
         .start_file(

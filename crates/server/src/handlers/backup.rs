@@ -2,11 +2,11 @@
 //! file of a snapshot, written on its own stream.
 
 use hoard_datastore::{ChunkStore, FileKind, FileWriter, FsTime};
-use hoard_protocol::{CreateBackup, DynamicEntryList, FixedEntryList, Message};
+use hoard_protocol::{CreateBackup, DynamicEntryList, ErrorId, FixedEntryList, Message};
 use hoard_types::{BackupGroup, Digest, SnapshotPath, SourceAttributes};
 use tokio::task::block_in_place;
 
-use crate::connection::{BackupStream, Connection, Flow, Stream};
+use crate::connection::{BackupStream, Connection, Flow, OpenSnapshot, Stream};
 
 impl Connection {
     pub(crate) async fn create_backup(&mut self, stream: u8, req: CreateBackup) -> Flow {
@@ -25,22 +25,50 @@ impl Connection {
         if let Err(e) = self.writer_start() {
             return self.fail_ds(stream, e).await;
         }
+        let limits = &self.shared.config.limits;
+        let open_here = self
+            .streams
+            .values()
+            .filter(|s| matches!(s, Stream::Backup(_)))
+            .count();
+        if open_here >= limits.max_open_files_per_connection {
+            let msg = format!(
+                "this connection has {open_here} files open, the most it may; finish some first"
+            );
+            return self.fail(stream, msg).await;
+        }
+        // A new snapshot holds a file (its lock) too.
+        let new_snapshot = !self.snapshots.contains_key(&snapshot);
+        let wanted = if new_snapshot { 2 } else { 1 };
+        let Ok(mut permits) = self
+            .shared
+            .open_files
+            .clone()
+            .try_acquire_many_owned(wanted)
+        else {
+            let msg = "the server has as many files open as it may; try again later".to_string();
+            return self.fail_with(stream, ErrorId::Busy, msg).await;
+        };
         let result = block_in_place(|| -> hoard_datastore::Result<FileWriter> {
             hoard_datastore::check_new_file(kind, req.file_size, req.chunk_size)?;
-            match self.snapshots.get(&snapshot) {
-                // EXCL means "did not exist before this connection made
-                // it", so a client may create every file with EXCL.
-                Some(w) if req.flags.excl() && !w.created() => {
-                    return Err(hoard_datastore::Error::SnapshotExists(snapshot.clone()));
+            if new_snapshot {
+                if let Some(group) = self.claim.take() {
+                    self.ds.claim_group(&group, &self.principal.name)?;
                 }
-                Some(_) => {}
-                None => {
-                    let w = self.ds.begin_snapshot(&snapshot, req.flags.excl())?;
-                    self.snapshots.insert(snapshot.clone(), w);
-                }
+                // A snapshot is created by one connection and immutable
+                // after: EXCL holds for every CreateBackup.
+                let writer = self.ds.begin_snapshot(&snapshot)?;
+                let open = permits.split(1).expect("two permits taken");
+                self.snapshots.insert(
+                    snapshot.clone(),
+                    OpenSnapshot {
+                        writer,
+                        _open: open,
+                    },
+                );
             }
-            let writer = self.snapshots.get_mut(&snapshot).expect("inserted above");
-            writer.start_file(
+            let open = self.snapshots.get_mut(&snapshot).expect("inserted above");
+            open.writer.start_file(
                 &req.name,
                 kind,
                 req.flags.raw(),
@@ -53,7 +81,11 @@ impl Connection {
                 let path = file.rel_path().to_string();
                 self.streams.insert(
                     stream,
-                    Stream::Backup(Box::new(BackupStream { snapshot, file })),
+                    Stream::Backup(Box::new(BackupStream {
+                        snapshot,
+                        file,
+                        _open: permits,
+                    })),
                 );
                 self.send(stream, Message::BackupCreated { path }).await
             }
@@ -173,10 +205,11 @@ impl Connection {
             unreachable!("checked above")
         };
         let name = b.file.stored_name().to_string();
-        let writer = self
+        let writer = &mut self
             .snapshots
             .get_mut(&b.snapshot)
-            .expect("a backup stream's snapshot stays open with the connection");
+            .expect("a backup stream's snapshot stays open with the connection")
+            .writer;
         let result = block_in_place(|| {
             let entry = b.file.finish()?;
             writer.record(entry)

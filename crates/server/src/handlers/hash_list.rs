@@ -4,8 +4,8 @@
 //! either per connection at a time; the index's checksum is verified
 //! before anything is sent.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hoard_datastore::Datastore;
@@ -13,6 +13,7 @@ use hoard_protocol::consts::{MAX_DIGESTS_PER_PACKET, MAX_ENTRIES_PER_PACKET};
 use hoard_protocol::{DigestList, DynamicEntryList, ErrorId, Message};
 use hoard_types::SnapshotPath;
 
+use crate::authorize::KnownChunks;
 use crate::connection::{Connection, Flow};
 use hoard_transport::Outbox;
 
@@ -52,9 +53,9 @@ impl Connection {
                 Err(e) => return self.fail_ds(stream, e).await,
             }
         }
-        let (ds, out) = (self.ds.clone(), self.out.clone());
+        let (ds, out, known) = (self.ds.clone(), self.out.clone(), self.known.clone());
         self.spawn_stream_task(stream, true, |done| {
-            send_hash_list(ds, out, stream, path, kind, done)
+            send_hash_list(ds, out, known, stream, path, kind, done)
         });
         Ok(())
     }
@@ -63,12 +64,13 @@ impl Connection {
 async fn send_hash_list(
     ds: Datastore,
     out: Outbox,
+    known: Arc<Mutex<KnownChunks>>,
     stream: u8,
     path: String,
     kind: ListKind,
     done: Arc<AtomicBool>,
 ) {
-    let result = stream_parts(&ds, &out, stream, &path, kind).await;
+    let result = stream_parts(&ds, &out, &known, stream, &path, kind).await;
     done.store(true, Ordering::Release);
     let last = match result {
         Ok(()) => part(kind, Bytes::new()),
@@ -95,6 +97,7 @@ fn part(kind: ListKind, block: Bytes) -> Message {
 async fn stream_parts(
     ds: &Datastore,
     out: &Outbox,
+    known: &Mutex<KnownChunks>,
     stream: u8,
     path: &str,
     kind: ListKind,
@@ -127,6 +130,14 @@ async fn stream_parts(
         .await
         .map_err(|e| format!("internal error: {e}"))?
         .map_err(|e| e.to_string())?;
+        // What the client reads here it may reference and download.
+        {
+            let mut known = known.lock().expect("lock poisoned");
+            match kind {
+                ListKind::Digests => known.learn(&block)?,
+                ListKind::Entries => known.learn_entries(&block)?,
+            }
+        }
         if out
             .send((stream, part(kind, Bytes::from(block))))
             .await

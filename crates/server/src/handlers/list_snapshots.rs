@@ -3,21 +3,24 @@
 //! Answered by a task so a long listing never holds up backups on the same
 //! connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use hoard_auth::{GroupOwner, Principal};
 use hoard_datastore::{Datastore, SnapshotInfo};
 use hoard_protocol::{ErrorId, Message, SnapshotFilter};
+use hoard_types::BackupGroup;
 
 use crate::connection::{Connection, Flow};
 use hoard_transport::Outbox;
 
 impl Connection {
     pub(crate) async fn list_snapshots(&mut self, stream: u8, filter: SnapshotFilter) -> Flow {
-        let (ds, out) = (self.ds.clone(), self.out.clone());
+        let (ds, out, principal) = (self.ds.clone(), self.out.clone(), self.principal.clone());
         self.spawn_stream_task(stream, false, |done| {
-            send_list(ds, out, stream, filter, done)
+            send_list(ds, out, principal, stream, filter, done)
         });
         Ok(())
     }
@@ -28,14 +31,45 @@ fn matches(filter: &SnapshotFilter, s: &SnapshotInfo) -> bool {
         && filter.id.as_ref().is_none_or(|id| *id == s.path.group.id)
 }
 
+/// The snapshots of the groups `principal` may list (each group's owner
+/// looked up once).
+fn visible(ds: &Datastore, principal: &Principal) -> hoard_datastore::Result<Vec<SnapshotInfo>> {
+    let mut list = ds.list_snapshots()?;
+    if principal.sees_every_chunk() {
+        return Ok(list);
+    }
+    let mut verdicts: HashMap<BackupGroup, bool> = HashMap::new();
+    let mut keep = Vec::with_capacity(list.len());
+    for snap in list.drain(..) {
+        let group = &snap.path.group;
+        let ok = match verdicts.get(group) {
+            Some(ok) => *ok,
+            None => {
+                let owner = match ds.group_owner(group)? {
+                    Some(o) => GroupOwner::Owned(o),
+                    None => GroupOwner::Unowned,
+                };
+                let ok = principal.may_list(group, &owner);
+                verdicts.insert(group.clone(), ok);
+                ok
+            }
+        };
+        if ok {
+            keep.push(snap);
+        }
+    }
+    Ok(keep)
+}
+
 async fn send_list(
     ds: Datastore,
     out: Outbox,
+    principal: Arc<Principal>,
     stream: u8,
     filter: SnapshotFilter,
     done: Arc<AtomicBool>,
 ) {
-    let listed = tokio::task::spawn_blocking(move || ds.list_snapshots()).await;
+    let listed = tokio::task::spawn_blocking(move || visible(&ds, &principal)).await;
     let result = match listed {
         Ok(Ok(list)) => Ok(list),
         Ok(Err(e)) => Err(e.to_string()),

@@ -18,6 +18,9 @@ impl Connection {
         use hoard_datastore::Error as E;
         let id = match e {
             E::SnapshotBusy(_) | E::FileBusy { .. } => ErrorId::Busy,
+            E::SnapshotNotNewer { .. } | E::SnapshotInFuture { .. } | E::Owner { .. } => {
+                ErrorId::Denied
+            }
             _ => ErrorId::Generic,
         };
         self.fail_with(stream, id, e.to_string()).await

@@ -1,0 +1,368 @@
+//! The API token store: `tokens.json` in the server's state directory
+//! (docs/format.md, "Server state").
+//!
+//! A token is `NAME:SECRET`. The secret is 256 random bits, shown once
+//! when the token is created; the file keeps only its SHA-256 (a secret
+//! this long needs no slow hash: there is nothing to guess), compared in
+//! constant time. Changes go through a temp file, fsync and rename, under
+//! an exclusive `flock` of `tokens.lock`, so concurrent `hoard token`
+//! commands never lose one another's change and a reader never sees half
+//! a file. The server reads the file on every authentication.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::access::{Principal, Role, Scope};
+
+const FILE_NAME: &str = "tokens.json";
+const LOCK_NAME: &str = "tokens.lock";
+const FORMAT: &str = "hoard-tokens-1";
+/// Longest token name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Random bytes in a secret (shown as 64 hex digits).
+const SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The same answer for an unknown name, a revoked token and a wrong
+    /// secret, so a caller learns nothing about which names exist.
+    #[error("authentication failed: token {0:?} is unknown or revoked, or its secret is wrong")]
+    Rejected(String),
+    #[error("authentication failed: a token has the form NAME:SECRET")]
+    Malformed,
+    #[error(
+        "invalid token name {0:?}: 1 to 64 characters of [A-Za-z0-9_.-], starting with a letter, digit or _"
+    )]
+    BadName(String),
+    #[error("a token named {0:?} exists already (revoke it first)")]
+    Exists(String),
+    #[error("no token named {0:?}")]
+    NotFound(String),
+    #[error("an admin token covers everything; --path is for backup and reader tokens")]
+    AdminWithPaths,
+    #[error("token store {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token store {}: {reason}", .path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// What `hoard token list` shows of a token: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: String,
+    pub paths: Vec<String>,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenRecord {
+    name: String,
+    role: String,
+    paths: Vec<String>,
+    /// SHA-256 of the secret's text, hex.
+    secret_sha256: String,
+    created: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenFile {
+    format: String,
+    tokens: Vec<TokenRecord>,
+}
+
+/// The token file in a directory; created on first change.
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
+    move |source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn check_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadName(name.to_string()))
+    }
+}
+
+fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl TokenStore {
+    /// The store in `dir` (the server's state directory).
+    pub fn new(dir: &Path) -> TokenStore {
+        TokenStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn load(&self) -> Result<Vec<TokenRecord>, AuthError> {
+        let path = self.path();
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let file: TokenFile = serde_json::from_slice(&text).map_err(|e| AuthError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if file.format != FORMAT {
+            return Err(AuthError::Corrupt {
+                path,
+                reason: format!("unknown format {:?} (expected {FORMAT})", file.format),
+            });
+        }
+        Ok(file.tokens)
+    }
+
+    /// Runs `change` on the records under the store's lock and writes the
+    /// result durably.
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let lock_path = self.dir.join(LOCK_NAME);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let mut records = self.load()?;
+        let out = change(&mut records)?;
+        let text = serde_json::to_vec_pretty(&TokenFile {
+            format: FORMAT.into(),
+            tokens: records,
+        })
+        .expect("token records serialize");
+        write_private_atomic(&self.dir, &self.path(), &text)?;
+        Ok(out)
+    }
+
+    /// Creates a token and returns `NAME:SECRET`, the only time the
+    /// secret is ever shown.
+    pub fn create(&self, name: &str, role: Role, scopes: &[Scope]) -> Result<String, AuthError> {
+        check_name(name)?;
+        if role == Role::Admin && !scopes.is_empty() {
+            return Err(AuthError::AdminWithPaths);
+        }
+        let bytes: [u8; SECRET_BYTES] = rand::rng().random();
+        let secret = hex::encode(bytes);
+        let record = TokenRecord {
+            name: name.to_string(),
+            role: role.as_str().to_string(),
+            paths: scopes.iter().map(|s| s.to_string()).collect(),
+            secret_sha256: hex::encode(hash_secret(&secret)),
+            created: jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or_default()
+                .to_string(),
+        };
+        self.update(|records| {
+            if records.iter().any(|r| r.name == name) {
+                return Err(AuthError::Exists(name.to_string()));
+            }
+            records.push(record);
+            Ok(())
+        })?;
+        Ok(format!("{name}:{secret}"))
+    }
+
+    pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
+        self.update(|records| {
+            let before = records.len();
+            records.retain(|r| r.name != name);
+            if records.len() == before {
+                return Err(AuthError::NotFound(name.to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
+        let mut out: Vec<TokenInfo> = self
+            .load()?
+            .into_iter()
+            .map(|r| TokenInfo {
+                name: r.name,
+                role: r.role,
+                paths: r.paths,
+                created: r.created,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The principal of `NAME:SECRET`, read from the file as it is now.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let (name, secret) = token.split_once(':').ok_or(AuthError::Malformed)?;
+        if check_name(name).is_err() || secret.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        let offered = hash_secret(secret);
+        let records = self.load()?;
+        let Some(record) = records.iter().find(|r| r.name == name) else {
+            return Err(AuthError::Rejected(name.to_string()));
+        };
+        let stored = hex::decode(&record.secret_sha256).unwrap_or_default();
+        if stored.len() != 32 || !bool::from(stored.ct_eq(&offered)) {
+            return Err(AuthError::Rejected(name.to_string()));
+        }
+        let corrupt = |reason: String| AuthError::Corrupt {
+            path: self.path(),
+            reason: format!("token {name}: {reason}"),
+        };
+        let role: Role = record.role.parse().map_err(corrupt)?;
+        let scopes = record
+            .paths
+            .iter()
+            .map(|p| p.parse::<Scope>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        Ok(Principal::new(name, role, scopes))
+    }
+}
+
+/// Writes `data` to `dest` readable by the owner only, through a temp
+/// file in `dir`: fsync, rename, fsync the directory.
+pub fn write_private_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<(), AuthError> {
+    let tag: u64 = rand::rng().random();
+    let tmp = dir.join(format!(".tmp.{tag:016x}"));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dest)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_authenticate_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let token = store
+            .create("ci", Role::Backup, &["vm/100".parse().unwrap()])
+            .unwrap();
+        let (name, secret) = token.split_once(':').unwrap();
+        assert_eq!(name, "ci");
+        assert_eq!(secret.len(), 64, "256 bits of secret");
+        let p = store.authenticate(&token).unwrap();
+        assert_eq!(p.role, Role::Backup);
+        assert_eq!(p.scopes, vec!["vm/100".parse::<Scope>().unwrap()]);
+        // The file never holds the secret.
+        let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!text.contains(secret));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join(FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "owner-only file");
+        // A wrong secret, an unknown name and a malformed token.
+        let wrong = format!("ci:{}", "0".repeat(64));
+        assert!(matches!(
+            store.authenticate(&wrong),
+            Err(AuthError::Rejected(_))
+        ));
+        assert!(matches!(
+            store.authenticate("nobody:abc"),
+            Err(AuthError::Rejected(_))
+        ));
+        assert!(matches!(
+            store.authenticate("nocolon"),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            store.create("ci", Role::Reader, &[]),
+            Err(AuthError::Exists(_))
+        ));
+        assert_eq!(store.list().unwrap().len(), 1);
+        store.revoke("ci").unwrap();
+        assert!(matches!(
+            store.authenticate(&token),
+            Err(AuthError::Rejected(_))
+        ));
+        assert!(matches!(store.revoke("ci"), Err(AuthError::NotFound(_))));
+    }
+
+    #[test]
+    fn names_and_admin_paths_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        for bad in ["", "a:b", "../x", "-x", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    store.create(bad, Role::Reader, &[]),
+                    Err(AuthError::BadName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            store.create("a", Role::Admin, &[Scope::All]),
+            Err(AuthError::AdminWithPaths)
+        ));
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
+        let store = TokenStore::new(dir.path());
+        assert!(matches!(
+            store.authenticate("a:b"),
+            Err(AuthError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.create("a", Role::Reader, &[]),
+            Err(AuthError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! The one place where the server decides whether a request may run
+//! (docs/security.md). Roles and paths are [`hoard_auth`]'s; this module
+//! looks up what they need on disk (a group's owner) and keeps the
+//! known-chunks state of a connection.
+//!
+//! **Known chunks.** A connection that is not an admin may reference in
+//! BackupData only chunks it uploaded on this connection or that an index
+//! it was allowed to read listed (the group's previous snapshot, for an
+//! incremental backup), and may download only the latter. So a token
+//! cannot learn whether the datastore holds a chunk it does not own by
+//! referencing its digest, nor read another group's data by digest.
+
+use std::collections::HashSet;
+
+use hoard_auth::{Denied, GroupOwner, Principal};
+use hoard_protocol::Message;
+use hoard_types::{BackupGroup, Digest, SnapshotPath};
+use tokio::task::block_in_place;
+
+use crate::connection::Connection;
+
+/// What a connection may reference and download.
+pub(crate) struct KnownChunks {
+    /// Admins see every chunk: nothing is tracked.
+    unrestricted: bool,
+    /// Listed by indexes this connection read.
+    readable: HashSet<Digest>,
+    /// Uploaded on this connection.
+    uploaded: HashSet<Digest>,
+    cap: usize,
+}
+
+impl KnownChunks {
+    pub fn new(principal: &Principal, cap: usize) -> KnownChunks {
+        KnownChunks {
+            unrestricted: principal.sees_every_chunk(),
+            readable: HashSet::new(),
+            uploaded: HashSet::new(),
+            cap,
+        }
+    }
+
+    fn room(&self, more: usize) -> Result<(), String> {
+        if self.readable.len() + self.uploaded.len() + more > self.cap {
+            return Err(format!(
+                "this connection has learned {} chunks, the most it may; use a new connection",
+                self.cap
+            ));
+        }
+        Ok(())
+    }
+
+    /// Chunks listed by an index the connection was allowed to read.
+    pub fn learn(&mut self, digests: &[u8]) -> Result<(), String> {
+        if self.unrestricted {
+            return Ok(());
+        }
+        self.room(digests.len() / 32)?;
+        self.readable
+            .extend(digests.chunks_exact(32).map(Digest::from_slice));
+        Ok(())
+    }
+
+    /// Like [`KnownChunks::learn`], from 40-byte (end offset, digest)
+    /// entries.
+    pub fn learn_entries(&mut self, entries: &[u8]) -> Result<(), String> {
+        if self.unrestricted {
+            return Ok(());
+        }
+        self.room(entries.len() / 40)?;
+        self.readable.extend(
+            entries
+                .chunks_exact(40)
+                .map(|e| Digest::from_slice(&e[8..])),
+        );
+        Ok(())
+    }
+
+    /// A chunk uploaded on this connection.
+    pub fn uploaded(&mut self, digest: Digest) -> Result<(), String> {
+        if self.unrestricted || self.uploaded.contains(&digest) {
+            return Ok(());
+        }
+        self.room(1)?;
+        self.uploaded.insert(digest);
+        Ok(())
+    }
+
+    pub fn may_reference(&self, d: &Digest) -> bool {
+        self.unrestricted || self.uploaded.contains(d) || self.readable.contains(d)
+    }
+
+    pub fn may_download(&self, d: &Digest) -> bool {
+        self.unrestricted || self.readable.contains(d)
+    }
+}
+
+/// The group an index path (`TYPE/ID/TIME/NAME`) belongs to.
+pub(crate) fn group_of_index(path: &str) -> Option<BackupGroup> {
+    let (snap, _) = path.rsplit_once('/')?;
+    snap.parse::<SnapshotPath>().ok().map(|s| s.group)
+}
+
+impl Connection {
+    /// Whether the session's principal may run `msg` (packets that only
+    /// act on a stream the connection opened itself always may). May
+    /// record the principal as the owner of a group it creates.
+    pub(crate) fn authorize(&mut self, msg: &Message) -> Result<(), Denied> {
+        let p = self.principal.clone();
+        match msg {
+            Message::UploadChunk { .. } => p.may_upload(),
+            Message::CreateBackup(req) => {
+                self.claim = None;
+                let snap = SnapshotPath {
+                    group: BackupGroup {
+                        ty: req.backup_type,
+                        id: req.id.clone(),
+                    },
+                    time: req.time,
+                };
+                if self.snapshots.contains_key(&snap) {
+                    return Ok(());
+                }
+                let owner = self.owner_of(&snap.group)?;
+                // A new group becomes the principal's once the request
+                // has passed its other checks (the handler claims it).
+                self.claim = p
+                    .may_create(&snap.group, &owner)?
+                    .then(|| snap.group.clone());
+                Ok(())
+            }
+            Message::BackupDataFixed(list) => self.check_references(list.iter().map(|e| e.digest)),
+            Message::BackupDataDynamic(list) => {
+                self.check_references(list.iter().map(|e| e.digest))
+            }
+            Message::GetHashList { path } | Message::GetIndex { path } => {
+                match group_of_index(path) {
+                    Some(group) => {
+                        let owner = self.owner_of(&group)?;
+                        p.may_read(&group, &owner)
+                    }
+                    // Not an index path: the request fails as not found.
+                    None => Ok(()),
+                }
+            }
+            Message::DownloadChunks(list) => {
+                let known = self.known.lock().expect("lock poisoned");
+                match list.iter().find(|d| !known.may_download(d)) {
+                    None => Ok(()),
+                    Some(d) => Err(Denied(format!(
+                        "{} may not download chunk {d}: it is in no index this connection has read",
+                        p.name
+                    ))),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_references(&self, mut digests: impl Iterator<Item = Digest>) -> Result<(), Denied> {
+        let known = self.known.lock().expect("lock poisoned");
+        match digests.find(|d| !known.may_reference(d)) {
+            None => Ok(()),
+            Some(d) => Err(Denied(format!(
+                "chunk {d} was neither uploaded on this connection nor listed by an index of the group that this connection read"
+            ))),
+        }
+    }
+
+    /// The group's owner as found on disk.
+    pub(crate) fn owner_of(&self, group: &BackupGroup) -> Result<GroupOwner, Denied> {
+        let found = block_in_place(|| -> hoard_datastore::Result<GroupOwner> {
+            Ok(match self.ds.group_owner(group)? {
+                Some(o) => GroupOwner::Owned(o),
+                None if self.ds.group_exists(group)? => GroupOwner::Unowned,
+                None => GroupOwner::New,
+            })
+        });
+        found.map_err(|e| Denied(format!("cannot tell who owns {group}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoard_auth::Role;
+
+    #[test]
+    fn known_chunks_follow_the_rule() {
+        let backup = Principal::new("b", Role::Backup, vec![]);
+        let mut k = KnownChunks::new(&backup, 3);
+        let (a, b, c) = (Digest([1; 32]), Digest([2; 32]), Digest([3; 32]));
+        assert!(!k.may_reference(&a) && !k.may_download(&a));
+        k.uploaded(a).unwrap();
+        assert!(k.may_reference(&a));
+        assert!(!k.may_download(&a), "uploading is not reading");
+        let mut listed = Vec::new();
+        listed.extend_from_slice(b.as_bytes());
+        listed.extend_from_slice(c.as_bytes());
+        k.learn(&listed).unwrap();
+        assert!(k.may_reference(&b) && k.may_download(&c));
+        assert!(k.uploaded(Digest([4; 32])).is_err(), "capped");
+        let admin = Principal::new("a", Role::Admin, vec![]);
+        let k = KnownChunks::new(&admin, 0);
+        assert!(k.may_reference(&a) && k.may_download(&a));
+    }
+
+    #[test]
+    fn index_paths_name_their_group() {
+        assert_eq!(
+            group_of_index("vm/100/2019-04-23T12:23:36Z/d.img.fidx"),
+            Some("vm/100".parse().unwrap())
+        );
+        assert_eq!(group_of_index("../etc/passwd"), None);
+        assert_eq!(group_of_index("vm/100"), None);
+    }
+}
