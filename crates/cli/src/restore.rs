@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 use hoard_client::requests::{Listed, find_file, latest, list_snapshots};
-use hoard_client::restore::{RestoreOptions, RestoreReport, Target, restore_image};
+use hoard_client::restore::{RestoreOptions, RestoreReport, Target, restore_image, restore_stream};
 use hoard_client::tree_restore::{TreeRestoreOptions, has_archive, restore_tree};
 use hoard_client::{Connection, Error, Progress};
+use hoard_datastore::FileKind;
 use hoard_protocol::SnapshotFilter;
 use hoard_types::{BackupGroup, SnapshotPath};
 
@@ -125,7 +126,16 @@ pub fn run(args: RestoreArgs) -> Result<()> {
     let report = rt.block_on(async {
         let file = find_file(&snap.manifest, &args.file).expect("picked by file");
         let view = ProgressView::start(progress.clone(), args.client.quiet, "restore");
-        let result = restore_image(&conn, &snap.path, file, &target, &opts, progress).await;
+        // A fixed index is a disk image; any other file (a stream a
+        // version 1 client uploaded) comes back as its bytes.
+        let result = match file.kind {
+            FileKind::Fixed => {
+                restore_image(&conn, &snap.path, file, &target, &opts, progress).await
+            }
+            FileKind::Dynamic => {
+                restore_stream(&conn, &snap.path, file, &target, &opts, progress).await
+            }
+        };
         view.finish();
         let report = result?;
         conn.close().await?;

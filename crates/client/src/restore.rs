@@ -1,5 +1,6 @@
 //! Image restore: a fixed-index file back to a file, a block device or
-//! standard output.
+//! standard output; and any dynamic-index file (a stream a version 1
+//! client uploaded, one stream of an archive) back as its bytes.
 //!
 //! The digests come from GetHashList; all-zero chunks are never
 //! downloaded (a file target gets a hole, other targets zeros). The other
@@ -144,6 +145,80 @@ pub async fn restore_image(
         (Ok(false), Ok(())) => {
             return Err(Error::Protocol("restore writer stopped early".into()));
         }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Restores a dynamic-index `file` of `snapshot` as its bytes: its chunk
+/// map from GetIndex, the chunks in order, each checked against its
+/// digest on the blocking pool, written by the same writer as images.
+pub async fn restore_stream(
+    conn: &Connection,
+    snapshot: &SnapshotPath,
+    file: &ManifestFile,
+    target: &Target,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let index_path = format!("{snapshot}/{}", file.name);
+    let map = crate::remote::chunk_map(conn, &index_path).await?;
+    let size = map.size();
+    if size != file.file_size {
+        return Err(Error::Damaged(format!(
+            "{index_path} covers {size} bytes, the manifest says {}",
+            file.file_size
+        )));
+    }
+    let output = Output::open(target, size, opts.overwrite)?;
+    progress.add_total(size);
+    let mut report = RestoreReport {
+        snapshot: snapshot.to_string(),
+        file: display_name(file).to_string(),
+        target: target.to_string(),
+        size,
+        chunks: map.digests.len() as u64,
+        chunks_downloaded: map.digests.len() as u64,
+        bytes_downloaded: size,
+        chunks_zero: 0,
+        seconds: 0.0,
+    };
+    let (tx, rx) = mpsc::channel::<Item>(opts.buffers.max(1));
+    let writer = {
+        let rt = tokio::runtime::Handle::current();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || write_items(output, rx, rt, size, 0, progress))
+    };
+    let wanted: Vec<(Digest, u64)> = (0..map.digests.len())
+        .map(|i| (map.digests[i], map.ends[i] - map.start(i)))
+        .collect();
+    let mut next = 0usize;
+    let fetched = crate::remote::download(conn, &index_path, &wanted, |data| {
+        let (i, offset) = (next, map.start(next));
+        next += 1;
+        let digest = map.digests[i];
+        let what = index_path.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::remote::check_chunk(&data, &digest, &what).map(|()| data)
+        });
+        let tx = tx.clone();
+        async move {
+            tx.send(Item::Data { offset, checked })
+                .await
+                .map_err(|_| Error::Protocol("restore writer stopped early".into()))
+        }
+    })
+    .await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::Protocol(format!("writer task failed: {e}")))?;
+    match (fetched, written) {
+        (Err(e), Ok(())) => return Err(e),
+        // The writer's error explains a fetch that found it gone.
+        (_, Err(e)) => return Err(e),
+        (Ok(()), Ok(())) => {}
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -382,7 +382,9 @@ impl Connection {
                 .await;
         }
         if let Err(denied) = self.authorize(&msg) {
-            return self.fail_with(stream, ErrorId::Denied, denied.0).await;
+            return self
+                .fail_with(stream, ErrorId::Denied, denied.to_string())
+                .await;
         }
         match msg {
             Message::UploadChunk { digest, data } => self.upload(stream, digest, data).await,

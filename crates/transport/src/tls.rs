@@ -290,6 +290,14 @@ impl ServerCertVerifier for Verifier {
 /// A client configuration for `trust`, offering ALPN `hoard/2`, and the
 /// record of the certificate its handshakes see.
 pub fn client_config(trust: &Trust) -> Result<(Arc<rustls::ClientConfig>, Arc<Seen>), TlsError> {
+    client_config_with_alpn(trust, vec![hoard_protocol::consts::ALPN_V2.to_vec()])
+}
+
+/// [`client_config`] offering `alpn` instead (none: an HTTP client).
+pub fn client_config_with_alpn(
+    trust: &Trust,
+    alpn: Vec<Vec<u8>>,
+) -> Result<(Arc<rustls::ClientConfig>, Arc<Seen>), TlsError> {
     let provider = provider();
     let seen = Arc::new(Seen::default());
     let (pin, chain) = match trust {
@@ -307,7 +315,7 @@ pub fn client_config(trust: &Trust) -> Result<(Arc<rustls::ClientConfig>, Arc<Se
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    config.alpn_protocols = vec![hoard_protocol::consts::ALPN_V2.to_vec()];
+    config.alpn_protocols = alpn;
     Ok((Arc::new(config), seen))
 }
 

@@ -76,7 +76,16 @@ impl Server {
 
     /// A server with extra `hoard serve` arguments.
     pub fn start_with(extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with_v1_role("admin", extra)
+    }
+
+    /// A server whose plain version 1 sessions act as `role`.
+    pub fn start_with_v1_role(role: &str, extra: &[&str]) -> Server {
+        Self::start_in(tempfile::tempdir().unwrap(), role, extra)
+    }
+
+    /// A server in `dir` (whose `state/` may hold a certificate already).
+    pub fn start_in(dir: tempfile::TempDir, role: &str, extra: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
         cmd.args([
             "serve",
@@ -85,7 +94,7 @@ impl Server {
             "--listen-v1",
             "127.0.0.1:0",
             "--v1-role",
-            "admin",
+            role,
             "--datastore",
         ])
         .arg(dir.path().join("ds"))
@@ -181,6 +190,42 @@ impl Server {
         self.dir.path().join("ds")
     }
 
+    /// A raw version 2 connection on the TLS listener, authenticated
+    /// with `token`; panics unless the server answers Ok.
+    pub fn connect_v2(&self, token: &str) -> Conn {
+        let mut c = self.try_connect_v2(token);
+        match c.recv() {
+            (0, Message::Ok) => c,
+            other => panic!("authentication failed: {other:?}"),
+        }
+    }
+
+    /// A version 2 connection that has sent Authenticate with `token`;
+    /// the caller reads the answer.
+    pub fn try_connect_v2(&self, token: &str) -> Conn {
+        let mut c = Conn::connect_tls(&self.addr, &self.fingerprint, &[b"hoard/2"]);
+        match c.recv() {
+            (
+                0,
+                Message::Hello {
+                    version: 2,
+                    features,
+                },
+            ) => {
+                assert!(features.contains(Features::EXTENSIONS))
+            }
+            other => panic!("expected a version 2 Hello, got {other:?}"),
+        }
+        c.send(
+            0,
+            &Message::Authenticate {
+                features: Features::EXTENSIONS,
+                token: Secret(token.into()),
+            },
+        );
+        c
+    }
+
     /// A raw version 1 connection on the plain listener (admin).
     pub fn connect(&self) -> Conn {
         let mut c = Conn::connect(&self.v1_addr);
@@ -213,8 +258,15 @@ impl Drop for Server {
     }
 }
 
+/// A byte stream a raw connection runs on: TCP, or TLS over TCP.
+pub trait RawStream: Read + Write + Send {}
+impl<T: Read + Write + Send> RawStream for T {}
+
 pub struct Conn {
+    /// The TCP socket (for shutdown and timeouts).
     pub sock: TcpStream,
+    /// TLS on top of it, if any.
+    tls: Option<Box<dyn RawStream>>,
 }
 
 impl Conn {
@@ -223,15 +275,59 @@ impl Conn {
         sock.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         sock.set_nodelay(true).unwrap();
-        Conn { sock }
+        Conn { sock, tls: None }
+    }
+
+    /// A TLS connection to `addr` trusting `fingerprint`, offering `alpn`
+    /// (`hoard/2`, or nothing for HTTP).
+    pub fn connect_tls(addr: &str, fingerprint: &str, alpn: &[&[u8]]) -> Conn {
+        let mut c = Conn::connect(addr);
+        let trust = hoard_transport::tls::Trust::Pinned(fingerprint.parse().unwrap());
+        let alpn = alpn.iter().map(|a| a.to_vec()).collect();
+        let (config, _) = hoard_transport::tls::client_config_with_alpn(&trust, alpn).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let tcp = c.sock.try_clone().unwrap();
+        c.tls = Some(Box::new(rustls::StreamOwned::new(conn, tcp)));
+        c
+    }
+
+    fn io(&mut self) -> &mut dyn RawStream {
+        match &mut self.tls {
+            Some(t) => t.as_mut(),
+            None => &mut self.sock,
+        }
     }
 
     pub fn send(&mut self, stream: u8, msg: &Message) {
-        self.sock.write_all(&msg.encode(stream)).unwrap();
+        let bytes = msg.encode(stream);
+        self.send_raw(&bytes);
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).unwrap();
+        let io = self.io();
+        io.write_all(bytes).unwrap();
+        io.flush().unwrap();
+    }
+
+    /// Reads whatever arrives until the peer closes (or the timeout).
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.io().read_to_end(&mut out);
+        out
+    }
+
+    /// Reads up to and including the blank line of an HTTP response head.
+    pub fn read_http_head(&mut self) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if self.io().read_exact(&mut byte).is_err() {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
     }
 
     /// Next packet; panics on timeout or a closed connection.
@@ -242,12 +338,12 @@ impl Conn {
     /// Next packet, or None if the server closed the connection.
     pub fn try_recv(&mut self) -> Option<(u8, Message)> {
         let mut head = [0u8; 6];
-        if self.sock.read_exact(&mut head).is_err() {
+        if self.io().read_exact(&mut head).is_err() {
             return None;
         }
         let h = check_frame(&head).unwrap().unwrap();
         let mut payload = vec![0u8; h.payload_len()];
-        self.sock.read_exact(&mut payload).unwrap();
+        self.io().read_exact(&mut payload).unwrap();
         Some((h.stream, Message::decode(&h, Bytes::from(payload)).unwrap()))
     }
 
