@@ -150,7 +150,14 @@ impl TokenStore {
         &self,
         change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
-        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(io(&self.dir))?;
+        }
         let lock_path = self.dir.join(LOCK_NAME);
         let lock = OpenOptions::new()
             .create(true)

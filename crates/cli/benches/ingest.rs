@@ -1,6 +1,9 @@
 //! Server ingest benchmark: several connections upload new 4 MiB chunks
-//! to a real `hoard serve` over loopback. Prints MB/s and the server's
-//! peak resident memory (VmHWM) for each client count.
+//! to a real `hoard serve` over loopback, then download them again.
+//! Prints MB/s both ways and the server's peak resident memory (VmHWM)
+//! for each client count, once over plain TCP (protocol version 1 on
+//! `--listen-v1`) and once over TLS (version 2 on the main listener):
+//! the difference is the cost of TLS on ingest and on restore.
 //!
 //! `cargo bench -p hoard --bench ingest [-- TOTAL_MIB]` (default 2048).
 //! The datastore goes into a temporary directory under `HOARD_BENCH_DIR`
@@ -16,8 +19,59 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hoard_protocol::{Message, check_frame};
+use hoard_protocol::{DigestList, Features, Message, Secret, check_frame};
 use hoard_types::Digest;
+
+/// A client connection: plain TCP or TLS over it.
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Plain,
+    Tls,
+}
+
+#[derive(Clone)]
+struct Target {
+    plain: String,
+    tls: String,
+    fingerprint: String,
+    token: String,
+}
+
+impl Target {
+    fn connect(&self, t: Transport) -> Box<dyn Io> {
+        match t {
+            Transport::Plain => {
+                let sock = TcpStream::connect(&self.plain).expect("connect");
+                sock.set_nodelay(true).expect("nodelay");
+                let mut io: Box<dyn Io> = Box::new(sock);
+                expect_packet(&mut io); // Hello
+                io
+            }
+            Transport::Tls => {
+                let sock = TcpStream::connect(&self.tls).expect("connect");
+                sock.set_nodelay(true).expect("nodelay");
+                let trust = hoard_transport::tls::Trust::Pinned(
+                    self.fingerprint.parse().expect("fingerprint"),
+                );
+                let (config, _) = hoard_transport::tls::client_config(&trust).expect("tls");
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let conn = rustls::ClientConnection::new(config, name).expect("tls");
+                let mut io: Box<dyn Io> = Box::new(rustls::StreamOwned::new(conn, sock));
+                expect_packet(&mut io); // Hello
+                let auth = Message::Authenticate {
+                    features: Features::EXTENSIONS,
+                    token: Secret(self.token.clone()),
+                };
+                io.write_all(&auth.encode(0)).expect("send");
+                expect_ok(&mut io);
+                io
+            }
+        }
+    }
+}
 
 const CHUNK: usize = 4 << 20;
 /// Uploads a connection keeps in flight.
@@ -35,8 +89,10 @@ fn main() {
         "ingest: {total_mib} MiB of new {} MiB chunks per run, datastore under {where_}",
         CHUNK >> 20
     );
-    for clients in [1usize, 2, 4, 8] {
-        run(clients, chunks_total / clients);
+    for transport in [Transport::Plain, Transport::Tls] {
+        for clients in [1usize, 2, 4, 8] {
+            run(transport, clients, chunks_total / clients);
+        }
     }
 }
 
@@ -45,35 +101,52 @@ fn chunk_data(base: &mut [u8], client: usize, i: usize) {
     base[8..16].copy_from_slice(&(client as u64).to_le_bytes());
 }
 
-fn run(clients: usize, per_client: usize) {
+fn run(transport: Transport, clients: usize, per_client: usize) {
     let dir = match std::env::var_os("HOARD_BENCH_DIR") {
         Some(base) => tempfile::tempdir_in(base),
         None => tempfile::tempdir(),
     }
     .expect("temp dir");
+    let state = dir.path().join("state");
+    let token = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["token", "create", "bench", "--role", "admin", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("token");
+    let token = String::from_utf8(token.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
     let mut server = Command::new(env!("CARGO_BIN_EXE_hoard"))
         .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
         .arg(dir.path().join("ds"))
+        .arg("--state-dir")
+        .arg(&state)
         .args(["--listen-v1", "127.0.0.1:0", "--v1-role", "admin"])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start server");
-    // The raw clients below speak version 1 on the plain listener.
     let mut out = BufReader::new(server.stdout.take().expect("stdout"));
-    let addr = loop {
+    let (mut plain, mut fingerprint) = (String::new(), String::new());
+    let tls = loop {
         let mut line = String::new();
         out.read_line(&mut line).expect("banner");
+        let last = line.trim().rsplit(' ').next().expect("word").to_string();
         if line.contains("version 1 without TLS") {
-            break line
-                .split(" on ")
-                .nth(1)
-                .expect("address")
-                .split(' ')
-                .next()
-                .expect("address")
-                .to_string();
+            let after = line.split(" on ").nth(1).expect("address");
+            plain = after.split(' ').next().expect("address").to_string();
+        } else if line.contains("fingerprint") {
+            fingerprint = last;
+        } else if line.contains("serving") {
+            break last;
         }
+    };
+    let target = Target {
+        plain,
+        tls,
+        fingerprint,
+        token,
     };
 
     // Per client: a random base buffer and the digests of its variants.
@@ -90,13 +163,14 @@ fn run(clients: usize, per_client: usize) {
         })
         .collect();
 
+    let all_digests: Vec<Vec<Digest>> = bases.iter().map(|(_, d)| d.clone()).collect();
     let start = Instant::now();
     let handles: Vec<_> = bases
         .into_iter()
         .enumerate()
         .map(|(c, (base, digests))| {
-            let addr = addr.clone();
-            std::thread::spawn(move || upload_all(&addr, c, base, &digests))
+            let target = target.clone();
+            std::thread::spawn(move || upload_all(&target, transport, c, base, &digests))
         })
         .collect();
     for h in handles {
@@ -105,27 +179,47 @@ fn run(clients: usize, per_client: usize) {
     let secs = start.elapsed().as_secs_f64();
     let bytes = (clients * per_client * CHUNK) as f64;
     let hwm = peak_rss_kib(server.id());
+    let start = Instant::now();
+    let handles: Vec<_> = all_digests
+        .into_iter()
+        .map(|digests| {
+            let target = target.clone();
+            std::thread::spawn(move || download_all(&target, transport, &digests))
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let down_secs = start.elapsed().as_secs_f64();
+    let name = match transport {
+        Transport::Plain => "plain",
+        Transport::Tls => "TLS  ",
+    };
     println!(
-        "clients {clients}: {:.0} MB/s ({:.2} s for {:.0} MiB), server peak RSS {:.1} MiB",
+        "{name} clients {clients}: ingest {:.0} MB/s ({:.2} s for {:.0} MiB), download {:.0} MB/s, server peak RSS {:.1} MiB",
         bytes / secs / 1e6,
         secs,
         bytes / (1 << 20) as f64,
+        bytes / down_secs / 1e6,
         hwm as f64 / 1024.0
     );
     let _ = server.kill();
     let _ = server.wait();
 }
 
-fn upload_all(addr: &str, client: usize, mut base: Vec<u8>, digests: &[Digest]) {
-    let mut sock = TcpStream::connect(addr).expect("connect");
-    sock.set_nodelay(true).expect("nodelay");
-    let mut reader = sock.try_clone().expect("clone");
-    expect_packet(&mut reader); // Hello
+fn upload_all(
+    target: &Target,
+    transport: Transport,
+    client: usize,
+    mut base: Vec<u8>,
+    digests: &[Digest],
+) {
+    let mut sock = target.connect(transport);
     let n = digests.len();
     let mut acked = 0;
     for (i, digest) in digests.iter().enumerate() {
         if i >= acked + WINDOW {
-            expect_ok(&mut reader);
+            expect_ok(&mut sock);
             acked += 1;
         }
         chunk_data(&mut base, client, i);
@@ -140,12 +234,25 @@ fn upload_all(addr: &str, client: usize, mut base: Vec<u8>, digests: &[Digest]) 
         sock.write_all(&base).expect("send");
     }
     while acked < n {
-        expect_ok(&mut reader);
+        expect_ok(&mut sock);
         acked += 1;
     }
 }
 
-fn expect_packet(r: &mut TcpStream) -> Message {
+/// Downloads `digests` in one request and reads every chunk back.
+fn download_all(target: &Target, transport: Transport, digests: &[Digest]) {
+    let mut sock = target.connect(transport);
+    let req = Message::DownloadChunks(DigestList::from_digests(digests));
+    sock.write_all(&req.encode(2)).expect("send");
+    for d in digests {
+        match expect_packet(&mut sock) {
+            Message::Chunk { digest, data, .. } if digest == *d && data.len() == CHUNK => {}
+            other => panic!("expected chunk {d}, got {:?}", other.packet_type()),
+        }
+    }
+}
+
+fn expect_packet(r: &mut Box<dyn Io>) -> Message {
     let mut head = [0u8; 6];
     r.read_exact(&mut head).expect("read");
     let h = check_frame(&head).expect("frame").expect("header");
@@ -154,7 +261,7 @@ fn expect_packet(r: &mut TcpStream) -> Message {
     Message::decode(&h, Bytes::from(p)).expect("decode")
 }
 
-fn expect_ok(r: &mut TcpStream) {
+fn expect_ok(r: &mut Box<dyn Io>) {
     match expect_packet(r) {
         Message::Ok => {}
         other => panic!("expected Ok, got {other:?}"),

@@ -772,6 +772,26 @@ fn hostile_connections_time_out_and_release_what_they_hold() {
     head.extend_from_slice(&[0u8; 1000]);
     stalled.send_raw(&head);
     closed_within(&mut stalled, 2);
+    // One token's stalled packets hold at most its share of the memory
+    // for unfinished packets: others' packets still get in.
+    let mallory = server.token("mallory", "backup", &[]);
+    let stalled: Vec<Conn> = (0..12)
+        .map(|_| {
+            let mut c = server.connect_v2(&mallory);
+            let mut head = vec![1u8, 7];
+            head.extend_from_slice(&(16u32 << 20).to_le_bytes());
+            head.extend_from_slice(&[0u8; 100]);
+            c.send_raw(&head);
+            c
+        })
+        .collect();
+    let mut alice = server.connect_v2(&server.token);
+    alice
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    upload(&mut alice, 1, &noise(70_000, 11));
+    drop(stalled);
     // Idle with a backup open: closed, the file dropped, the snapshot
     // freed (it had no finished file, so it is gone).
     let mut idle = server.connect();
@@ -847,6 +867,61 @@ fn floods_of_connections_and_files_do_not_lock_out_real_clients() {
     assert_eq!(at, 65, "{message}");
     assert!(message.contains("64 files open"), "{message}");
     let o = hoard(&server.addr, &backup_args("vm", "1", "3000", &spec));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn downloads_nobody_reads_hold_bounded_memory() {
+    let server = Server::start();
+    let pid = server.child.id();
+    let mut c = server.connect_v2(&server.token);
+    let big = upload(&mut c, 1, &noise(16_000_000, 12));
+    let before = rss_kib(pid);
+    // 40 streams asking for the chunk 50 times each, never read.
+    let mut busy = 0;
+    for s in 1..=40u8 {
+        c.send(
+            s,
+            &Message::DownloadChunks(DigestList::from_digests(&[big; 50])),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rss_kib(pid);
+    eprintln!(
+        "server RSS: {before} KiB before, {during} KiB with 40 unread downloads of 800 MB each"
+    );
+    assert!(during < before + 300 * 1024, "{before} -> {during} KiB");
+    // Past 16 answers at once the connection is told to read first.
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for _ in 0..200 {
+        match c.try_recv() {
+            Some((
+                _,
+                Message::Error {
+                    id: ErrorId::Busy,
+                    message,
+                },
+            )) => {
+                assert!(message.contains("requests being answered"), "{message}");
+                busy += 1;
+            }
+            Some(_) => {}
+            None => break,
+        }
+        if busy == 40 - 16 {
+            break;
+        }
+    }
+    assert_eq!(busy, 40 - 16);
+    // Another client is served meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let img = write_file(dir.path(), "img", &noise(100_000, 13));
+    let o = hoard(
+        &server.addr,
+        &backup_args("vm", "1", "1000", &format!("d={img}")),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 }
 

@@ -87,9 +87,9 @@ impl Connection {
             .map_err(connect_err)?;
         hoard_transport::configure_socket(&sock).map_err(connect_err)?;
         let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
-        let name = tls::server_name(host)
-            .or_else(|| tls::server_name("localhost"))
-            .expect("localhost is a valid name");
+        let name = tls::server_name(host).ok_or_else(|| {
+            Error::Usage(format!("{host:?} is neither a host name nor an IP address"))
+        })?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, sock))
             .await

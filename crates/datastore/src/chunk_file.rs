@@ -92,6 +92,12 @@ impl ChunkHeader {
             raw_size: u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]),
         };
         let payload = file_len - CHUNK_HEADER_SIZE as u64;
+        if h.raw_size as usize > hoard_types::MAX_CHUNK_SIZE {
+            return Err(corrupt(format!(
+                "raw size {} is larger than any chunk",
+                h.raw_size
+            )));
+        }
         let fits = if h.compressed() {
             payload > 0 && payload < h.raw_size as u64
         } else {
@@ -184,5 +190,11 @@ mod tests {
         let mut foreign = enc;
         foreign[0] = b'X';
         assert!(ChunkHeader::decode(&d, &foreign, 16 + data.len() as u64).is_err());
+        // A header claiming more than any chunk holds is damage, found
+        // before anything that size is allocated.
+        let mut huge = h.encode();
+        huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = ChunkHeader::decode(&d, &huge, 16 + u32::MAX as u64).unwrap_err();
+        assert!(err.to_string().contains("larger than any chunk"), "{err}");
     }
 }

@@ -124,6 +124,14 @@ impl ChunkStore {
         self.base.join(&hex[..PREFIX_DIGITS]).join(hex)
     }
 
+    /// Refuses a prefix directory under `base` that is a symbolic link.
+    pub(crate) fn refuse_linked_prefixes(base: &Path) -> Result<()> {
+        for p in 0..=255u8 {
+            crate::fsutil::refuse_symlinks(base, &[&format!("{p:02x}")])?;
+        }
+        Ok(())
+    }
+
     /// Creates the 256 prefix directories under `base`, so that storing a
     /// chunk never has to create (and fsync) a directory. Idempotent.
     pub(crate) fn create_prefix_dirs(base: &Path) -> Result<()> {

@@ -26,6 +26,9 @@ const LOCK_NAME: &str = ".lock";
 /// In a group's directory: the name of the token that owns the group.
 const OWNER_NAME: &str = "owner";
 const MAX_OWNER_BYTES: u64 = 256;
+/// Files one snapshot may hold: a manifest is rewritten whole as each
+/// file finishes, so this bounds both its size and the writing.
+pub const MAX_FILES_PER_SNAPSHOT: usize = 1024;
 /// How far ahead of the server's clock a new snapshot's time may lie.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 /// Where verify moves damaged chunks.
@@ -79,6 +82,12 @@ impl Datastore {
                 found: found.trim().to_string(),
             });
         }
+        // The directories every write goes through must be real ones: a
+        // link planted there would redirect chunks out of the datastore.
+        for dir in [".tmp", ".chunks", ".locks"] {
+            refuse_symlinks(root, &[dir])?;
+        }
+        ChunkStore::refuse_linked_prefixes(&root.join(".chunks"))?;
         let tmp = root.join(".tmp");
         create_dir_durable(&tmp)?;
         let locks = Arc::new(Locks::open(root)?);
@@ -351,7 +360,7 @@ impl Datastore {
     /// Removes a snapshot unless something holds it. The manifest goes
     /// first, so a crash halfway leaves a directory that readers ignore.
     pub fn remove_snapshot(&self, snap: &SnapshotPath) -> Result<Removal> {
-        let dir = self.snapshot_dir(snap);
+        let dir = self.checked_snapshot_dir(snap)?;
         let name = snap.to_string();
         let Some(dir_lock) = open_dir(&dir, &name)? else {
             return Ok(Removal::Gone);
@@ -386,7 +395,7 @@ impl Datastore {
 
     /// Whether a live writer holds the snapshot.
     pub fn writer_active(&self, snap: &SnapshotPath) -> Result<bool> {
-        let dir = self.snapshot_dir(snap);
+        let dir = self.checked_snapshot_dir(snap)?;
         let lock = match File::open(dir.join(LOCK_NAME)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -398,7 +407,7 @@ impl Datastore {
     /// What would keep [`Datastore::remove_snapshot`] from removing the
     /// snapshot right now, if anything (for a dry run).
     pub fn removal_blocker(&self, snap: &SnapshotPath) -> Result<Option<Removal>> {
-        let dir = self.snapshot_dir(snap);
+        let dir = self.checked_snapshot_dir(snap)?;
         let Some(dir_lock) = open_dir(&dir, &snap.to_string())? else {
             return Ok(Some(Removal::Gone));
         };
@@ -414,8 +423,29 @@ impl Datastore {
         Ok(None)
     }
 
+    /// Every snapshot with a readable manifest, sorted by group then
+    /// time; a snapshot whose manifest cannot be read is passed to
+    /// `skipped` instead of failing the listing (for serving lists;
+    /// maintenance uses [`Datastore::list_snapshots`], which stops).
+    pub fn list_snapshots_skipping(
+        &self,
+        mut skipped: impl FnMut(&SnapshotPath, Error),
+    ) -> Result<Vec<SnapshotInfo>> {
+        self.list_with(&mut |path, e| {
+            skipped(path, e);
+            Ok(())
+        })
+    }
+
     /// Every snapshot with a manifest, sorted by group then time.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        self.list_with(&mut |_, e| Err(e))
+    }
+
+    fn list_with(
+        &self,
+        on_error: &mut dyn FnMut(&SnapshotPath, Error) -> Result<()>,
+    ) -> Result<Vec<SnapshotInfo>> {
         let mut out = Vec::new();
         for ty in BackupType::ALL {
             for id_name in dir_names(&self.root.join(ty.as_str()))? {
@@ -435,7 +465,7 @@ impl Datastore {
                     match self.load_manifest(&path) {
                         Ok(manifest) => out.push(SnapshotInfo { path, manifest }),
                         Err(Error::SnapshotNotFound(_)) => {}
-                        Err(e) => return Err(e),
+                        Err(e) => on_error(&path, e)?,
                     }
                 }
             }
@@ -495,10 +525,12 @@ fn open_dir(dir: &Path, what: &str) -> Result<Option<File>> {
 }
 
 fn open_snapshot_lock(dir: &Path, snap: &SnapshotPath) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join(LOCK_NAME))
         .ctx(|| format!("locking snapshot {snap}"))
 }
@@ -720,6 +752,12 @@ impl SnapshotWriter {
         chunk_size: u32,
     ) -> Result<FileWriter> {
         let stored_name = format!("{name}{}", kind.suffix());
+        if self.started.len() >= MAX_FILES_PER_SNAPSHOT && !self.started.contains(&stored_name) {
+            return Err(Error::TooManyFiles {
+                snapshot: self.snap.clone(),
+                max: MAX_FILES_PER_SNAPSHOT,
+            });
+        }
         if self.manifest.file(&stored_name).is_some() {
             return Err(Error::FileExists {
                 snapshot: self.snap.clone(),

@@ -50,6 +50,8 @@ pub enum Error {
         snapshot: SnapshotPath,
         name: String,
     },
+    #[error("snapshot {snapshot} has {max} files, the most a snapshot may hold")]
+    TooManyFiles { snapshot: SnapshotPath, max: usize },
     #[error("file {name} is already being written in snapshot {snapshot}")]
     FileBusy {
         snapshot: SnapshotPath,

@@ -50,8 +50,8 @@ pub mod verify;
 pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, CHUNK_MAGIC_ZSTD, ChunkHeader};
 pub use chunk_store::{ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts};
 pub use datastore::{
-    Datastore, FileWriter, IndexReader, MAX_CLOCK_SKEW_SECS, Removal, SnapshotInfo, SnapshotWriter,
-    check_new_file,
+    Datastore, FileWriter, IndexReader, MAX_CLOCK_SKEW_SECS, MAX_FILES_PER_SNAPSHOT, Removal,
+    SnapshotInfo, SnapshotWriter, check_new_file,
 };
 pub use dynamic_index::{DYNAMIC_INDEX_MAGIC, DynamicIndexReader, DynamicIndexWriter};
 pub use error::{Error, Result};

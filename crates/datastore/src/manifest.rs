@@ -154,6 +154,12 @@ impl Manifest {
             reason: e.to_string(),
         })?;
         raw.push(b'\n');
+        if raw.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::Manifest {
+                path: self.snapshot.clone(),
+                reason: format!("{} bytes is larger than a manifest may be", raw.len()),
+            });
+        }
         write_atomic(tmp_dir, path, &raw)
     }
 }

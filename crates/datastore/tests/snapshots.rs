@@ -286,3 +286,40 @@ fn refuses_foreign_directory_and_bad_paths() {
         );
     }
 }
+
+#[test]
+fn a_snapshot_holds_a_bounded_number_of_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Datastore::open_or_create(dir.path()).unwrap();
+    let mut w = ds
+        .begin_snapshot(&snap("vm/1/2024-01-01T00:00:00Z"))
+        .unwrap();
+    for i in 0..MAX_FILES_PER_SNAPSHOT {
+        let f = w
+            .start_file(&name(&format!("f{i}")), FileKind::Dynamic, false, 0, 0)
+            .unwrap();
+        drop(f);
+        w.abandon(&format!("f{i}.didx"));
+    }
+    assert!(matches!(
+        w.start_file(&name("one-more"), FileKind::Dynamic, false, 0, 0),
+        Err(Error::TooManyFiles { .. })
+    ));
+}
+
+#[test]
+fn a_datastore_whose_chunk_directories_are_links_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ds");
+    Datastore::open_or_create(&root).unwrap();
+    let prefix = root.join(".chunks/7f");
+    std::fs::remove_dir(&prefix).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &prefix).unwrap();
+    assert!(matches!(Datastore::open(&root), Err(Error::Symlink(_))));
+    std::fs::remove_file(&prefix).unwrap();
+    std::fs::create_dir(&prefix).unwrap();
+    std::fs::rename(root.join(".tmp"), outside.path().join("tmp")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("tmp"), root.join(".tmp")).unwrap();
+    assert!(matches!(Datastore::open(&root), Err(Error::Symlink(_))));
+}

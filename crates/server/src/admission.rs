@@ -1,16 +1,26 @@
 //! Who gets a connection: the total cap, the cap per principal, and the
-//! queue of connections still handshaking, of which the oldest is dropped
-//! when a new one needs room (what OpenSSH calls MaxStartups). An
-//! attacker who opens thousands of idle connections therefore holds at
-//! most `max_pending_handshakes` of them, each for a moment, and a real
-//! client's connect, being the newest, gets through.
+//! set of connections still handshaking. When that set is full, a new
+//! connection takes the place of a random one (OpenSSH's MaxStartups
+//! drops at random too), or of the oldest from its own address once that
+//! address has [`PER_ADDRESS_PENDING`] of them. An attacker who opens
+//! thousands of idle connections therefore holds at most
+//! `max_pending_handshakes` of them, each for a moment; a real client's
+//! handshake survives a burst of N others with probability about
+//! (1 − 1/max)^N, and a flood from one address never evicts another
+//! address's handshakes once it is at its own cap.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use rand::Rng;
 
 use tokio::sync::oneshot;
 
 use crate::Limits;
+
+/// Handshakes in progress from one address at most.
+pub const PER_ADDRESS_PENDING: usize = 16;
 
 #[derive(Clone)]
 pub struct Admission {
@@ -23,9 +33,9 @@ pub struct Admission {
 struct State {
     connections: usize,
     per_principal: HashMap<String, usize>,
-    /// Handshakes in progress, oldest first: an id and the sender whose
-    /// drop tells that handshake it was evicted.
-    pending: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Handshakes in progress, oldest first: an id, the peer's address,
+    /// and the sender whose drop tells that handshake it was evicted.
+    pending: VecDeque<(u64, IpAddr, oneshot::Sender<()>)>,
     next_id: u64,
 }
 
@@ -82,18 +92,24 @@ impl Admission {
         })
     }
 
-    /// Enters the handshake queue, evicting the oldest handshake if the
-    /// queue is full.
-    pub fn begin_handshake(&self) -> Pending {
+    /// Enters the set of handshakes in progress, making room if needed
+    /// (see the module documentation). Dropping an entry's sender wakes
+    /// the evicted handshake.
+    pub fn begin_handshake(&self, addr: IpAddr) -> Pending {
         let mut s = self.state();
-        while s.pending.len() >= self.max_pending {
-            // Dropping the sender wakes the evicted handshake.
-            s.pending.pop_front();
+        let from_addr = s.pending.iter().filter(|(_, a, _)| *a == addr).count();
+        if from_addr >= PER_ADDRESS_PENDING {
+            if let Some(i) = s.pending.iter().position(|(_, a, _)| *a == addr) {
+                s.pending.remove(i);
+            }
+        } else if s.pending.len() >= self.max_pending {
+            let i = rand::rng().random_range(0..s.pending.len());
+            s.pending.remove(i);
         }
         let id = s.next_id;
         s.next_id += 1;
         let (tx, rx) = oneshot::channel();
-        s.pending.push_back((id, tx));
+        s.pending.push_back((id, addr, tx));
         Pending {
             admission: self.clone(),
             id,
@@ -137,7 +153,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let mut s = self.admission.state();
-        s.pending.retain(|(id, _)| *id != self.id);
+        s.pending.retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -181,19 +197,42 @@ mod tests {
         a.enter("t").unwrap();
     }
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
     #[tokio::test]
-    async fn the_oldest_handshake_makes_room() {
-        let a = Admission::new(&limits(10, 10, 2));
-        let mut first = a.begin_handshake();
-        let mut second = a.begin_handshake();
-        let _third = a.begin_handshake();
-        tokio::time::timeout(std::time::Duration::from_secs(1), first.evicted())
-            .await
-            .expect("the oldest is evicted");
+    async fn a_flood_from_one_address_evicts_only_its_own() {
+        let a = Admission::new(&limits(1000, 10, 100));
+        let mut real = a.begin_handshake(ip(1));
+        let mut flood: Vec<Pending> = (0..500).map(|_| a.begin_handshake(ip(2))).collect();
         let waited =
-            tokio::time::timeout(std::time::Duration::from_millis(50), second.evicted()).await;
-        assert!(waited.is_err(), "the second stays");
-        drop(second);
+            tokio::time::timeout(std::time::Duration::from_millis(20), real.evicted()).await;
+        assert!(waited.is_err(), "another address's handshake stays");
+        assert_eq!(a.state().pending.len(), 1 + PER_ADDRESS_PENDING);
+        // The flood's oldest were the ones evicted.
+        tokio::time::timeout(std::time::Duration::from_secs(1), flood[0].evicted())
+            .await
+            .expect("evicted");
+        drop(flood);
         assert_eq!(a.state().pending.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_set_makes_room_at_random() {
+        let a = Admission::new(&limits(1000, 10, 4));
+        let mut all: Vec<Pending> = (0..4).map(|i| a.begin_handshake(ip(i))).collect();
+        let _new = a.begin_handshake(ip(9));
+        assert_eq!(a.state().pending.len(), 4);
+        let mut evicted = 0;
+        for p in &mut all {
+            if tokio::time::timeout(std::time::Duration::from_millis(5), p.evicted())
+                .await
+                .is_ok()
+            {
+                evicted += 1;
+            }
+        }
+        assert_eq!(evicted, 1);
     }
 }

@@ -157,14 +157,24 @@ impl Connection {
         }
     }
 
+    /// Before the packet runs, a digest whose upload is still in flight
+    /// on this connection passes; the handler checks it again once the
+    /// upload landed ([`Connection::unknown_reference`]).
     fn check_references(&self, mut digests: impl Iterator<Item = Digest>) -> Result<(), Denied> {
         let known = self.known.lock().expect("lock poisoned");
-        match digests.find(|d| !known.may_reference(d)) {
+        match digests.find(|d| !known.may_reference(d) && !self.pending.contains_key(d)) {
             None => Ok(()),
             Some(d) => Err(Denied(format!(
                 "chunk {d} was neither uploaded on this connection nor listed by an index of the group that this connection read"
             ))),
         }
+    }
+
+    /// The first of `digests` this connection may not reference, now that
+    /// no upload of them is in flight.
+    pub(crate) fn unknown_reference(&self, digests: &[Digest]) -> Option<Digest> {
+        let known = self.known.lock().expect("lock poisoned");
+        digests.iter().find(|d| !known.may_reference(d)).copied()
     }
 
     /// The group's owner as found on disk.

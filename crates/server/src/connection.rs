@@ -101,6 +101,8 @@ pub(crate) struct Connection {
     /// A new group the CreateBackup being handled may claim for the
     /// principal (set by [`Connection::authorize`]).
     pub claim: Option<hoard_types::BackupGroup>,
+    /// Where data read for this peer takes its memory from.
+    pub outgoing: Vec<Arc<Semaphore>>,
     pub uploads: JoinSet<UploadDone>,
     /// Digests with an upload in flight on this connection, and how many.
     pub pending: HashMap<Digest, usize>,
@@ -163,7 +165,8 @@ pub(crate) async fn run<R, W>(
     };
     if let Some((principal, _principal_slot, version, features)) = session {
         debug!(%peer, principal = %principal.name, version, "session started");
-        reader.set_budget(shared.unfinished.clone());
+        reader.set_budgets(shared.unfinished.for_principal(&principal.name));
+        let outgoing = shared.outgoing.for_principal(&principal.name);
         let known = KnownChunks::new(&principal, shared.config.limits.max_known_chunks);
         let mut conn = Connection {
             ds: shared.ds.clone(),
@@ -179,6 +182,7 @@ pub(crate) async fn run<R, W>(
             known: Arc::new(Mutex::new(known)),
             last_packet: Instant::now(),
             claim: None,
+            outgoing,
             uploads: JoinSet::new(),
             pending: HashMap::new(),
             registration: None,
@@ -262,7 +266,7 @@ async fn authenticate<R: AsyncRead + Unpin>(
     let checked = tokio::task::spawn_blocking(move || store.authenticate(&token.0)).await;
     let principal = match checked {
         Ok(Ok(p)) => Arc::new(p),
-        Ok(Err(e)) => return refuse(ErrorId::Denied, e.to_string()).await,
+        Ok(Err(e)) => return refuse(ErrorId::Denied, crate::auth_message(&e, peer)).await,
         Err(e) => return refuse(ErrorId::Generic, format!("internal error: {e}")).await,
     };
     let slot = match shared.admission.enter(&principal.name) {
@@ -371,6 +375,20 @@ impl Connection {
                 .fail(stream, format!("stream {stream} is in use"))
                 .await;
         }
+        let answered = matches!(
+            msg,
+            Message::GetHashList { .. }
+                | Message::GetIndex { .. }
+                | Message::DownloadChunks(_)
+                | Message::ListSnapshots(_)
+        );
+        let limit = self.shared.config.limits.max_answers_per_connection;
+        if answered && self.tasks_running() >= limit {
+            let msg = format!(
+                "this connection has {limit} requests being answered, the most it may; read their answers first"
+            );
+            return self.fail_with(stream, ErrorId::Busy, msg).await;
+        }
         if ty.is_extension() && !self.features.contains(Features::EXTENSIONS) {
             return self
                 .fail(
@@ -399,8 +417,11 @@ impl Connection {
             Message::DownloadChunks(list) => self.download_chunks(stream, list).await,
             Message::ListSnapshots(filter) => self.list_snapshots(stream, filter).await,
             Message::FileAttributes(attrs) => self.file_attributes(stream, attrs).await,
-            other => {
-                debug_assert!(other.packet_type().sender() == Sender::Server);
+            Message::Authenticate { .. } => {
+                self.fail(stream, "the session is authenticated already".into())
+                    .await
+            }
+            _ => {
                 self.fail(
                     stream,
                     format!("unexpected {:?}", PacketType::from_u8(header.type_byte)),
@@ -484,9 +505,15 @@ impl Connection {
 
     /// Whether an answer is still being sent on some stream.
     fn task_running(&self) -> bool {
+        self.tasks_running() > 0
+    }
+
+    /// Answers still being sent.
+    fn tasks_running(&self) -> usize {
         self.streams
             .values()
-            .any(|s| matches!(s, Stream::Task { done, .. } if !done.load(Ordering::Acquire)))
+            .filter(|s| matches!(s, Stream::Task { done, .. } if !done.load(Ordering::Acquire)))
+            .count()
     }
 
     pub fn hash_list_running(&self) -> bool {
@@ -523,7 +550,19 @@ impl Connection {
             }
         }
         match done.result {
-            Ok(_) => self.send(done.stream, Message::Ok).await,
+            Ok(_) => {
+                // Only a chunk that was verified and stored counts as
+                // uploaded (known-chunks rule).
+                let learned = self
+                    .known
+                    .lock()
+                    .expect("lock poisoned")
+                    .uploaded(done.digest);
+                match learned {
+                    Ok(()) => self.send(done.stream, Message::Ok).await,
+                    Err(e) => self.fail(done.stream, e).await,
+                }
+            }
             Err(e) => self.fail(done.stream, e.to_string()).await,
         }
     }

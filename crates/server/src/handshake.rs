@@ -15,7 +15,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::info;
 
 use crate::Shared;
-use crate::admission::Slot;
+use crate::admission::{Pending, Slot};
 use crate::connection::{self, Start};
 
 /// Read buffer of a session: large enough for a few packets' headers and
@@ -28,10 +28,10 @@ pub(crate) async fn tls(
     sock: TcpStream,
     peer: SocketAddr,
     slot: Slot,
+    mut pending: Pending,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut pending = shared.admission.begin_handshake();
     let deadline = Instant::now() + shared.config.limits.handshake_timeout;
     let accepted = tokio::select! {
         _ = pending.evicted() => {

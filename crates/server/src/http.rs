@@ -186,12 +186,16 @@ async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, peer: SocketAddr, status: u16,
     respond(w, status, &body).await;
 }
 
-async fn authenticate(shared: &Shared, token: String) -> Result<Principal, String> {
+async fn authenticate(
+    shared: &Shared,
+    token: String,
+    peer: SocketAddr,
+) -> Result<Principal, String> {
     let store = shared.tokens.clone();
     tokio::task::spawn_blocking(move || store.authenticate(&token))
         .await
         .map_err(|e| format!("internal error: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::auth_message(&e, peer))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +258,7 @@ pub(crate) async fn serve<R, W>(
             }
             let (user, pass) = login_fields(&body);
             let token = format!("{user}:{pass}");
-            match authenticate(&shared, token.clone()).await {
+            match authenticate(&shared, token.clone(), peer).await {
                 Ok(p) => {
                     info!(%peer, principal = %p.name, "ticket login");
                     let body = format!(
@@ -277,7 +281,7 @@ pub(crate) async fn serve<R, W>(
                 )
                 .await;
             };
-            let principal = match authenticate(&shared, token).await {
+            let principal = match authenticate(&shared, token, peer).await {
                 Ok(p) => Arc::new(p),
                 Err(e) => return refuse(&mut w, peer, 401, &e).await,
             };

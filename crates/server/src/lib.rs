@@ -26,6 +26,7 @@
 
 mod admission;
 mod authorize;
+mod budget;
 mod connection;
 mod handlers;
 mod handshake;
@@ -75,8 +76,14 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A packet must arrive whole this long after its first byte.
     pub packet_timeout: Duration,
-    /// Bytes of partly received packets, all connections together.
+    /// Bytes of partly received packets, all connections together; one
+    /// principal holds at most a quarter.
     pub unfinished_bytes: usize,
+    /// Bytes of chunks and lists read for peers and not yet sent, all
+    /// connections together; one principal holds at most a quarter.
+    pub outgoing_bytes: usize,
+    /// Requests being answered (downloads, lists) on one connection.
+    pub max_answers_per_connection: usize,
     /// Files being written on one connection at once.
     pub max_open_files_per_connection: usize,
     /// Files and snapshots being written at once, all connections.
@@ -96,9 +103,11 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             packet_timeout: Duration::from_secs(120),
             unfinished_bytes: 512 << 20,
+            outgoing_bytes: 512 << 20,
+            max_answers_per_connection: 16,
             max_open_files_per_connection: 64,
             max_open_files: 8192,
-            max_known_chunks: 1 << 22,
+            max_known_chunks: 1 << 21,
         }
     }
 }
@@ -130,8 +139,10 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     /// Chunk writes in flight, all connections.
     pub chunk_writes: Arc<Semaphore>,
-    /// KiB of partly received packets, all connections.
-    pub unfinished: Arc<Semaphore>,
+    /// Partly received packets, all connections.
+    pub unfinished: budget::Budget,
+    /// Chunks and lists read for peers and not yet sent.
+    pub outgoing: budget::Budget,
     /// Files and snapshots open for writing, all connections.
     pub open_files: Arc<Semaphore>,
     pub admission: Admission,
@@ -154,10 +165,14 @@ pub async fn serve(
         tokens,
         tls: tokio_rustls::TlsAcceptor::from(tls),
         chunk_writes: Arc::new(Semaphore::new(config.max_chunk_writes.max(1))),
-        unfinished: Arc::new(Semaphore::new(
-            (limits.unfinished_bytes / hoard_transport::BUDGET_UNIT)
-                .max(hoard_protocol::consts::MAX_PACKET_SIZE as usize / 1024),
-        )),
+        unfinished: budget::Budget::new(
+            limits.unfinished_bytes,
+            hoard_protocol::consts::MAX_PACKET_SIZE as usize,
+        ),
+        outgoing: budget::Budget::new(
+            limits.outgoing_bytes,
+            hoard_protocol::consts::MAX_PACKET_SIZE as usize,
+        ),
         open_files: Arc::new(Semaphore::new(limits.max_open_files.max(1))),
         admission: Admission::new(limits),
         config,
@@ -175,7 +190,10 @@ pub async fn serve(
             accepted = main.accept() => match accepted {
                 Ok((sock, peer)) => {
                     if let Some(slot) = admit(&shared, &sock, peer) {
-                        conns.spawn(handshake::tls(sock, peer, slot, shared.clone(), stop_rx.clone()));
+                        // Entered here, before the task runs, so a burst of
+                        // connects evicts handshakes at once.
+                        let pending = shared.admission.begin_handshake(peer.ip());
+                        conns.spawn(handshake::tls(sock, peer, slot, pending, shared.clone(), stop_rx.clone()));
                     }
                 }
                 Err(e) => accept_failed(e).await,
@@ -230,6 +248,20 @@ fn admit(
         Err(reason) => {
             warn!(%peer, "connection refused: {reason}");
             None
+        }
+    }
+}
+
+/// What an unauthenticated peer is told when its token is refused: the
+/// refusal itself, or, when the token store cannot be read, a generic
+/// message (the details, which name files, go to the log only).
+pub(crate) fn auth_message(e: &hoard_auth::AuthError, peer: SocketAddr) -> String {
+    use hoard_auth::AuthError as E;
+    match e {
+        E::Rejected(_) | E::Malformed => e.to_string(),
+        other => {
+            warn!(%peer, "authentication could not be checked: {other}");
+            "authentication failed: the server cannot check tokens right now".into()
         }
     }
 }

@@ -37,11 +37,13 @@ pub struct FrameReader<R> {
     head_len: usize,
     /// A checked header whose payload waits for budget.
     waiting: Option<Header>,
-    body: Option<(Header, BytesMut, Option<OwnedSemaphorePermit>)>,
+    body: Option<(Header, BytesMut, Vec<OwnedSemaphorePermit>)>,
     limit: u32,
-    budget: Option<Arc<Semaphore>>,
+    budgets: Vec<Arc<Semaphore>>,
     /// When the packet being read began to arrive.
     started: Option<Instant>,
+    /// Budget taken so far for the waiting packet.
+    granted: Vec<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -53,8 +55,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             waiting: None,
             body: None,
             limit: MAX_PACKET_SIZE,
-            budget: None,
+            budgets: Vec::new(),
             started: None,
+            granted: Vec::new(),
         }
     }
 
@@ -64,10 +67,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.limit = limit.min(MAX_PACKET_SIZE);
     }
 
-    /// Payloads take [`BUDGET_UNIT`]s from `budget` before their buffer is
-    /// allocated; a reader whose peer's packet does not fit waits.
-    pub fn set_budget(&mut self, budget: Arc<Semaphore>) {
-        self.budget = Some(budget);
+    /// Payloads take [`BUDGET_UNIT`]s from each of `budgets`, in order,
+    /// before their buffer is allocated (a share of the peer's principal,
+    /// then the server's total, say); a reader whose peer's packet does
+    /// not fit waits. Each budget must hold a largest packet.
+    pub fn set_budgets(&mut self, budgets: Vec<Arc<Semaphore>>) {
+        self.budgets = budgets;
     }
 
     /// When the packet now arriving began (its first header byte, or the
@@ -87,18 +92,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next(&mut self) -> Result<Option<(Header, Bytes)>, ReadError> {
         loop {
             if let Some(header) = self.waiting {
-                let permit = match &self.budget {
-                    Some(b) => {
-                        let units = header.payload_len().div_ceil(BUDGET_UNIT) as u32;
-                        Some(
-                            b.clone()
-                                .acquire_many_owned(units)
-                                .await
-                                .expect("the budget semaphore is never closed"),
-                        )
-                    }
-                    None => None,
-                };
+                let units = header.payload_len().div_ceil(BUDGET_UNIT) as u32;
+                // Cancel-safe: permits taken before a cancellation are
+                // kept in `granted` for the next call.
+                while self.granted.len() < self.budgets.len() {
+                    let b = self.budgets[self.granted.len()].clone();
+                    let permit = b
+                        .acquire_many_owned(units)
+                        .await
+                        .expect("a budget semaphore is never closed");
+                    self.granted.push(permit);
+                }
+                let permit = std::mem::take(&mut self.granted);
                 self.waiting = None;
                 self.started = Some(Instant::now());
                 self.body = Some((
@@ -230,7 +235,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         a.write_all(&wire[..100]).await.unwrap();
         let mut r = FrameReader::new(b);
-        r.set_budget(budget.clone());
+        r.set_budgets(vec![budget.clone()]);
         // The packet stalls part-way: it holds 3 KiB of the budget.
         let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
         assert!(pending.is_err());

@@ -147,7 +147,14 @@ pub fn load_or_create_identity(dir: &Path) -> Result<ServerIdentity, TlsError> {
 /// and the loopback addresses; clients pin it by fingerprint, so the
 /// names matter only to clients that check them.
 fn create_self_signed(dir: &Path) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
+    }
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -179,10 +186,15 @@ fn write_private(dir: &Path, name: &str, data: &[u8]) -> Result<(), TlsError> {
     let dest = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
+        // A leftover (or planted) temp name is removed, never written
+        // through: the key is created fresh, owner-only.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(data)?;

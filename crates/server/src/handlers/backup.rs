@@ -154,7 +154,16 @@ impl Connection {
         if !self.expect_backup(stream, kind, what).await? {
             return Ok(());
         }
-        self.settle_uploads(digests).await?;
+        let digests: Vec<Digest> = digests.collect();
+        self.settle_uploads(digests.iter().copied()).await?;
+        // Uploads that were in flight when the packet was authorized have
+        // landed now; one that failed does not make its digest usable.
+        if let Some(d) = self.unknown_reference(&digests) {
+            let msg = format!(
+                "permission denied: chunk {d} was neither uploaded on this connection nor listed by an index of the group that this connection read"
+            );
+            return self.fail_with(stream, ErrorId::Denied, msg).await;
+        }
         let since = match self.writer_start() {
             Ok(t) => t,
             Err(e) => return self.fail_ds(stream, e).await,

@@ -6,10 +6,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
 use hoard_datastore::Datastore;
 use hoard_protocol::{DigestList, ErrorId, Message};
+use hoard_types::MAX_CHUNK_SIZE;
+use tokio::sync::Semaphore;
 
+use crate::budget::Reservation;
 use crate::connection::{Connection, Flow};
 use hoard_transport::Outbox;
 
@@ -21,9 +23,9 @@ impl Connection {
         if list.is_empty() {
             return Ok(());
         }
-        let (ds, out) = (self.ds.clone(), self.out.clone());
+        let (ds, out, budget) = (self.ds.clone(), self.out.clone(), self.outgoing.clone());
         self.spawn_stream_task(stream, false, |done| {
-            send_chunks(ds, out, stream, list, done)
+            send_chunks(ds, out, budget, stream, list, done)
         });
         Ok(())
     }
@@ -32,6 +34,7 @@ impl Connection {
 async fn send_chunks(
     ds: Datastore,
     out: Outbox,
+    budget: Vec<Arc<Semaphore>>,
     stream: u8,
     list: DigestList,
     done: Arc<AtomicBool>,
@@ -42,13 +45,17 @@ async fn send_chunks(
     loop {
         while reads.len() < READ_AHEAD {
             let Some(digest) = digests.next() else { break };
+            // Memory for the chunk is reserved before it is read, and held
+            // until the writer has sent it (docs/security.md, "Limits").
+            let reserved = Reservation::take(&budget, MAX_CHUNK_SIZE).await;
             let ds = ds.clone();
             reads.push_back((
                 digest,
+                reserved,
                 tokio::task::spawn_blocking(move || ds.chunks().load(&digest)),
             ));
         }
-        let Some((digest, read)) = reads.pop_front() else {
+        let Some((digest, reserved, read)) = reads.pop_front() else {
             break;
         };
         let last = reads.is_empty() && digests.len() == 0;
@@ -58,7 +65,7 @@ async fn send_chunks(
                 let msg = Message::Chunk {
                     offset,
                     digest,
-                    data: Bytes::from(data),
+                    data: reserved.attach(data),
                 };
                 offset += len;
                 msg

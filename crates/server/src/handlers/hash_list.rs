@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hoard_datastore::Datastore;
-use hoard_protocol::consts::{MAX_DIGESTS_PER_PACKET, MAX_ENTRIES_PER_PACKET};
+use hoard_protocol::consts::{MAX_DIGESTS_PER_PACKET, MAX_ENTRIES_PER_PACKET, MAX_PACKET_SIZE};
 use hoard_protocol::{DigestList, DynamicEntryList, ErrorId, Message};
 use hoard_types::SnapshotPath;
+use tokio::sync::Semaphore;
 
 use crate::authorize::KnownChunks;
+use crate::budget::Reservation;
 use crate::connection::{Connection, Flow};
 use hoard_transport::Outbox;
 
@@ -53,24 +55,36 @@ impl Connection {
                 Err(e) => return self.fail_ds(stream, e).await,
             }
         }
-        let (ds, out, known) = (self.ds.clone(), self.out.clone(), self.known.clone());
+        let ctx = ListContext {
+            ds: self.ds.clone(),
+            out: self.out.clone(),
+            known: self.known.clone(),
+            budget: self.outgoing.clone(),
+        };
         self.spawn_stream_task(stream, true, |done| {
-            send_hash_list(ds, out, known, stream, path, kind, done)
+            send_hash_list(ctx, stream, path, kind, done)
         });
         Ok(())
     }
 }
 
-async fn send_hash_list(
+/// What answering a list needs of its connection.
+struct ListContext {
     ds: Datastore,
     out: Outbox,
     known: Arc<Mutex<KnownChunks>>,
+    budget: Vec<Arc<Semaphore>>,
+}
+
+async fn send_hash_list(
+    ctx: ListContext,
     stream: u8,
     path: String,
     kind: ListKind,
     done: Arc<AtomicBool>,
 ) {
-    let result = stream_parts(&ds, &out, &known, stream, &path, kind).await;
+    let out = ctx.out.clone();
+    let result = stream_parts(&ctx, stream, &path, kind).await;
     done.store(true, Ordering::Release);
     let last = match result {
         Ok(()) => part(kind, Bytes::new()),
@@ -95,13 +109,12 @@ fn part(kind: ListKind, block: Bytes) -> Message {
 }
 
 async fn stream_parts(
-    ds: &Datastore,
-    out: &Outbox,
-    known: &Mutex<KnownChunks>,
+    ctx: &ListContext,
     stream: u8,
     path: &str,
     kind: ListKind,
 ) -> Result<(), String> {
+    let (ds, out, known) = (&ctx.ds, &ctx.out, &ctx.known);
     let reader = {
         let (ds, path) = (ds.clone(), path.to_string());
         tokio::task::spawn_blocking(move || {
@@ -122,6 +135,7 @@ async fn stream_parts(
     } as u64;
     while start < count {
         let n = per_packet.min(count - start) as usize;
+        let reserved = Reservation::take(&ctx.budget, MAX_PACKET_SIZE as usize).await;
         let r = reader.clone();
         let block = tokio::task::spawn_blocking(move || match kind {
             ListKind::Digests => r.digest_block(start, n),
@@ -139,7 +153,7 @@ async fn stream_parts(
             }
         }
         if out
-            .send((stream, part(kind, Bytes::from(block))))
+            .send((stream, part(kind, reserved.attach(block))))
             .await
             .is_err()
         {

@@ -34,7 +34,9 @@ fn matches(filter: &SnapshotFilter, s: &SnapshotInfo) -> bool {
 /// The snapshots of the groups `principal` may list (each group's owner
 /// looked up once).
 fn visible(ds: &Datastore, principal: &Principal) -> hoard_datastore::Result<Vec<SnapshotInfo>> {
-    let mut list = ds.list_snapshots()?;
+    let mut list = ds.list_snapshots_skipping(|path, e| {
+        tracing::warn!("listing snapshots: skipping {path}: {e}");
+    })?;
     if principal.sees_every_chunk() {
         return Ok(list);
     }
