@@ -61,6 +61,19 @@ impl Reservation {
         Reservation(held)
     }
 
+    /// Takes `bytes` from each of `budgets` if there is room now, without
+    /// waiting. A task that already holds a reservation must use this for
+    /// the next one: waiting while holding could deadlock with other
+    /// tasks doing the same.
+    pub fn try_take(budgets: &[Arc<Semaphore>], bytes: usize) -> Option<Reservation> {
+        let units = bytes.div_ceil(UNIT) as u32;
+        let mut held = Vec::with_capacity(budgets.len());
+        for b in budgets {
+            held.push(b.clone().try_acquire_many_owned(units).ok()?);
+        }
+        Some(Reservation(held))
+    }
+
     /// Gives back what `bytes` does not need of the reservation.
     pub fn shrink_to(&mut self, bytes: usize) {
         let keep = bytes.div_ceil(UNIT) as u32;
@@ -112,8 +125,10 @@ mod tests {
         assert!(more.is_err());
         let alice = b.for_principal("alice");
         let _a = Reservation::take(&alice, 16 * UNIT).await;
+        assert!(Reservation::try_take(&mallory, UNIT).is_none());
         drop(held);
         let _m = Reservation::take(&mallory, UNIT).await;
+        assert!(Reservation::try_take(&mallory, UNIT).is_some());
     }
 
     #[tokio::test]

@@ -308,6 +308,16 @@ pub(crate) async fn serve<R, W>(
     }
 }
 
+/// Everything [`serve`] parses of a peer's bytes, for the fuzz target.
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(Some(head)) = parse_head(data) {
+        assert!(head.len <= data.len());
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = credential(Some(&text), Some(&text));
+    let _ = login_fields(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,17 @@ use tracing::{info, warn};
 
 pub use admission::Admission;
 
+/// Entry points for fuzz targets (`fuzz/`): the parsers of bytes an
+/// unauthenticated peer sends. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses an HTTP request head as the TLS port does, with the
+    /// credential and login-form parsing behind it.
+    pub fn http_request(data: &[u8]) {
+        crate::http::fuzz(data);
+    }
+}
+
 /// Tunables; the defaults suit the machine the server runs on.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -43,11 +43,20 @@ async fn send_chunks(
     let mut reads = VecDeque::new();
     let mut offset = 0u64;
     loop {
-        while reads.len() < READ_AHEAD {
-            let Some(digest) = digests.next() else { break };
+        while reads.len() < READ_AHEAD && digests.len() > 0 {
             // Memory for the chunk is reserved before it is read, and held
             // until the writer has sent it (docs/security.md, "Limits").
-            let reserved = Reservation::take(&budget, MAX_CHUNK_SIZE).await;
+            // Only a task holding nothing waits for room; one with reads
+            // in hand sends those first.
+            let reserved = if reads.is_empty() {
+                Reservation::take(&budget, MAX_CHUNK_SIZE).await
+            } else {
+                match Reservation::try_take(&budget, MAX_CHUNK_SIZE) {
+                    Some(r) => r,
+                    None => break,
+                }
+            };
+            let Some(digest) = digests.next() else { break };
             let ds = ds.clone();
             reads.push_back((
                 digest,
