@@ -11,6 +11,8 @@
 //!   .hoard-datastore            marker: format name and version
 //!   .chunks/ab/abcd…(64 hex)    one file per chunk, named by its digest
 //!   .tmp/                       files being written; never visible elsewhere
+//!   .server/                    the server's TLS key, certificate and tokens (not this crate's)
+//!   vm/100/owner                the group's owner (a token name)
 //!   vm/100/2019-04-23T12:23:36Z/
 //!     manifest.json             the snapshot's files, sizes, checksums, state
 //!     .lock                     flock(2) of the writer of this snapshot

@@ -219,6 +219,14 @@ fn decode_hello(p: &[u8]) -> Result<Message, DecodeError> {
     let features = match p.len() {
         HELLO_SIZE if version > 1 => return Err(DecodeError::HelloFeatures(version)),
         HELLO_SIZE => Features::NONE,
+        // Version 1 is the seed's 12 bytes exactly.
+        _ if version <= 1 => {
+            return Err(DecodeError::Length {
+                what: "Hello",
+                expected: "12 bytes for version 1",
+                got: p.len(),
+            });
+        }
         _ => Features(u64::from_le_bytes(p[12..20].try_into().expect("8 bytes"))),
     };
     Ok(Message::Hello { version, features })

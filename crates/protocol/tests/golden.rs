@@ -48,7 +48,11 @@ fn hello_v2_carries_features() {
         },
         "00 00 1a000000 504d5842434b5550 02000000 0201000000000000",
     );
-    // A version 2 Hello without features is malformed.
+    // A version 1 Hello with features, and a version 2 one without, are
+    // malformed.
+    let wire = hexb("00 00 1a000000 504d5842434b5550 01000000 0000000000000000");
+    let h = check_frame(&wire).unwrap().unwrap();
+    assert!(Message::decode(&h, Bytes::copy_from_slice(&wire[6..])).is_err());
     let wire = hexb("00 00 12000000 504d5842434b5550 02000000");
     let h = check_frame(&wire).unwrap().unwrap();
     assert_eq!(
