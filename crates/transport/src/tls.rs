@@ -85,7 +85,7 @@ impl FromStr for Fingerprint {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The server's TLS configuration and its certificate's fingerprint.
