@@ -169,7 +169,7 @@ fn a_fingerprint_confirmed_on_a_terminal_is_remembered() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_secs(1));
     child.stdin.take().unwrap().write_all(b"y\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -923,6 +923,59 @@ fn downloads_nobody_reads_hold_bounded_memory() {
         &backup_args("vm", "1", "1000", &format!("d={img}")),
     );
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_cut_off_and_releases_its_budget() {
+    use std::io::Read;
+    let server = Server::start_with(&["--packet-timeout", "2"]);
+    let mut c = server.connect_v2(&server.token);
+    let small = upload(&mut c, 1, &noise(65_536, 14));
+    // Answers nobody reads fill the queue and the socket; then an upload
+    // whose Ok has nowhere to go, and half a packet that holds budget.
+    // (Plain TCP: a TLS client library reads while it writes.)
+    let mut hog = server.connect();
+    for s in 1..=4u8 {
+        hog.send(
+            s,
+            &Message::DownloadChunks(DigestList::from_digests(&[small; 2000])),
+        );
+    }
+    // Let the unread answers fill the socket and the server's queue.
+    std::thread::sleep(Duration::from_secs(1));
+    let data = noise(1_000_000, 15);
+    hog.send(
+        20,
+        &Message::UploadChunk {
+            digest: Digest::of(&data),
+            data: Bytes::from(data),
+        },
+    );
+    let mut half = vec![21u8, 7];
+    half.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    half.extend_from_slice(&[0u8; 100]);
+    hog.send_raw(&half);
+    std::thread::sleep(Duration::from_secs(6));
+    // By now the server has given up on it: what is left to read ends.
+    hog.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    let ended = loop {
+        match hog.sock.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the server kept the connection ({total} bytes read)");
+    assert!(t.elapsed() < Duration::from_secs(8));
+    assert!(total < 4 * 2000 * 65_536, "{total}");
+    // The same principal is served again.
+    let mut again = server.connect();
+    upload(&mut again, 1, &noise(70_000, 16));
 }
 
 #[test]

@@ -177,7 +177,7 @@ impl Connection {
             lost: Mutex::new(None),
         });
         let (out, rx) = mpsc::channel(OUTBOX_DEPTH);
-        let writer = tokio::spawn(writer::run(write_half, rx));
+        let writer = tokio::spawn(writer::run(write_half, rx, None));
         let reader = tokio::spawn(route_packets(reader, shared.clone()));
         Ok(Connection {
             out,

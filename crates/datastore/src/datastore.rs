@@ -423,15 +423,17 @@ impl Datastore {
         Ok(None)
     }
 
-    /// Every snapshot with a readable manifest, sorted by group then
-    /// time; a snapshot whose manifest cannot be read is passed to
-    /// `skipped` instead of failing the listing (for serving lists;
-    /// maintenance uses [`Datastore::list_snapshots`], which stops).
-    pub fn list_snapshots_skipping(
+    /// The snapshots with a readable manifest of the groups `keep`
+    /// accepts (asked before any of the group's manifests is read), sorted
+    /// by group then time; a snapshot whose manifest cannot be read is
+    /// passed to `skipped` instead of failing the listing. For serving
+    /// lists; maintenance uses [`Datastore::list_snapshots`], which stops.
+    pub fn list_snapshots_where(
         &self,
+        mut keep: impl FnMut(&BackupGroup) -> bool,
         mut skipped: impl FnMut(&SnapshotPath, Error),
     ) -> Result<Vec<SnapshotInfo>> {
-        self.list_with(&mut |path, e| {
+        self.list_with(&mut keep, &mut |path, e| {
             skipped(path, e);
             Ok(())
         })
@@ -439,11 +441,12 @@ impl Datastore {
 
     /// Every snapshot with a manifest, sorted by group then time.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        self.list_with(&mut |_, e| Err(e))
+        self.list_with(&mut |_| true, &mut |_, e| Err(e))
     }
 
     fn list_with(
         &self,
+        keep: &mut dyn FnMut(&BackupGroup) -> bool,
         on_error: &mut dyn FnMut(&SnapshotPath, Error) -> Result<()>,
     ) -> Result<Vec<SnapshotInfo>> {
         let mut out = Vec::new();
@@ -453,6 +456,9 @@ impl Datastore {
                     continue;
                 };
                 let group = BackupGroup { ty, id };
+                if !keep(&group) {
+                    continue;
+                }
                 let group_dir = self.root.join(ty.as_str()).join(&id_name);
                 for time_name in dir_names(&group_dir)? {
                     let Ok(time) = time_name.parse::<SnapshotTime>() else {

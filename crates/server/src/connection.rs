@@ -56,10 +56,19 @@ pub(crate) enum Stream {
     /// the task before it sends its last packet, so the client may reuse
     /// the stream id as soon as it has read that packet.
     Task {
-        hash_list: bool,
+        kind: TaskKind,
         done: Arc<AtomicBool>,
         abort: AbortHandle,
     },
+}
+
+/// What a stream's answer task sends. Hash lists (and indexes) and
+/// snapshot listings run one at a time per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskKind {
+    HashList,
+    Download,
+    Listing,
 }
 
 pub(crate) struct BackupStream {
@@ -103,6 +112,8 @@ pub(crate) struct Connection {
     pub claim: Option<hoard_types::BackupGroup>,
     /// Where data read for this peer takes its memory from.
     pub outgoing: Vec<Arc<Semaphore>>,
+    /// Set when the peer stopped reading (see [`Connection::send`]).
+    pub stalled: AtomicBool,
     pub uploads: JoinSet<UploadDone>,
     /// Digests with an upload in flight on this connection, and how many.
     pub pending: HashMap<Digest, usize>,
@@ -142,7 +153,8 @@ pub(crate) async fn run<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(OUTBOX_DEPTH);
-    let writer = tokio::spawn(writer::run(write_half, rx));
+    let stall = shared.config.limits.packet_timeout;
+    let writer = tokio::spawn(writer::run(write_half, rx, Some(stall)));
     let mut reader = FrameReader::new(read_half);
     let session = match start {
         Start::V1 { principal, slot } => {
@@ -183,6 +195,7 @@ pub(crate) async fn run<R, W>(
             last_packet: Instant::now(),
             claim: None,
             outgoing,
+            stalled: AtomicBool::new(false),
             uploads: JoinSet::new(),
             pending: HashMap::new(),
             registration: None,
@@ -292,7 +305,8 @@ impl Connection {
                 .packet_started()
                 .filter(|_| may_read)
                 .map(|t| Instant::from_std(t) + limits.packet_timeout);
-            let idle = self.uploads.is_empty() && !self.task_running();
+            let idle =
+                self.uploads.is_empty() && !self.task_running() && !reader.waiting_for_budget();
             let idle_deadline = self.last_packet + limits.idle_timeout;
             let flow = tokio::select! {
                 biased;
@@ -431,8 +445,24 @@ impl Connection {
         }
     }
 
+    /// Queues `msg` for the peer. A peer that has not made room within
+    /// the packet timeout is not reading: the connection ends (and every
+    /// later send fails at once), so its timeouts and what it holds are
+    /// not suspended behind a full queue.
     pub async fn send(&self, stream: u8, msg: Message) -> Flow {
-        self.out.send((stream, msg)).await.map_err(|_| Closed)
+        if self.stalled.load(Ordering::Relaxed) {
+            return Err(Closed);
+        }
+        let limit = self.shared.config.limits.packet_timeout;
+        match tokio::time::timeout(limit, self.out.send((stream, msg))).await {
+            Ok(sent) => sent.map_err(|_| Closed),
+            Err(_) => {
+                info!(peer = %self.peer, principal = %self.principal.name,
+                    "connection closed: the peer read nothing for {} s", limit.as_secs());
+                self.stalled.store(true, Ordering::Relaxed);
+                Err(Closed)
+            }
+        }
     }
 
     pub async fn send_error(&self, stream: u8, id: ErrorId, message: String) -> Flow {
@@ -485,7 +515,7 @@ impl Connection {
     pub fn spawn_stream_task<F>(
         &mut self,
         stream: u8,
-        hash_list: bool,
+        kind: TaskKind,
         make: impl FnOnce(Arc<AtomicBool>) -> F,
     ) where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -493,14 +523,8 @@ impl Connection {
         let done = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(make(done.clone()));
         let abort = task.abort_handle();
-        self.streams.insert(
-            stream,
-            Stream::Task {
-                hash_list,
-                done,
-                abort,
-            },
-        );
+        self.streams
+            .insert(stream, Stream::Task { kind, done, abort });
     }
 
     /// Whether an answer is still being sent on some stream.
@@ -516,9 +540,10 @@ impl Connection {
             .count()
     }
 
-    pub fn hash_list_running(&self) -> bool {
+    /// Whether a task of `kind` is still answering.
+    pub fn task_of_kind_running(&self, kind: TaskKind) -> bool {
         self.streams.values().any(|s| {
-            matches!(s, Stream::Task { hash_list: true, done, .. } if !done.load(Ordering::Acquire))
+            matches!(s, Stream::Task { kind: k, done, .. } if *k == kind && !done.load(Ordering::Acquire))
         })
     }
 

@@ -82,6 +82,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.started
     }
 
+    /// Whether a packet's header has arrived and its payload waits for
+    /// budget (the server's doing, not the peer's: no idle time).
+    pub fn waiting_for_budget(&self) -> bool {
+        self.waiting.is_some()
+    }
+
     /// The underlying stream (for a caller that switches protocols).
     pub fn into_inner(self) -> R {
         self.inner

@@ -12,7 +12,7 @@ use hoard_types::MAX_CHUNK_SIZE;
 use tokio::sync::Semaphore;
 
 use crate::budget::Reservation;
-use crate::connection::{Connection, Flow};
+use crate::connection::{Connection, Flow, TaskKind};
 use hoard_transport::Outbox;
 
 /// Chunk reads in flight ahead of the one being sent.
@@ -24,7 +24,7 @@ impl Connection {
             return Ok(());
         }
         let (ds, out, budget) = (self.ds.clone(), self.out.clone(), self.outgoing.clone());
-        self.spawn_stream_task(stream, false, |done| {
+        self.spawn_stream_task(stream, TaskKind::Download, |done| {
             send_chunks(ds, out, budget, stream, list, done)
         });
         Ok(())
@@ -58,13 +58,16 @@ async fn send_chunks(
             };
             let Some(digest) = digests.next() else { break };
             let ds = ds.clone();
+            // The reservation shrinks to the chunk's size as soon as it is
+            // read, not when its turn to be sent comes.
             reads.push_back((
                 digest,
-                reserved,
-                tokio::task::spawn_blocking(move || ds.chunks().load(&digest)),
+                tokio::task::spawn_blocking(move || {
+                    ds.chunks().load(&digest).map(|data| reserved.attach(data))
+                }),
             ));
         }
-        let Some((digest, reserved, read)) = reads.pop_front() else {
+        let Some((digest, read)) = reads.pop_front() else {
             break;
         };
         let last = reads.is_empty() && digests.len() == 0;
@@ -74,7 +77,7 @@ async fn send_chunks(
                 let msg = Message::Chunk {
                     offset,
                     digest,
-                    data: reserved.attach(data),
+                    data,
                 };
                 offset += len;
                 msg

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::authorize::KnownChunks;
 use crate::budget::Reservation;
-use crate::connection::{Connection, Flow};
+use crate::connection::{Connection, Flow, TaskKind};
 use hoard_transport::Outbox;
 
 /// What a list request wants of each chunk.
@@ -30,7 +30,7 @@ pub(crate) enum ListKind {
 
 impl Connection {
     pub(crate) async fn get_hash_list(&mut self, stream: u8, path: String, kind: ListKind) -> Flow {
-        if self.hash_list_running() {
+        if self.task_of_kind_running(TaskKind::HashList) {
             return self
                 .send_error(
                     stream,
@@ -61,7 +61,7 @@ impl Connection {
             known: self.known.clone(),
             budget: self.outgoing.clone(),
         };
-        self.spawn_stream_task(stream, true, |done| {
+        self.spawn_stream_task(stream, TaskKind::HashList, |done| {
             send_hash_list(ctx, stream, path, kind, done)
         });
         Ok(())

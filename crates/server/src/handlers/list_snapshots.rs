@@ -3,7 +3,6 @@
 //! Answered by a task so a long listing never holds up backups on the same
 //! connection.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,54 +12,52 @@ use hoard_datastore::{Datastore, SnapshotInfo};
 use hoard_protocol::{ErrorId, Message, SnapshotFilter};
 use hoard_types::BackupGroup;
 
-use crate::connection::{Connection, Flow};
+use crate::connection::{Connection, Flow, TaskKind};
 use hoard_transport::Outbox;
 
 impl Connection {
     pub(crate) async fn list_snapshots(&mut self, stream: u8, filter: SnapshotFilter) -> Flow {
+        // One listing at a time: each reads the manifests of every group
+        // the principal may see.
+        if self.task_of_kind_running(TaskKind::Listing) {
+            let msg = "a snapshot list is already being sent on this connection".to_string();
+            return self.send_error(stream, ErrorId::Busy, msg).await;
+        }
         let (ds, out, principal) = (self.ds.clone(), self.out.clone(), self.principal.clone());
-        self.spawn_stream_task(stream, false, |done| {
+        self.spawn_stream_task(stream, TaskKind::Listing, |done| {
             send_list(ds, out, principal, stream, filter, done)
         });
         Ok(())
     }
 }
 
-fn matches(filter: &SnapshotFilter, s: &SnapshotInfo) -> bool {
-    filter.ty.is_none_or(|t| t == s.path.group.ty)
-        && filter.id.as_ref().is_none_or(|id| *id == s.path.group.id)
-}
-
-/// The snapshots of the groups `principal` may list (each group's owner
-/// looked up once).
-fn visible(ds: &Datastore, principal: &Principal) -> hoard_datastore::Result<Vec<SnapshotInfo>> {
-    let mut list = ds.list_snapshots_skipping(|path, e| {
-        tracing::warn!("listing snapshots: skipping {path}: {e}");
-    })?;
-    if principal.sees_every_chunk() {
-        return Ok(list);
-    }
-    let mut verdicts: HashMap<BackupGroup, bool> = HashMap::new();
-    let mut keep = Vec::with_capacity(list.len());
-    for snap in list.drain(..) {
-        let group = &snap.path.group;
-        let ok = match verdicts.get(group) {
-            Some(ok) => *ok,
-            None => {
-                let owner = match ds.group_owner(group)? {
-                    Some(o) => GroupOwner::Owned(o),
-                    None => GroupOwner::Unowned,
-                };
-                let ok = principal.may_list(group, &owner);
-                verdicts.insert(group.clone(), ok);
-                ok
+/// The snapshots matching `filter` of the groups `principal` may list.
+/// Groups are chosen before any manifest is read, so a listing costs what
+/// the caller may see, not what the datastore holds.
+fn visible(
+    ds: &Datastore,
+    principal: &Principal,
+    filter: &SnapshotFilter,
+) -> hoard_datastore::Result<Vec<SnapshotInfo>> {
+    let keep = |group: &BackupGroup| {
+        let wanted = filter.ty.is_none_or(|t| t == group.ty)
+            && filter.id.as_ref().is_none_or(|id| *id == group.id);
+        if !wanted || principal.sees_every_chunk() {
+            return wanted;
+        }
+        let owner = match ds.group_owner(group) {
+            Ok(Some(o)) => GroupOwner::Owned(o),
+            Ok(None) => GroupOwner::Unowned,
+            Err(e) => {
+                tracing::warn!("listing snapshots: skipping {group}: {e}");
+                return false;
             }
         };
-        if ok {
-            keep.push(snap);
-        }
-    }
-    Ok(keep)
+        principal.may_list(group, &owner)
+    };
+    ds.list_snapshots_where(keep, |path, e| {
+        tracing::warn!("listing snapshots: skipping {path}: {e}");
+    })
 }
 
 async fn send_list(
@@ -71,7 +68,7 @@ async fn send_list(
     filter: SnapshotFilter,
     done: Arc<AtomicBool>,
 ) {
-    let listed = tokio::task::spawn_blocking(move || visible(&ds, &principal)).await;
+    let listed = tokio::task::spawn_blocking(move || visible(&ds, &principal, &filter)).await;
     let result = match listed {
         Ok(Ok(list)) => Ok(list),
         Ok(Err(e)) => Err(e.to_string()),
@@ -89,7 +86,7 @@ async fn send_list(
             return;
         }
     };
-    for snap in list.iter().filter(|s| matches(&filter, s)) {
+    for snap in &list {
         let json = match serde_json::to_vec(&snap.manifest) {
             Ok(j) => j,
             Err(e) => {
