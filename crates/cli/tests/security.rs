@@ -109,6 +109,15 @@ fn certificates_are_pinned_and_tokens_checked() {
             stderr(&out)
         );
     }
+    // A token too long for the Authenticate packet is a usage error.
+    let long = format!("x:{}", "a".repeat(600));
+    let out = run(&long, fp);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at most 512 bytes"),
+        "{}",
+        stderr(&out)
+    );
     // Without a token the client says how to get one.
     let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
         .env("HOARD_SERVER", &server.addr)

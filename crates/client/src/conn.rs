@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hoard_protocol::consts::{ALPN_V2, HELLO_STREAM, PROTOCOL_VERSION_2};
+use hoard_protocol::consts::{ALPN_V2, HELLO_STREAM, MAX_TOKEN_LEN, PROTOCOL_VERSION_2};
 use hoard_protocol::{ErrorId, Features, Message, Secret};
 use hoard_transport::tls::{self, Trust};
 use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, writer};
@@ -75,6 +75,12 @@ impl Connection {
     /// `opts.trust`, and authenticates with protocol version 2.
     pub async fn connect(opts: &ConnectOptions) -> Result<Connection> {
         let server = opts.server.as_str();
+        if opts.token.len() > MAX_TOKEN_LEN {
+            return Err(Error::Usage(format!(
+                "the token is {} bytes long; a token is NAME:SECRET, at most {MAX_TOKEN_LEN} bytes",
+                opts.token.len()
+            )));
+        }
         let connect_err = |source| Error::Connect {
             server: server.to_string(),
             source,

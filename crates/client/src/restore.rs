@@ -86,7 +86,7 @@ pub async fn restore_image(
         (FileKind::Fixed, Some(cs)) if cs > 0 => cs as u64,
         _ => {
             return Err(Error::Usage(format!(
-                "{snapshot}/{name} is a file-tree archive, not a disk image"
+                "{snapshot}/{name} is not a disk image (no fixed chunk size); it restores as a stream"
             )));
         }
     };
@@ -116,12 +116,7 @@ pub async fn restore_image(
             size.div_ceil(chunk_size)
         )));
     }
-    let (tx, rx) = mpsc::channel::<Item>(opts.buffers.max(1));
-    let writer = {
-        let rt = tokio::runtime::Handle::current();
-        let progress = progress.clone();
-        tokio::task::spawn_blocking(move || write_items(output, rx, rt, size, chunk_size, progress))
-    };
+    let (tx, writer) = spawn_writer(output, opts, size, chunk_size, progress);
     let fetched = fetch(
         conn,
         &digests,
@@ -132,20 +127,7 @@ pub async fn restore_image(
         &mut report,
     )
     .await;
-    let written = writer
-        .await
-        .map_err(|e| Error::Protocol(format!("writer task failed: {e}")))?;
-    // A fetch that failed is the cause (the writer then stopped short);
-    // a fetch that stopped because the writer went away is explained by
-    // the writer's error.
-    match (fetched, written) {
-        (Err(e), _) => return Err(e),
-        (Ok(_), Err(e)) => return Err(e),
-        (Ok(true), Ok(())) => {}
-        (Ok(false), Ok(())) => {
-            return Err(Error::Protocol("restore writer stopped early".into()));
-        }
-    }
+    settle(fetched, writer).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -184,17 +166,12 @@ pub async fn restore_stream(
         chunks_zero: 0,
         seconds: 0.0,
     };
-    let (tx, rx) = mpsc::channel::<Item>(opts.buffers.max(1));
-    let writer = {
-        let rt = tokio::runtime::Handle::current();
-        let progress = progress.clone();
-        tokio::task::spawn_blocking(move || write_items(output, rx, rt, size, 0, progress))
-    };
+    let (tx, writer) = spawn_writer(output, opts, size, 0, progress);
     let wanted: Vec<(Digest, u64)> = (0..map.digests.len())
         .map(|i| (map.digests[i], map.ends[i] - map.start(i)))
         .collect();
     let mut next = 0usize;
-    let fetched = crate::remote::download(conn, &index_path, &wanted, |data| {
+    let downloaded = crate::remote::download(conn, &index_path, &wanted, |data| {
         let (i, offset) = (next, map.start(next));
         next += 1;
         let digest = map.digests[i];
@@ -210,22 +187,52 @@ pub async fn restore_stream(
         }
     })
     .await;
+    // A download that stopped because the writer went away is explained
+    // by the writer's error.
+    let fetched = match downloaded {
+        Ok(()) => Ok(true),
+        Err(_) if tx.is_closed() => Ok(false),
+        Err(e) => Err(e),
+    };
     drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| Error::Protocol(format!("writer task failed: {e}")))?;
-    match (fetched, written) {
-        (Err(e), Ok(())) => return Err(e),
-        // The writer's error explains a fetch that found it gone.
-        (_, Err(e)) => return Err(e),
-        (Ok(()), Ok(())) => {}
-    }
+    settle(fetched, writer).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
 /// Ok(false): the writer went away (its result says why).
 type Fetched = Result<bool>;
+
+/// The writer thread of a restore, fed in file order through the sender.
+fn spawn_writer(
+    output: Output,
+    opts: &RestoreOptions,
+    size: u64,
+    chunk_size: u64,
+    progress: Arc<Progress>,
+) -> (mpsc::Sender<Item>, JoinHandle<Result<()>>) {
+    let (tx, rx) = mpsc::channel::<Item>(opts.buffers.max(1));
+    let rt = tokio::runtime::Handle::current();
+    let writer = tokio::task::spawn_blocking(move || {
+        write_items(output, rx, rt, size, chunk_size, progress)
+    });
+    (tx, writer)
+}
+
+/// Waits for the writer once fetching ended. A fetch that failed is the
+/// cause (the writer then stopped short); a fetch that stopped because
+/// the writer went away is explained by the writer's error.
+async fn settle(fetched: Fetched, writer: JoinHandle<Result<()>>) -> Result<()> {
+    let written = writer
+        .await
+        .map_err(|e| Error::Protocol(format!("writer task failed: {e}")))?;
+    match (fetched, written) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(true), Ok(())) => Ok(()),
+        (Ok(false), Ok(())) => Err(Error::Protocol("restore writer stopped early".into())),
+    }
+}
 
 /// What the writer thread gets, in file order.
 enum Item {

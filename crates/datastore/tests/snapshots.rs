@@ -21,6 +21,17 @@ fn store_chunk(ds: &Datastore, data: &[u8]) -> Digest {
     d
 }
 
+/// A complete snapshot `p` with one dynamic file `f` of chunk `c`.
+fn write_one_file(ds: &Datastore, p: &SnapshotPath, c: &Digest) {
+    let mut w = ds.begin_snapshot(p).unwrap();
+    let mut f = w
+        .start_file(&name("f"), FileKind::Dynamic, false, 0, 0)
+        .unwrap();
+    f.add_dynamic(ds.chunks(), 0, c, T0).unwrap();
+    w.record(f.finish().unwrap()).unwrap();
+    w.close().unwrap();
+}
+
 #[test]
 fn fixed_file_round_trip_and_listing() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,15 +109,7 @@ fn snapshot_times_only_move_forward() {
     let dir = tempfile::tempdir().unwrap();
     let ds = Datastore::open_or_create(dir.path()).unwrap();
     let c = store_chunk(&ds, b"abc");
-    let finish = |p: &SnapshotPath| {
-        let mut w = ds.begin_snapshot(p).unwrap();
-        let mut f = w
-            .start_file(&name("f"), FileKind::Dynamic, false, 0, 0)
-            .unwrap();
-        f.add_dynamic(ds.chunks(), 0, &c, T0).unwrap();
-        w.record(f.finish().unwrap()).unwrap();
-        w.close().unwrap();
-    };
+    let finish = |p: &SnapshotPath| write_one_file(&ds, p, &c);
     finish(&snap("vm/1/2024-01-01T00:00:00Z"));
     for older in ["2023-12-31T23:59:59Z", "2020-01-01T00:00:00Z"] {
         let p = snap(&format!("vm/1/{older}"));
@@ -161,13 +164,7 @@ fn symlinks_planted_in_the_datastore_are_refused() {
     let ds = Datastore::open_or_create(&dir.path().join("ds")).unwrap();
     let c = store_chunk(&ds, b"abc");
     let p = snap("vm/1/2024-01-01T00:00:00Z");
-    let mut w = ds.begin_snapshot(&p).unwrap();
-    let mut f = w
-        .start_file(&name("f"), FileKind::Dynamic, false, 0, 0)
-        .unwrap();
-    f.add_dynamic(ds.chunks(), 0, &c, T0).unwrap();
-    w.record(f.finish().unwrap()).unwrap();
-    w.close().unwrap();
+    write_one_file(&ds, &p, &c);
     let root = dir.path().join("ds");
     let rel = "vm/1/2024-01-01T00:00:00Z/f.didx";
     ds.open_index(rel).unwrap();

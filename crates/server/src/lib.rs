@@ -189,10 +189,7 @@ pub async fn serve(
         config,
     });
     let Listeners { main, v1 } = listeners;
-    let (v1_listener, v1_principal) = match v1 {
-        Some((l, p)) => (Some(l), Some(Arc::new(p))),
-        None => (None, None),
-    };
+    let v1 = v1.map(|(l, p)| (l, Arc::new(p)));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -209,10 +206,9 @@ pub async fn serve(
                 }
                 Err(e) => accept_failed(e).await,
             },
-            accepted = accept_v1(v1_listener.as_ref()) => match accepted {
-                Ok((sock, peer)) => {
+            accepted = accept_v1(v1.as_ref()) => match accepted {
+                Ok((sock, peer, principal)) => {
                     if let Some(slot) = admit(&shared, &sock, peer) {
-                        let principal = v1_principal.clone().expect("a v1 listener has a principal");
                         conns.spawn(handshake::plain_v1(sock, peer, slot, principal, shared.clone(), stop_rx.clone()));
                     }
                 }
@@ -227,11 +223,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// The next connection on the plain version 1 listener, with the
+/// principal its sessions act as; never, without that listener.
 async fn accept_v1(
-    listener: Option<&TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
+    v1: Option<&(TcpListener, Arc<Principal>)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr, Arc<Principal>)> {
+    match v1 {
+        Some((l, p)) => l.accept().await.map(|(s, a)| (s, a, p.clone())),
         None => std::future::pending().await,
     }
 }

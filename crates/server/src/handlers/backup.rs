@@ -156,8 +156,9 @@ impl Connection {
         }
         let digests: Vec<Digest> = digests.collect();
         self.settle_uploads(digests.iter().copied()).await?;
-        // Uploads that were in flight when the packet was authorized have
-        // landed now; one that failed does not make its digest usable.
+        // The known-chunks rule (crate::authorize), checked once the
+        // uploads in flight have landed: only a verified, stored upload
+        // makes its digest usable.
         if let Some(d) = self.unknown_reference(&digests) {
             let msg = format!(
                 "permission denied: chunk {d} was neither uploaded on this connection nor listed by an index of the group that this connection read"
