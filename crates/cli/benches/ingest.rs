@@ -3,7 +3,12 @@
 //! Prints MB/s both ways and the server's peak resident memory (VmHWM)
 //! for each client count, once over plain TCP (protocol version 1 on
 //! `--listen-v1`) and once over TLS (version 2 on the main listener):
-//! the difference is the cost of TLS on ingest and on restore.
+//! the difference is the cost of TLS on ingest and on restore. Then, over
+//! TLS, compressible text chunks twice: sent as plain data (the server
+//! hashes and compresses them, as for a version 1 client) and sent
+//! encoded (feature ENCODED_CHUNKS: compressed by the client, zstd level
+//! 1; the server decompresses and hashes them to check the digest). The
+//! encoded chunks are made before the clock starts.
 //!
 //! `cargo bench -p hoard --bench ingest [-- TOTAL_MIB]` (default 2048).
 //! The datastore goes into a temporary directory under `HOARD_BENCH_DIR`
@@ -30,6 +35,10 @@ impl<T: Read + Write + Send> Io for T {}
 enum Transport {
     Plain,
     Tls,
+    /// TLS, text chunks as plain data.
+    TlsText,
+    /// TLS, text chunks encoded by the client.
+    TlsEncoded,
 }
 
 #[derive(Clone)]
@@ -50,7 +59,7 @@ impl Target {
                 expect_packet(&mut io); // Hello
                 io
             }
-            Transport::Tls => {
+            Transport::Tls | Transport::TlsText | Transport::TlsEncoded => {
                 let sock = TcpStream::connect(&self.tls).expect("connect");
                 sock.set_nodelay(true).expect("nodelay");
                 let trust = hoard_transport::tls::Trust::Pinned(
@@ -61,8 +70,13 @@ impl Target {
                 let conn = rustls::ClientConnection::new(config, name).expect("tls");
                 let mut io: Box<dyn Io> = Box::new(rustls::StreamOwned::new(conn, sock));
                 expect_packet(&mut io); // Hello
+                let features = if t == Transport::TlsEncoded {
+                    Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0)
+                } else {
+                    Features::EXTENSIONS
+                };
                 let auth = Message::Authenticate {
-                    features: Features::EXTENSIONS,
+                    features,
                     token: Secret(self.token.clone()),
                 };
                 io.write_all(&auth.encode(0)).expect("send");
@@ -94,6 +108,31 @@ fn main() {
             run(transport, clients, chunks_total / clients);
         }
     }
+    for transport in [Transport::TlsText, Transport::TlsEncoded] {
+        for clients in [1usize, 2] {
+            run(transport, clients, chunks_total / clients);
+        }
+    }
+}
+
+/// Log-like text: compresses about 4x at zstd level 1, as the dataset's
+/// text zones do.
+fn text_chunk() -> Vec<u8> {
+    let words = [
+        "backup", "chunk", "index", "server", "client", "WARN", "INFO", "id=",
+    ];
+    let mut out = Vec::with_capacity(CHUNK);
+    let mut i = 0u64;
+    while out.len() < CHUNK {
+        let w = words[(rand_byte() as usize) % words.len()];
+        out.extend_from_slice(format!("{i} {w} {} ", rand_byte()).as_bytes());
+        if i.is_multiple_of(12) {
+            out.push(b'\n');
+        }
+        i += 1;
+    }
+    out.truncate(CHUNK);
+    out
 }
 
 fn chunk_data(base: &mut [u8], client: usize, i: usize) {
@@ -149,10 +188,16 @@ fn run(transport: Transport, clients: usize, per_client: usize) {
         token,
     };
 
-    // Per client: a random base buffer and the digests of its variants.
+    // Per client: a random (or text) base buffer and the digests of its
+    // variants.
+    let text = matches!(transport, Transport::TlsText | Transport::TlsEncoded);
     let bases: Vec<(Vec<u8>, Vec<Digest>)> = (0..clients)
         .map(|c| {
-            let mut base: Vec<u8> = (0..CHUNK).map(|_| rand_byte()).collect();
+            let mut base: Vec<u8> = if text {
+                text_chunk()
+            } else {
+                (0..CHUNK).map(|_| rand_byte()).collect()
+            };
             let digests = (0..per_client)
                 .map(|i| {
                     chunk_data(&mut base, c, i);
@@ -164,13 +209,32 @@ fn run(transport: Transport, clients: usize, per_client: usize) {
         .collect();
 
     let all_digests: Vec<Vec<Digest>> = bases.iter().map(|(_, d)| d.clone()).collect();
+    // Encoded mode: every chunk's file bytes, made before the clock.
+    let encoded: Vec<Option<Vec<Vec<u8>>>> = bases
+        .iter()
+        .enumerate()
+        .map(|(c, (base, digests))| {
+            (transport == Transport::TlsEncoded).then(|| {
+                let mut b = base.clone();
+                (0..digests.len())
+                    .map(|i| {
+                        chunk_data(&mut b, c, i);
+                        hoard_codec::blob::encode_plain(&b, hoard_codec::Compression::Zstd(1))
+                    })
+                    .collect()
+            })
+        })
+        .collect();
     let start = Instant::now();
     let handles: Vec<_> = bases
         .into_iter()
+        .zip(encoded)
         .enumerate()
-        .map(|(c, (base, digests))| {
+        .map(|(c, ((base, digests), enc))| {
             let target = target.clone();
-            std::thread::spawn(move || upload_all(&target, transport, c, base, &digests))
+            std::thread::spawn(move || {
+                upload_all(&target, transport, c, base, &digests, enc.as_deref())
+            })
         })
         .collect();
     for h in handles {
@@ -194,6 +258,8 @@ fn run(transport: Transport, clients: usize, per_client: usize) {
     let name = match transport {
         Transport::Plain => "plain",
         Transport::Tls => "TLS  ",
+        Transport::TlsText => "TLS text, server compresses",
+        Transport::TlsEncoded => "TLS text, client compressed",
     };
     println!(
         "{name} clients {clients}: ingest {:.0} MB/s ({:.2} s for {:.0} MiB), download {:.0} MB/s, server peak RSS {:.1} MiB",
@@ -213,6 +279,7 @@ fn upload_all(
     client: usize,
     mut base: Vec<u8>,
     digests: &[Digest],
+    encoded: Option<&[Vec<u8>]>,
 ) {
     let mut sock = target.connect(transport);
     let n = digests.len();
@@ -223,15 +290,19 @@ fn upload_all(
             acked += 1;
         }
         chunk_data(&mut base, client, i);
+        let body: &[u8] = match encoded {
+            Some(blobs) => &blobs[i],
+            None => &base,
+        };
         // The head of an UploadChunk is the header and the digest; the data
         // is written straight from the buffer.
         let mut head = bytes::BytesMut::new();
-        let length = (6 + 32 + base.len()) as u32;
+        let length = (6 + 32 + body.len()) as u32;
         head.extend_from_slice(&[1, hoard_protocol::PacketType::UploadChunk.as_u8()]);
         head.extend_from_slice(&length.to_le_bytes());
         head.extend_from_slice(digest.as_bytes());
         sock.write_all(&head).expect("send");
-        sock.write_all(&base).expect("send");
+        sock.write_all(body).expect("send");
     }
     while acked < n {
         expect_ok(&mut sock);
@@ -243,10 +314,12 @@ fn upload_all(
 fn download_all(target: &Target, transport: Transport, digests: &[Digest]) {
     let mut sock = target.connect(transport);
     let req = Message::DownloadChunks(DigestList::from_digests(digests));
+    // (An encoded session downloads chunk files as stored.)
     sock.write_all(&req.encode(2)).expect("send");
     for d in digests {
         match expect_packet(&mut sock) {
-            Message::Chunk { digest, data, .. } if digest == *d && data.len() == CHUNK => {}
+            Message::Chunk { digest, data, .. }
+                if digest == *d && (data.len() == CHUNK || transport == Transport::TlsEncoded) => {}
             other => panic!("expected chunk {d}, got {:?}", other.packet_type()),
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hoard_datastore::gc::{GcOptions, collect_garbage};
 use hoard_datastore::verify::{VerifyOptions, verify};
-use hoard_datastore::{CHUNK_HEADER_SIZE, ChunkHeader, Datastore, FileKind};
+use hoard_datastore::{BlobHeader, CHUNK_HEADER_SIZE, Datastore, FileKind};
 use hoard_types::{Digest, FileName, SnapshotPath};
 
 fn peak_rss_mib() -> f64 {
@@ -38,8 +38,7 @@ fn bench_gc(base: &Path, chunks: u64) {
         data[..8].copy_from_slice(&i.to_le_bytes());
         let d = Digest::of(&data);
         let f = std::fs::File::create(ds.chunks().chunk_path(&d)).unwrap();
-        f.write_all_at(&ChunkHeader::for_raw(&data).encode(), 0)
-            .unwrap();
+        f.write_all_at(&BlobHeader::raw(&data).encode(), 0).unwrap();
         f.write_all_at(&data, CHUNK_HEADER_SIZE as u64).unwrap();
         if i % 2 == 0 {
             digests.push(d);

@@ -9,6 +9,7 @@ use clap::Args;
 use hoard_client::backup::{BackupOptions, BackupReport, ImageSpec, backup};
 use hoard_client::tree_backup::{DEFAULT_DATA_AVG_CHUNK, TreeSpec};
 use hoard_client::{Error, Progress};
+use hoard_codec::Compression;
 use hoard_types::{BackupGroup, BackupId, BackupType, FileName, SnapshotPath, SnapshotTime};
 
 use crate::client_args::{
@@ -45,11 +46,25 @@ pub struct BackupArgs {
     /// mount point is kept as an empty directory).
     #[arg(long)]
     all_file_systems: bool,
+    /// How the client compresses chunks: `zstd` (level 3 by default),
+    /// `zstd:LEVEL` (-7..=22), or `none`. A chunk that does not shrink is
+    /// sent as it is.
+    #[arg(long, env = "HOARD_COMPRESS", value_parser = parse_compression, default_value = "zstd")]
+    compress: Compression,
+    /// With --key: also encrypt the key to this master public key (`hoard
+    /// key create-master`) and store that with the snapshot, so the
+    /// master key's holder can recover it (`hoard key recover`).
+    #[arg(long, env = "HOARD_MASTER_PUBKEY")]
+    master_pubkey: Option<PathBuf>,
     /// What to back up, as NAME=PATH. A directory becomes a file-tree
     /// archive NAME (stored as NAME.hmeta + NAME.hdata); a regular file or
     /// block device an image NAME, e.g. drive-scsi0.img.
     #[arg(required = true, value_parser = parse_image)]
     images: Vec<(FileName, PathBuf)>,
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse().map_err(|e: hoard_codec::Error| e.to_string())
 }
 
 pub fn parse_type(s: &str) -> Result<BackupType, String> {
@@ -151,10 +166,19 @@ pub fn run(args: BackupArgs) -> Result<()> {
         all_file_systems: args.all_file_systems,
         reuse_unchanged: !args.reread,
         buffers: buffers(),
+        recovery: None,
     };
+    let mut opts = opts;
     let progress = Arc::new(Progress::default());
     let report = runtime()?.block_on(async {
-        let conn = Arc::new(args.client.connect().await?);
+        let conn = args.client.connect_with(args.compress).await?;
+        if let Some(path) = &args.master_pubkey {
+            let Some(key) = conn.codec().key() else {
+                return Err(Error::Usage("--master-pubkey needs --key".into()));
+            };
+            opts.recovery = Some(crate::key::recovery_for(path, key)?);
+        }
+        let conn = Arc::new(conn);
         let view = ProgressView::start(progress.clone(), args.client.quiet, "backup");
         let result = backup(conn.clone(), opts, images, trees, progress).await;
         view.finish();
@@ -203,11 +227,21 @@ fn summary(r: &BackupReport) -> String {
             trees.push_str(&format!(", {} excluded", t.excluded));
         }
     }
+    let sent = r.total(|i| i.bytes_sent)
+        + r.trees
+            .iter()
+            .map(|t| t.meta.bytes_sent + t.data.bytes_sent)
+            .sum::<u64>();
+    let key = match &r.key {
+        Some(k) => format!(", encrypted with key {k}"),
+        None => String::new(),
+    };
     format!(
-        "backup {}: read {}, uploaded {} in {} chunks, reused {} of {} chunks{unchanged}{trees}, {:.2} s, {}",
+        "backup {}{key}: read {}, uploaded {} ({} sent) in {} chunks, reused {} of {} chunks{unchanged}{trees}, {:.2} s, {}",
         r.snapshot,
         bytes(read),
         bytes(uploaded),
+        bytes(sent),
         chunks_up,
         reused,
         chunks,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hoard_client::{ConnectOptions, Connection, Fingerprint, Progress, ServerTrust};
+use hoard_codec::{ChunkCodec, Compression};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Args, Clone)]
@@ -26,6 +27,11 @@ pub struct ClientArgs {
     /// server whose certificate a private CA signed.
     #[arg(long, env = "HOARD_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// Encryption key file (`hoard key create`): backups are encrypted
+    /// with it, encrypted snapshots read with it. Its passphrase comes from
+    /// HOARD_KEY_PASSPHRASE or is asked for on the terminal.
+    #[arg(long, env = "HOARD_KEY")]
+    pub key: Option<std::path::PathBuf>,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -45,6 +51,22 @@ impl ClientArgs {
     /// certificate no CA vouches for, a user at a terminal is shown the
     /// fingerprint and asked; a yes is remembered for this server.
     pub async fn connect(&self) -> hoard_client::Result<Connection> {
+        self.connect_with(Compression::default()).await
+    }
+
+    /// [`ClientArgs::connect`], with the key (if any) unlocked first and
+    /// chunks compressed as `compression` says.
+    pub async fn connect_with(&self, compression: Compression) -> hoard_client::Result<Connection> {
+        let key = match &self.key {
+            Some(path) => Some(Arc::new(crate::key::unlock(path)?)),
+            None => None,
+        };
+        let mut conn = self.connect_only().await?;
+        conn.set_codec(ChunkCodec::new(compression, key))?;
+        Ok(conn)
+    }
+
+    async fn connect_only(&self) -> hoard_client::Result<Connection> {
         use hoard_client::Error;
         let Some(token) = self.token.clone() else {
             return Err(Error::Usage(

@@ -36,7 +36,7 @@ pub fn run(args: LsArgs) -> Result<()> {
             )));
         }
         let conn = Arc::new(conn);
-        let listing = list(conn.clone(), &snap.path, &args.archive, &args.path).await?;
+        let listing = list(conn.clone(), &snap, &args.archive, &args.path).await?;
         conn.close_shared().await?;
         Ok::<_, Error>(listing)
     })?;

@@ -4,6 +4,7 @@ mod admin_args;
 mod backup;
 mod client_args;
 mod gc;
+mod key;
 mod known_servers;
 mod ls;
 mod protect;
@@ -63,6 +64,8 @@ enum Command {
     /// Show or assign the owner of a backup group (on the server's
     /// machine).
     Owner(token::OwnerArgs),
+    /// Encryption keys: create, print on paper, recover with a master key.
+    Key(key::KeyArgs),
 }
 
 /// glibc serves allocations above 128 KiB with mmap and gives them back
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token::run(args),
         Command::Cert(args) => token::run_cert(args),
         Command::Owner(args) => token::run_owner(args),
+        Command::Key(args) => key::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

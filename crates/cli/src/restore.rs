@@ -129,12 +129,8 @@ pub fn run(args: RestoreArgs) -> Result<()> {
         // A fixed index is a disk image; any other file (a stream a
         // version 1 client uploaded) comes back as its bytes.
         let result = match file.kind {
-            FileKind::Fixed => {
-                restore_image(&conn, &snap.path, file, &target, &opts, progress).await
-            }
-            FileKind::Dynamic => {
-                restore_stream(&conn, &snap.path, file, &target, &opts, progress).await
-            }
+            FileKind::Fixed => restore_image(&conn, &snap, file, &target, &opts, progress).await,
+            FileKind::Dynamic => restore_stream(&conn, &snap, file, &target, &opts, progress).await,
         };
         view.finish();
         let report = result?;
@@ -174,15 +170,7 @@ fn run_tree(
     let report = rt.block_on(async {
         let conn = Arc::new(conn);
         let view = ProgressView::start(progress.clone(), args.client.quiet, "restore");
-        let result = restore_tree(
-            conn.clone(),
-            &snap.path,
-            &args.file,
-            &target,
-            &opts,
-            progress,
-        )
-        .await;
+        let result = restore_tree(conn.clone(), &snap, &args.file, &target, &opts, progress).await;
         view.finish();
         let report = result?;
         conn.close_shared().await?;

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use hoard_client::requests::{Listed, display_name, list_snapshots};
+use hoard_client::seal::SealState;
 use hoard_protocol::SnapshotFilter;
 use hoard_types::{BackupId, BackupType};
 use serde::Serialize;
@@ -33,7 +34,32 @@ struct SnapshotJson<'a> {
     state: hoard_datastore::SnapshotState,
     #[serde(skip_serializing_if = "Option::is_none")]
     verification: Option<&'a hoard_datastore::Verification>,
+    /// Encrypted snapshots: the key's fingerprint, and whether the seal
+    /// was checked with the key given (`ok`), could not be (`no key`), or
+    /// failed (`broken: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<EncryptionJson>,
     files: Vec<FileJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct EncryptionJson {
+    key: String,
+    seal: String,
+}
+
+fn encryption(s: &Listed) -> Option<EncryptionJson> {
+    let seal = s.manifest.seal.as_ref()?;
+    let key = hoard_client::seal::peek(seal)
+        .map(|b| b.key)
+        .unwrap_or_else(|_| "?".into());
+    let seal = match &s.seal {
+        SealState::Ours => "ok".to_string(),
+        SealState::Foreign { .. } => "no key".to_string(),
+        SealState::Broken { problem } => format!("broken: {problem}"),
+        SealState::Plain => "none".to_string(),
+    };
+    Some(EncryptionJson { key, seal })
 }
 
 #[derive(Serialize)]
@@ -54,6 +80,7 @@ fn to_json(s: &Listed) -> SnapshotJson<'_> {
         time: s.path.time.to_string(),
         state: s.manifest.state,
         verification: s.manifest.verification.as_ref(),
+        encryption: encryption(s),
         files: s
             .manifest
             .files
@@ -111,6 +138,13 @@ pub fn run(args: SnapshotsArgs) -> Result<()> {
         {
             state = "damaged".into();
         }
+        if let SealState::Broken { .. } = s.seal {
+            state = "altered".into();
+        }
+        let note = match encryption(s) {
+            Some(e) => format!("  [encrypted, key {}]", e.key),
+            None => String::new(),
+        };
         let mut first = true;
         for f in &s.manifest.files {
             // A tree archive is one line, sized by its data stream.
@@ -125,7 +159,11 @@ pub fn run(args: SnapshotsArgs) -> Result<()> {
                 String::new()
             };
             let st = if first { state.as_str() } else { "" };
-            println!("{snap:width$}  {st:10}  {:>11}  {name}", bytes(f.file_size));
+            let note = if first { note.as_str() } else { "" };
+            println!(
+                "{snap:width$}  {st:10}  {:>11}  {name}{note}",
+                bytes(f.file_size)
+            );
             first = false;
         }
         if first {

@@ -90,6 +90,12 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     for n in &report.notes {
         text.push(format!("  note: {n}"));
     }
+    if report.chunks_encrypted > 0 {
+        text.push(format!(
+            "  note: {} of the chunks are encrypted by their clients: checked for structure and CRC only (their digests are keyed; a client with the key checks their content on restore)",
+            report.chunks_encrypted
+        ));
+    }
     let failed = report.failed();
     text.push(format!(
         "verify: {} snapshots, {} chunks, {} in {secs:.2} s ({rate:.0} MB/s); {failed} failed",

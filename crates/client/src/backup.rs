@@ -11,38 +11,35 @@
 //!
 //! What the server "has": the chunks of the file's base (the newest
 //! finished, undamaged snapshot of the group holding a file of that name,
-//! fetched with GetHashList) and every chunk sent earlier in this run.
+//! fetched with GetHashList) and every chunk sent earlier in this run
+//! ([`crate::known`]). Chunks go through the one upload path of
+//! [`crate::upload`], as tree streams do. With a key, the run ends by
+//! sealing the snapshot's manifest ([`crate::seal`]).
 
-use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use hoard_codec::Kind;
 use hoard_datastore::{FileKind, ManifestFile};
-use hoard_protocol::consts::MAX_ENTRIES_PER_PACKET;
-use hoard_protocol::{
-    BackupFlags, CreateBackup, Features, FixedEntry, FixedEntryList, Message, SnapshotFilter,
-};
-use hoard_types::{Digest, FileName, SnapshotPath};
+use hoard_protocol::{BackupFlags, CreateBackup, Features, Message, SnapshotFilter};
+use hoard_types::{FileName, SnapshotPath};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::conn::{Connection, Stream, unexpected};
+use crate::conn::Connection;
 use crate::error::{Error, Result};
+use crate::known::KnownChunks;
 use crate::progress::Progress;
 use crate::requests::{Listed, find_base, hash_list, list_snapshots};
+use crate::seal::SealedFile;
 use crate::source::Source;
 use crate::tree_backup::{TreeOptions, TreeReport, TreeSpec, backup_tree};
-use hoard_types::zero::{is_zero, zero_digest};
-
-/// Uploads sent on one stream whose Ok has not arrived yet.
-const UPLOAD_WINDOW: usize = 16;
-/// Index entries per BackupDataFixed packet (40 bytes each).
-const ENTRY_BATCH: usize = 4096;
-const _: () = assert!(ENTRY_BATCH <= MAX_ENTRIES_PER_PACKET);
+use crate::upload::{Encoder, FileUpload, Prepared, joined};
+use hoard_types::zero::is_zero;
 
 /// One image to back up: stored as `NAME.fidx`.
 #[derive(Debug, Clone)]
@@ -67,6 +64,9 @@ pub struct BackupOptions {
     pub reuse_unchanged: bool,
     /// Chunk buffers alive at once, all images together.
     pub buffers: usize,
+    /// Encrypted backups: the key encrypted to a master public key,
+    /// recorded in the seal (`hoard key recover`).
+    pub recovery: Option<Vec<u8>>,
 }
 
 /// What one image's backup did.
@@ -82,16 +82,25 @@ pub struct ImageReport {
     pub bytes_read: u64,
     pub chunks: u64,
     pub chunks_uploaded: u64,
+    /// Plain bytes of the uploaded chunks.
     pub bytes_uploaded: u64,
+    /// Bytes sent for them, compressed and encrypted as stored.
+    pub bytes_sent: u64,
     /// Chunks the server had already (from the base or this run).
     pub chunks_reused: u64,
     /// All-zero chunks (counted in uploaded or reused as well).
     pub chunks_zero: u64,
+    /// The image as the manifest seal records it.
+    #[serde(skip)]
+    pub(crate) sealed: Option<SealedFile>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
     pub snapshot: String,
+    /// Fingerprint of the key the backup is encrypted with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub images: Vec<ImageReport>,
     pub trees: Vec<TreeReport>,
     pub seconds: f64,
@@ -136,7 +145,7 @@ pub async fn backup(
     };
     let listed = Arc::new(listed);
     let shared = Arc::new(RunState {
-        known: Arc::new(Mutex::new(HashSet::new())),
+        known: KnownChunks::default(),
         buffers: Arc::new(Semaphore::new(opts.buffers.max(1))),
         progress,
         extensions,
@@ -194,12 +203,45 @@ pub async fn backup(
     }
     reports.sort_by(|a, b| a.name.cmp(&b.name));
     tree_reports.sort_by(|a, b| a.name.cmp(&b.name));
+    let key = conn.codec().key().cloned();
+    if let Some(key) = &key {
+        let files = reports
+            .iter()
+            .filter_map(|r| r.sealed.clone())
+            .chain(tree_reports.iter().flat_map(|t| t.sealed.iter().cloned()))
+            .collect();
+        seal_snapshot(&conn, key, &opts.snapshot, files, opts.recovery.clone()).await?;
+    }
     Ok(BackupReport {
         snapshot: opts.snapshot.to_string(),
+        key: key.map(|k| k.fingerprint().to_string()),
         images: reports,
         trees: tree_reports,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Sends the seal of `snapshot`, covering `files`, once every file is
+/// finished.
+async fn seal_snapshot(
+    conn: &Connection,
+    key: &hoard_codec::Key,
+    snapshot: &SnapshotPath,
+    files: Vec<SealedFile>,
+    recovery: Option<Vec<u8>>,
+) -> Result<()> {
+    let (_, mac, body) = crate::seal::make(key, snapshot, files, recovery);
+    let mut stream = conn.open_stream(1)?;
+    stream
+        .send(Message::SealSnapshot {
+            snapshot: snapshot.to_string(),
+            mac,
+            body: Bytes::from(body),
+        })
+        .await?;
+    stream.recv_ok(&format!("the seal of {snapshot}")).await?;
+    stream.finish();
+    Ok(())
 }
 
 /// What one file's task of a run produced.
@@ -210,10 +252,7 @@ enum Done {
 
 /// State shared by the files of one run.
 struct RunState {
-    /// Digests the server is known to hold, or that were queued for
-    /// upload on this connection (the server orders references after
-    /// uploads on one connection).
-    known: Arc<Mutex<HashSet<Digest>>>,
+    known: KnownChunks,
     buffers: Arc<Semaphore>,
     progress: Arc<Progress>,
     /// The server understands hoard's extension packets.
@@ -229,14 +268,8 @@ struct ImageJob {
     run: Arc<RunState>,
 }
 
-/// A chunk read and hashed; `data` is `None` for an all-zero chunk.
-struct Hashed {
-    index: u64,
-    len: usize,
-    digest: Digest,
-    data: Option<Bytes>,
-    _buffer: OwnedSemaphorePermit,
-}
+/// A chunk read and prepared by a worker, in order.
+type Job = JoinHandle<(Prepared, OwnedSemaphorePermit)>;
 
 fn chunk_count(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(chunk_size as u64)
@@ -245,11 +278,13 @@ fn chunk_count(size: u64, chunk_size: u32) -> u64 {
 impl ImageJob {
     async fn run(self) -> Result<ImageReport> {
         let stored_name = format!("{}{}", self.spec.name, FileKind::Fixed.suffix());
+        let keyed = self.conn.codec().key().is_some();
         let base = find_base(
             &self.listed,
             &self.opts.snapshot.group,
             &self.opts.snapshot,
             &stored_name,
+            keyed,
         )
         .map(|(s, f)| (format!("{}/{}", s.path, f.name), f.clone()));
         let mut report = ImageReport {
@@ -260,50 +295,55 @@ impl ImageJob {
             chunks: chunk_count(self.src.size, self.opts.chunk_size),
             ..ImageReport::default()
         };
-        let mut stream = self.conn.open_stream(UPLOAD_WINDOW + 8)?;
-        let what = format!("the backup of {}", self.spec.name);
-        // EXCL: a run never adds to a snapshot that existed before it.
-        let flags = BackupFlags::EXCL | BackupFlags::RAW;
-        stream
-            .send(Message::CreateBackup(CreateBackup {
-                backup_type: self.opts.snapshot.group.ty,
-                id: self.opts.snapshot.group.id.clone(),
-                time: self.opts.snapshot.time,
-                flags: BackupFlags(flags),
-                name: self.spec.name.clone(),
-                chunk_size: self.opts.chunk_size,
-                file_size: self.src.size,
-            }))
-            .await?;
-        match stream.recv(&what).await? {
-            Message::BackupCreated { .. } => {}
-            other => return Err(unexpected(&what, &other)),
-        }
-        if self.run.extensions
-            && let Some(attrs) = self.src.attrs
-        {
-            stream.send(Message::FileAttributes(attrs)).await?;
+        let req = CreateBackup {
+            backup_type: self.opts.snapshot.group.ty,
+            id: self.opts.snapshot.group.id.clone(),
+            time: self.opts.snapshot.time,
+            // EXCL: a run never adds to a snapshot that existed before it.
+            flags: BackupFlags(BackupFlags::EXCL | BackupFlags::RAW),
+            name: self.spec.name.clone(),
+            chunk_size: self.opts.chunk_size,
+            file_size: self.src.size,
+        };
+        let mut up = FileUpload::create(&self.conn, req, self.run.known.clone()).await?;
+        let attrs = self.src.attrs.filter(|_| self.run.extensions);
+        if let Some(a) = attrs {
+            up.attributes(a).await?;
         }
         if let Some((path, file)) = &base {
-            let digests = hash_list(&self.conn, path).await?;
+            let digests = hash_list(&self.conn, path, &file.index_csum).await?;
             if self.unchanged(file) && digests.len() as u64 == report.chunks {
                 report.unchanged = true;
-                report.chunks_reused = report.chunks;
                 self.run.progress.advance(self.src.size);
-                send_entries(&mut stream, &what, digests.into_iter().enumerate()).await?;
-                stream.send(Message::BackupFinished).await?;
-                stream.recv_ok(&what).await?;
-                stream.finish();
-                return Ok(report);
+                let cs = self.opts.chunk_size as u64;
+                for (i, d) in digests.into_iter().enumerate() {
+                    let len = (self.src.size - i as u64 * cs).min(cs);
+                    up.push_known(d, len).await?;
+                }
+            } else {
+                self.run.known.extend(digests);
+                self.stream_chunks(&mut up, &mut report).await?;
             }
-            self.run
-                .known
-                .lock()
-                .expect("lock poisoned")
-                .extend(digests);
+        } else {
+            self.stream_chunks(&mut up, &mut report).await?;
         }
-        self.stream_chunks(&mut stream, &what, &mut report).await?;
-        stream.finish();
+        let done = up.finish().await?;
+        let r = &done.report;
+        report.chunks_uploaded = r.chunks_uploaded;
+        report.bytes_uploaded = r.bytes_uploaded;
+        report.bytes_sent = r.bytes_sent;
+        report.chunks_reused = r.chunks_reused;
+        report.chunks_zero = r.chunks_zero;
+        report.sealed = Some(SealedFile {
+            name: stored_name,
+            kind: FileKind::Fixed,
+            raw: true,
+            file_size: self.src.size,
+            chunk_size: Some(self.opts.chunk_size),
+            chunk_count: r.chunks,
+            index_csum: hex::encode(done.csum),
+            source: attrs,
+        });
         Ok(report)
     }
 
@@ -317,143 +357,30 @@ impl ImageJob {
             && base.chunk_size == Some(self.opts.chunk_size)
     }
 
-    async fn stream_chunks(
-        &self,
-        stream: &mut Stream,
-        what: &str,
-        report: &mut ImageReport,
-    ) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<JoinHandle<Hashed>>(self.opts.buffers.max(1));
+    /// Reads the source in order on a blocking thread, prepares each
+    /// chunk on the blocking pool, and pushes them in order.
+    async fn stream_chunks(&self, up: &mut FileUpload, report: &mut ImageReport) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Job>(self.opts.buffers.max(1));
         let reader = {
             let src = self.src.try_clone()?;
             let buffers = self.run.buffers.clone();
             let chunk_size = self.opts.chunk_size;
             let rt = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || read_chunks(src, chunk_size, buffers, tx, rt))
+            let encoder = Encoder::new(&self.conn, self.run.known.clone());
+            tokio::task::spawn_blocking(move || {
+                read_chunks(src, chunk_size, buffers, encoder, tx, rt)
+            })
         };
-        let mut entries = Vec::with_capacity(ENTRY_BATCH);
-        let mut in_flight = 0usize;
-        let mut zero_bytes: Option<Bytes> = None;
         while let Some(job) = rx.recv().await {
-            let chunk = job
-                .await
-                .map_err(|e| Error::Protocol(format!("hashing task failed: {e}")))?;
-            self.run.progress.advance(chunk.len as u64);
-            report.bytes_read += chunk.len as u64;
-            if chunk.data.is_none() {
-                report.chunks_zero += 1;
-            }
-            let known = self
-                .run
-                .known
-                .lock()
-                .expect("lock poisoned")
-                .contains(&chunk.digest);
-            if known {
-                report.chunks_reused += 1;
-            } else {
-                let data = match chunk.data {
-                    Some(d) => d,
-                    None => zero_bytes
-                        .get_or_insert_with(|| Bytes::from(vec![0u8; chunk.len]))
-                        .slice(..chunk.len),
-                };
-                stream
-                    .send(Message::UploadChunk {
-                        digest: chunk.digest,
-                        data,
-                    })
-                    .await?;
-                // Queued behind the upload: any later reference, on any
-                // stream, reaches the server after it.
-                self.run
-                    .known
-                    .lock()
-                    .expect("lock poisoned")
-                    .insert(chunk.digest);
-                report.chunks_uploaded += 1;
-                report.bytes_uploaded += chunk.len as u64;
-                in_flight += 1;
-            }
-            entries.push(FixedEntry {
-                index: chunk.index,
-                digest: chunk.digest,
-            });
-            if entries.len() == ENTRY_BATCH {
-                send_fixed(stream, &entries).await?;
-                entries.clear();
-            }
-            // Oks (and an Error, should one come) are taken as they
-            // arrive, so the stream's queue never fills.
-            while let Some(m) = stream.try_recv(what) {
-                expect_ok(m?, what)?;
-                in_flight -= 1;
-            }
-            while in_flight >= UPLOAD_WINDOW {
-                stream.recv_ok(what).await?;
-                in_flight -= 1;
-            }
+            let (chunk, _permit) = joined(job.await, "hashing")?;
+            self.run.progress.advance(chunk.size);
+            report.bytes_read += chunk.size;
+            up.push(chunk).await?;
         }
         // The reader ended: completely, or with an error that must not
         // become a finished file.
-        reader
-            .await
-            .map_err(|e| Error::Protocol(format!("reader task failed: {e}")))??;
-        if !entries.is_empty() {
-            send_fixed(stream, &entries).await?;
-        }
-        stream.send(Message::BackupFinished).await?;
-        for _ in 0..=in_flight {
-            stream.recv_ok(what).await?;
-        }
-        Ok(())
+        joined(reader.await, "reader")?
     }
-}
-
-fn expect_ok(m: Message, what: &str) -> Result<()> {
-    match m {
-        Message::Ok => Ok(()),
-        other => Err(unexpected(what, &other)),
-    }
-}
-
-async fn send_fixed(stream: &Stream, entries: &[FixedEntry]) -> Result<()> {
-    stream
-        .send(Message::BackupDataFixed(FixedEntryList::from_entries(
-            entries,
-        )))
-        .await
-}
-
-/// Sends a whole index's entries. Nothing is answered on success, so any
-/// packet that arrives meanwhile is an Error that ends the backup: taken
-/// at once, it never piles up in the stream's queue.
-async fn send_entries(
-    stream: &mut Stream,
-    what: &str,
-    digests: impl Iterator<Item = (usize, Digest)>,
-) -> Result<()> {
-    let mut entries = Vec::with_capacity(ENTRY_BATCH);
-    for (index, digest) in digests {
-        entries.push(FixedEntry {
-            index: index as u64,
-            digest,
-        });
-        if entries.len() == ENTRY_BATCH {
-            send_fixed(stream, &entries).await?;
-            entries.clear();
-            if let Some(m) = stream.try_recv(what) {
-                return Err(match m {
-                    Err(e) => e,
-                    Ok(other) => unexpected(what, &other),
-                });
-            }
-        }
-    }
-    if !entries.is_empty() {
-        send_fixed(stream, &entries).await?;
-    }
-    Ok(())
 }
 
 /// `len` bytes at `offset`, read into spare capacity (no zero-filling of a
@@ -477,13 +404,15 @@ fn read_at(src: &Source, offset: u64, len: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Reads `src` in order, one chunk at a time, and starts hashing each on
-/// the blocking pool. Runs on a blocking thread.
+/// Reads `src` in order, one chunk at a time, and starts preparing each
+/// on the blocking pool (holes are zero chunks, never read). Runs on a
+/// blocking thread.
 fn read_chunks(
     src: Source,
     chunk_size: u32,
     buffers: Arc<Semaphore>,
-    tx: mpsc::Sender<JoinHandle<Hashed>>,
+    encoder: Encoder,
+    tx: mpsc::Sender<Job>,
     rt: tokio::runtime::Handle,
 ) -> Result<()> {
     let _ = rustix::fs::fadvise(&src.file, 0, None, rustix::fs::Advice::Sequential);
@@ -494,31 +423,18 @@ fn read_chunks(
         let Ok(permit) = rt.block_on(buffers.clone().acquire_owned()) else {
             return Ok(());
         };
+        let encoder = encoder.clone();
         let job = if src.is_hole(offset, len as u64) {
-            rt.spawn(async move {
-                Hashed {
-                    index,
-                    len,
-                    digest: zero_digest(len),
-                    data: None,
-                    _buffer: permit,
-                }
-            })
+            rt.spawn_blocking(move || (encoder.zero(Kind::Chunk, len), permit))
         } else {
             let buf = read_at(&src, offset, len)?;
             rt.spawn_blocking(move || {
-                let (digest, data) = if is_zero(&buf) {
-                    (zero_digest(len), None)
+                let chunk = if is_zero(&buf) {
+                    encoder.zero(Kind::Chunk, len)
                 } else {
-                    (Digest::of(&buf), Some(Bytes::from(buf)))
+                    encoder.prepare(Kind::Chunk, Bytes::from(buf))
                 };
-                Hashed {
-                    index,
-                    len,
-                    digest,
-                    data,
-                    _buffer: permit,
-                }
+                (chunk, permit)
             })
         };
         if tx.blocking_send(job).is_err() {

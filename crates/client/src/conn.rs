@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hoard_codec::{ChunkCodec, Compression};
 use hoard_protocol::consts::{ALPN_V2, HELLO_STREAM, MAX_TOKEN_LEN, PROTOCOL_VERSION_2};
 use hoard_protocol::{ErrorId, Features, Message, Secret};
 use hoard_transport::tls::{self, Trust};
@@ -52,6 +53,9 @@ pub struct Connection {
     features: Features,
     /// The server answers one hash list per connection at a time.
     pub(crate) hash_list_turn: tokio::sync::Mutex<()>,
+    /// How this client encodes chunks (compression, and its key if it
+    /// encrypts); see [`Connection::set_codec`].
+    codec: Arc<ChunkCodec>,
     reader: JoinHandle<()>,
     writer: JoinHandle<std::io::Result<()>>,
 }
@@ -142,6 +146,12 @@ impl Connection {
             }
         };
         let features = offered.intersect(Features::SUPPORTED);
+        // Encryption rides on encoded chunks.
+        let features = if features.contains(Features::ENCODED_CHUNKS) {
+            features
+        } else {
+            Features(features.0 & !Features::ENCRYPTION.0)
+        };
         let auth = Message::Authenticate {
             features,
             token: Secret(token.to_string()),
@@ -190,6 +200,7 @@ impl Connection {
             shared,
             features,
             hash_list_turn: tokio::sync::Mutex::new(()),
+            codec: Arc::new(ChunkCodec::new(Compression::default(), None)),
             reader,
             writer,
         })
@@ -198,6 +209,29 @@ impl Connection {
     /// The features negotiated with the server.
     pub fn features(&self) -> Features {
         self.features
+    }
+
+    /// Chunks travel as stored (the server negotiated ENCODED_CHUNKS):
+    /// the client compresses, and decodes what it downloads.
+    pub fn encoded(&self) -> bool {
+        self.features.contains(Features::ENCODED_CHUNKS)
+    }
+
+    /// Sets how chunks are compressed and, with a key, encrypted. A key
+    /// needs a server that takes encrypted chunks.
+    pub fn set_codec(&mut self, codec: ChunkCodec) -> Result<()> {
+        if codec.key().is_some() && !self.features.contains(Features::ENCRYPTION) {
+            return Err(Error::Usage(
+                "the server does not take encrypted chunks (an older hoard); back up without --key or upgrade it".into(),
+            ));
+        }
+        self.codec = Arc::new(codec);
+        Ok(())
+    }
+
+    /// The codec for this client's own chunks.
+    pub fn codec(&self) -> &Arc<ChunkCodec> {
+        &self.codec
     }
 
     /// A new stream whose incoming packets queue up to `depth` deep; a

@@ -54,6 +54,9 @@ pub enum Error {
     Damaged(String),
     #[error("{0}")]
     Usage(String),
+    /// The encryption key is missing, wrong, or will not unlock.
+    #[error("{0}")]
+    Key(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,6 +74,7 @@ impl Error {
             Error::Damaged(_) => 8,
             Error::Untrusted { .. } | Error::FingerprintMismatch { .. } => 9,
             Error::Denied(_) => 10,
+            Error::Key(_) => 11,
         }
     }
 

@@ -8,33 +8,28 @@
 //! digest ([`ChunkFeed::splice`]): the chunker restarts after it, so new
 //! data is cut as if the stream began there.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hoard_chunker::{Chunker, Params};
-use hoard_protocol::consts::MAX_ENTRIES_PER_PACKET;
-use hoard_protocol::{BackupFlags, CreateBackup, DynamicEntry, DynamicEntryList, Message};
+use hoard_codec::Kind;
+use hoard_protocol::{BackupFlags, CreateBackup};
 use hoard_types::{Digest, FileName, SnapshotPath};
-use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::conn::{Connection, Stream, unexpected};
+use crate::conn::Connection;
 use crate::error::{Error, Result};
+use crate::known::KnownChunks;
+use crate::upload::{Encoder, FileUpload, Prepared, StreamReport, joined};
 
-/// Uploads sent on one stream whose Ok has not arrived yet.
-const UPLOAD_WINDOW: usize = 16;
-/// Index entries per BackupDataDynamic packet (40 bytes each).
-const ENTRY_BATCH: usize = 4096;
-const _: () = assert!(ENTRY_BATCH <= MAX_ENTRIES_PER_PACKET);
 /// Pieces queued between a feed and its uploader.
 const PIECE_QUEUE: usize = 64;
 
 /// What a feed hands its uploader, in stream order.
 pub(crate) enum Piece {
     /// New data, being hashed.
-    New(JoinHandle<(Digest, Bytes, OwnedSemaphorePermit)>),
+    New(JoinHandle<(Prepared, OwnedSemaphorePermit)>),
     /// A chunk the server holds, spliced in by digest.
     Known { digest: Digest, size: u64 },
     /// The stream is complete: only now may the file be finished. A feed
@@ -52,6 +47,8 @@ pub(crate) struct ChunkFeed {
     tx: mpsc::Sender<Piece>,
     rt: tokio::runtime::Handle,
     buffers: Arc<Semaphore>,
+    encoder: Encoder,
+    kind: Kind,
 }
 
 /// The uploader went away; its own result says why.
@@ -64,6 +61,8 @@ impl ChunkFeed {
         tx: mpsc::Sender<Piece>,
         rt: tokio::runtime::Handle,
         buffers: Arc<Semaphore>,
+        encoder: Encoder,
+        kind: Kind,
     ) -> ChunkFeed {
         ChunkFeed {
             chunker: Chunker::new(params),
@@ -72,6 +71,8 @@ impl ChunkFeed {
             tx,
             rt,
             buffers,
+            encoder,
+            kind,
         }
     }
 
@@ -123,10 +124,10 @@ impl ChunkFeed {
             .rt
             .block_on(self.buffers.clone().acquire_owned())
             .map_err(|_| FeedClosed)?;
-        let job = self.rt.spawn_blocking(move || {
-            let digest = Digest::of(&data);
-            (digest, data, permit)
-        });
+        let (encoder, kind) = (self.encoder.clone(), self.kind);
+        let job = self
+            .rt
+            .spawn_blocking(move || (encoder.prepare(kind, data), permit));
         self.tx
             .blocking_send(Piece::New(job))
             .map_err(|_| FeedClosed)
@@ -138,136 +139,54 @@ pub(crate) fn channel() -> (mpsc::Sender<Piece>, mpsc::Receiver<Piece>) {
     mpsc::channel(PIECE_QUEUE)
 }
 
-/// What one uploaded stream consisted of.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StreamReport {
-    pub size: u64,
-    pub chunks: u64,
-    pub chunks_uploaded: u64,
-    pub bytes_uploaded: u64,
-    /// Chunks the server had already (spliced, from the base, or sent
-    /// earlier in this run).
-    pub chunks_reused: u64,
-}
-
 /// Opens file `name` of `snapshot` as a dynamic index on a new stream.
 pub(crate) async fn create_dynamic(
     conn: &Connection,
     snapshot: &SnapshotPath,
     name: &FileName,
     avg: u32,
-) -> Result<Stream> {
-    let mut stream = conn.open_stream(UPLOAD_WINDOW + 8)?;
-    let what = format!("the backup of {name}");
-    stream
-        .send(Message::CreateBackup(CreateBackup {
-            backup_type: snapshot.group.ty,
-            id: snapshot.group.id.clone(),
-            time: snapshot.time,
-            // EXCL: a run never adds to a snapshot that existed before it.
-            flags: BackupFlags(BackupFlags::EXCL | BackupFlags::DYNAMIC_CHUNKS),
-            name: name.clone(),
-            chunk_size: avg,
-            file_size: 0,
-        }))
-        .await?;
-    match stream.recv(&what).await? {
-        Message::BackupCreated { .. } => Ok(stream),
-        other => Err(unexpected(&what, &other)),
-    }
+    known: KnownChunks,
+) -> Result<FileUpload> {
+    let req = CreateBackup {
+        backup_type: snapshot.group.ty,
+        id: snapshot.group.id.clone(),
+        time: snapshot.time,
+        // EXCL: a run never adds to a snapshot that existed before it.
+        flags: BackupFlags(BackupFlags::EXCL | BackupFlags::DYNAMIC_CHUNKS),
+        name: name.clone(),
+        chunk_size: avg,
+        file_size: 0,
+    };
+    FileUpload::create(conn, req, known).await
 }
 
-/// Consumes the pieces of one stream: uploads new chunks the server
-/// lacks (`known` is shared by all streams of the run), sends the index
-/// entries, and finishes the file when the feed is done.
+/// Consumes the pieces of one stream into its upload, and finishes the
+/// file when the feed is done.
 pub(crate) async fn upload_stream(
-    mut stream: Stream,
-    what: String,
+    mut up: FileUpload,
     mut rx: mpsc::Receiver<Piece>,
-    known: Arc<Mutex<HashSet<Digest>>>,
-) -> Result<StreamReport> {
-    let mut report = StreamReport::default();
-    let mut entries: Vec<DynamicEntry> = Vec::with_capacity(ENTRY_BATCH);
-    let mut in_flight = 0usize;
+) -> Result<(StreamReport, [u8; 32])> {
     let mut ended = false;
     while let Some(piece) = rx.recv().await {
-        let (digest, size) = match piece {
+        match piece {
             Piece::End => {
                 ended = true;
                 break;
             }
-            Piece::Known { digest, size } => {
-                report.chunks_reused += 1;
-                (digest, size)
-            }
+            Piece::Known { digest, size } => up.push_known(digest, size).await?,
             Piece::New(job) => {
-                let (digest, data, _permit) = job
-                    .await
-                    .map_err(|e| Error::Protocol(format!("hashing task failed: {e}")))?;
-                let size = data.len() as u64;
-                // Inserted before the upload is queued: any later
-                // reference, on any stream, reaches the server after it.
-                let fresh = known.lock().expect("lock poisoned").insert(digest);
-                if fresh {
-                    stream.send(Message::UploadChunk { digest, data }).await?;
-                    report.chunks_uploaded += 1;
-                    report.bytes_uploaded += size;
-                    in_flight += 1;
-                } else {
-                    report.chunks_reused += 1;
-                }
-                (digest, size)
+                let (chunk, _permit) = joined(job.await, "hashing")?;
+                up.push(chunk).await?;
             }
-        };
-        entries.push(DynamicEntry {
-            offset: report.size,
-            digest,
-        });
-        report.size += size;
-        report.chunks += 1;
-        if entries.len() == ENTRY_BATCH {
-            send_entries(&stream, &entries).await?;
-            entries.clear();
-        }
-        // Oks (and an Error, should one come) are taken as they arrive,
-        // so the stream's queue never fills.
-        while let Some(m) = stream.try_recv(&what) {
-            expect_ok(m?, &what)?;
-            in_flight -= 1;
-        }
-        while in_flight >= UPLOAD_WINDOW {
-            stream.recv_ok(&what).await?;
-            in_flight -= 1;
         }
     }
     if !ended {
         // Dropped unfinished: the server discards the file.
         return Err(Error::Protocol(format!(
-            "{what} stopped before its end (see the cause above)"
+            "{} stopped before its end (see the cause above)",
+            up.what()
         )));
     }
-    if !entries.is_empty() {
-        send_entries(&stream, &entries).await?;
-    }
-    stream.send(Message::BackupFinished).await?;
-    for _ in 0..=in_flight {
-        stream.recv_ok(&what).await?;
-    }
-    stream.finish();
-    Ok(report)
-}
-
-fn expect_ok(m: Message, what: &str) -> Result<()> {
-    match m {
-        Message::Ok => Ok(()),
-        other => Err(unexpected(what, &other)),
-    }
-}
-
-async fn send_entries(stream: &Stream, entries: &[DynamicEntry]) -> Result<()> {
-    stream
-        .send(Message::BackupDataDynamic(DynamicEntryList::from_entries(
-            entries,
-        )))
-        .await
+    let done = up.finish().await?;
+    Ok((done.report, done.csum))
 }

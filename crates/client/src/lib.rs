@@ -16,13 +16,16 @@ pub mod conn;
 mod dir_writer;
 mod error;
 mod feed;
+mod known;
 pub mod progress;
 pub mod remote;
 pub mod requests;
 pub mod restore;
+pub mod seal;
 mod source;
 pub mod tree_backup;
 pub mod tree_restore;
+pub mod upload;
 mod xattrs;
 
 pub use conn::{ConnectOptions, Connection, Fingerprint, ServerTrust};

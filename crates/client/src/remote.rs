@@ -10,12 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hoard_archive::{ArchiveError, RangeSource};
+use hoard_codec::{ChunkCodec, Compression, Kind};
 use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
 use hoard_protocol::{DigestList, Message};
 use hoard_types::Digest;
+use sha2::{Digest as _, Sha256};
 
 use crate::conn::{Connection, unexpected};
 use crate::error::{Error, Result};
+use crate::requests::Listed;
+use crate::seal::SealState;
 
 /// Packets of an index listing or download that may queue.
 const LIST_DEPTH: usize = 4;
@@ -49,9 +53,10 @@ impl ChunkMap {
     }
 }
 
-/// The chunk map of finished index `path` (extension GetIndex). Ends
-/// that do not strictly increase are a protocol error.
-pub async fn chunk_map(conn: &Connection, path: &str) -> Result<ChunkMap> {
+/// The chunk map of finished dynamic index `path` (extension GetIndex),
+/// checked against the index checksum `csum` (hex) of its manifest
+/// entry. Ends that do not strictly increase are a protocol error.
+pub async fn chunk_map(conn: &Connection, path: &str, csum: &str) -> Result<ChunkMap> {
     let _turn = conn.hash_list_turn.lock().await;
     let mut stream = conn.open_stream(LIST_DEPTH)?;
     stream
@@ -61,10 +66,13 @@ pub async fn chunk_map(conn: &Connection, path: &str) -> Result<ChunkMap> {
         .await?;
     let what = format!("the index of {path}");
     let mut map = ChunkMap::default();
+    let mut hasher = Sha256::new();
     loop {
         match stream.recv(&what).await? {
             Message::IndexPart(list) if list.is_empty() => break,
             Message::IndexPart(list) => {
+                // The wire entries are the index's: end offset, digest.
+                hasher.update(list.as_bytes());
                 for e in list.iter() {
                     if e.offset <= map.size() {
                         return Err(Error::Protocol(format!(
@@ -79,11 +87,112 @@ pub async fn chunk_map(conn: &Connection, path: &str) -> Result<ChunkMap> {
         }
     }
     stream.finish();
+    crate::seal::index_mismatch(path, csum, &hasher.finalize().into())?;
     Ok(map)
 }
 
-/// Downloads `digests` in one request per 524,287 and checks each chunk
-/// against its digest and expected size; `deliver` gets them in order.
+/// Turns downloaded chunks into checked plain data, as the snapshot they
+/// belong to calls for: decoded (decompressed, decrypted with the key
+/// the seal names) when the session downloads chunks as stored, and
+/// always checked against the digest.
+#[derive(Clone)]
+pub struct ChunkDecoder {
+    codec: Arc<ChunkCodec>,
+    encoded: bool,
+}
+
+impl ChunkDecoder {
+    /// The decoder for `snap`'s chunks: the client's key for a snapshot
+    /// sealed with it, none for an unsealed one. A snapshot sealed with
+    /// another key, or whose seal fails, cannot be read.
+    pub fn for_snapshot(conn: &Connection, snap: &Listed) -> Result<ChunkDecoder> {
+        let codec = match &snap.seal {
+            SealState::Plain => Arc::new(ChunkCodec::new(Compression::None, None)),
+            SealState::Ours => conn.codec().clone(),
+            SealState::Foreign { key } => {
+                let have = match conn.codec().key() {
+                    Some(k) => format!("the key given is {}", k.fingerprint()),
+                    None => "no key was given (--key or HOARD_KEY)".into(),
+                };
+                return Err(Error::Key(format!(
+                    "snapshot {} is encrypted with key {key}; {have}",
+                    snap.path
+                )));
+            }
+            SealState::Broken { problem } => {
+                return Err(Error::Damaged(format!(
+                    "the seal of snapshot {} does not hold: {problem}",
+                    snap.path
+                )));
+            }
+        };
+        if codec.key().is_some() && !conn.encoded() {
+            return Err(Error::Usage(format!(
+                "snapshot {} is encrypted, and the server does not send chunks as stored (an older hoard)",
+                snap.path
+            )));
+        }
+        Ok(ChunkDecoder {
+            codec,
+            encoded: conn.encoded(),
+        })
+    }
+
+    pub fn codec(&self) -> &ChunkCodec {
+        &self.codec
+    }
+
+    /// The decoder for the client's own chunks (a backup's base).
+    pub fn own(conn: &Connection) -> ChunkDecoder {
+        ChunkDecoder {
+            codec: conn.codec().clone(),
+            encoded: conn.encoded(),
+        }
+    }
+
+    /// The plain data of a downloaded chunk of `kind` that must hash to
+    /// `digest` and hold `size` bytes. Blocking: decodes and hashes.
+    pub fn open(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        size: u64,
+        data: Bytes,
+        what: &str,
+    ) -> Result<Bytes> {
+        let plain = if self.encoded {
+            Bytes::from(
+                self.codec
+                    .decode(kind, digest, &data)
+                    .map_err(|e| decode_error(e, digest, what))?,
+            )
+        } else {
+            check_chunk(&data, digest, what)?;
+            data
+        };
+        if plain.len() as u64 != size {
+            return Err(Error::Damaged(format!(
+                "chunk {digest} of {what} has {} bytes, the index says {size}",
+                plain.len()
+            )));
+        }
+        Ok(plain)
+    }
+}
+
+/// A chunk that does not decode, in the user's terms: a key problem is
+/// the user's to fix (exit 11), anything else is damage (exit 8).
+fn decode_error(e: hoard_codec::Error, digest: &Digest, what: &str) -> Error {
+    use hoard_codec::Error as E;
+    match e {
+        E::NoKey { .. } | E::WrongKey { .. } => Error::Key(format!("{what}: {e}")),
+        e => Error::Damaged(format!("chunk {digest} of {what}: {e}")),
+    }
+}
+
+/// Downloads `digests` in one request per 524,287; `deliver` gets them
+/// in order, as they arrived (the caller decodes and checks them with a
+/// [`ChunkDecoder`]).
 pub async fn download<F, Fut>(
     conn: &Connection,
     what: &str,
@@ -91,7 +200,7 @@ pub async fn download<F, Fut>(
     mut deliver: F,
 ) -> Result<()>
 where
-    F: FnMut(Bytes) -> Fut,
+    F: FnMut(Digest, u64, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
     for batch in wanted.chunks(MAX_DIGESTS_PER_PACKET) {
@@ -103,13 +212,7 @@ where
                 Message::Chunk { digest, data, .. } if digest == want => data,
                 other => return Err(unexpected(what, &other)),
             };
-            if data.len() as u64 != size {
-                return Err(Error::Damaged(format!(
-                    "chunk {want} of {what} has {} bytes, the index says {size}",
-                    data.len()
-                )));
-            }
-            deliver(data).await?;
+            deliver(want, size, data).await?;
         }
         stream.finish();
     }
@@ -131,6 +234,8 @@ pub fn check_chunk(data: &[u8], digest: &Digest, what: &str) -> Result<()> {
 pub struct RemoteFile {
     conn: Arc<Connection>,
     rt: tokio::runtime::Handle,
+    decoder: ChunkDecoder,
+    kind: Kind,
     name: String,
     pub map: ChunkMap,
     cache: VecDeque<(usize, Bytes)>,
@@ -147,12 +252,16 @@ impl RemoteFile {
     pub fn new(
         conn: Arc<Connection>,
         rt: tokio::runtime::Handle,
+        decoder: ChunkDecoder,
+        kind: Kind,
         name: String,
         map: ChunkMap,
     ) -> RemoteFile {
         RemoteFile {
             conn,
             rt,
+            decoder,
+            kind,
             name,
             map,
             cache: VecDeque::new(),
@@ -182,12 +291,15 @@ impl RemoteFile {
                 .collect();
             let mut got = Vec::with_capacity(missing.len());
             let what = self.name.clone();
-            self.rt.block_on(download(&self.conn, &what, &wanted, |b| {
-                got.push(b);
-                std::future::ready(Ok(()))
-            }))?;
-            for (&i, data) in missing.iter().zip(got) {
-                check_chunk(&data, &self.map.digests[i], &self.name)?;
+            self.rt
+                .block_on(download(&self.conn, &what, &wanted, |d, n, b| {
+                    got.push((d, n, b));
+                    std::future::ready(Ok(()))
+                }))?;
+            for (&i, (digest, size, data)) in missing.iter().zip(got) {
+                let data = self
+                    .decoder
+                    .open(self.kind, &digest, size, data, &self.name)?;
                 self.fetched.fetch_add(1, Ordering::Relaxed);
                 self.cached_bytes += data.len();
                 self.cache.push_back((i, data));

@@ -5,16 +5,21 @@
 use hoard_datastore::{FileKind, Manifest, ManifestFile};
 use hoard_protocol::{Message, SnapshotFilter};
 use hoard_types::{BackupGroup, Digest, SnapshotPath};
+use sha2::{Digest as _, Sha256};
+
+use hoard_codec::Key;
 
 use crate::conn::{Connection, unexpected};
 use crate::error::{Error, Result};
+use crate::seal::SealState;
 
 /// Packets of a hash list or listing that may queue before the reader
 /// waits for us; each is at most one packet (16 MiB) of digests.
 const LIST_DEPTH: usize = 4;
 
-/// The digests of a finished index, in index order.
-pub async fn hash_list(conn: &Connection, index_path: &str) -> Result<Vec<Digest>> {
+/// The digests of a finished fixed index, in index order, checked
+/// against the index checksum `csum` (hex) of its manifest entry.
+pub async fn hash_list(conn: &Connection, index_path: &str, csum: &str) -> Result<Vec<Digest>> {
     let _turn = conn.hash_list_turn.lock().await;
     let mut stream = conn.open_stream(LIST_DEPTH)?;
     stream
@@ -24,14 +29,19 @@ pub async fn hash_list(conn: &Connection, index_path: &str) -> Result<Vec<Digest
         .await?;
     let what = format!("the hash list of {index_path}");
     let mut out = Vec::new();
+    let mut hasher = Sha256::new();
     loop {
         match stream.recv(&what).await? {
             Message::HashListPart(list) if list.is_empty() => break,
-            Message::HashListPart(list) => out.extend(list.iter()),
+            Message::HashListPart(list) => {
+                hasher.update(list.as_bytes());
+                out.extend(list.iter());
+            }
             other => return Err(unexpected(&what, &other)),
         }
     }
     stream.finish();
+    crate::seal::index_mismatch(index_path, csum, &hasher.finalize().into())?;
     Ok(out)
 }
 
@@ -39,18 +49,42 @@ pub async fn hash_list(conn: &Connection, index_path: &str) -> Result<Vec<Digest
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub path: SnapshotPath,
+    /// With [`SealState::Ours`], its files are the sealed ones.
     pub manifest: Manifest,
+    /// How the snapshot's seal relates to the client's key.
+    pub seal: SealState,
+}
+
+impl Listed {
+    /// Whether a backup with (`keyed`) or without a key may build on this
+    /// snapshot: finished, not known to be damaged, and encrypted with
+    /// the same key (its seal verified) or, for a plain backup, not
+    /// encrypted at all.
+    pub fn usable_as_base(&self, keyed: bool) -> bool {
+        self.manifest.usable_as_base()
+            && match self.seal {
+                SealState::Ours => keyed,
+                SealState::Plain => !keyed,
+                SealState::Foreign { .. } | SealState::Broken { .. } => false,
+            }
+    }
 }
 
 /// One SnapshotEntry payload: a manifest as JSON, from the server (so
-/// untrusted: fuzzed by `fuzz/snapshot_entry`).
-pub fn parse_entry(json: &[u8]) -> Result<Listed> {
-    let manifest: Manifest = serde_json::from_slice(json)
+/// untrusted: fuzzed by `fuzz/snapshot_entry`), its seal checked against
+/// `key`.
+pub fn parse_entry(json: &[u8], key: Option<&Key>) -> Result<Listed> {
+    let mut manifest: Manifest = serde_json::from_slice(json)
         .map_err(|e| Error::Protocol(format!("unreadable snapshot entry: {e}")))?;
     let path = manifest.snapshot.parse().map_err(|e| {
         Error::Protocol(format!("snapshot entry names {:?}: {e}", manifest.snapshot))
     })?;
-    Ok(Listed { path, manifest })
+    let seal = crate::seal::check(&path, &mut manifest, key);
+    Ok(Listed {
+        path,
+        manifest,
+        seal,
+    })
 }
 
 /// Every snapshot matching `filter`, oldest first within each group.
@@ -63,12 +97,7 @@ pub async fn list_snapshots(conn: &Connection, filter: SnapshotFilter) -> Result
         match stream.recv(what).await? {
             Message::SnapshotEntry(json) if json.is_empty() => break,
             Message::SnapshotEntry(json) => {
-                let manifest: Manifest = serde_json::from_slice(&json)
-                    .map_err(|e| Error::Protocol(format!("unreadable snapshot entry: {e}")))?;
-                let path = manifest.snapshot.parse().map_err(|e| {
-                    Error::Protocol(format!("snapshot entry names {:?}: {e}", manifest.snapshot))
-                })?;
-                out.push(Listed { path, manifest });
+                out.push(parse_entry(&json, conn.codec().key().map(|k| &**k))?);
             }
             other => return Err(unexpected(what, &other)),
         }
@@ -109,17 +138,19 @@ pub fn latest<'a>(list: &'a [Listed], group: &BackupGroup, name: &str) -> Option
 
 /// The incremental base for file `stored_name` of a new snapshot of
 /// `group`: the newest snapshot that is complete, not known to be
-/// damaged, older than `before`, and holds that file.
+/// damaged, older than `before`, holds that file, and is encrypted with
+/// the backup's key (`keyed`) or not at all (see [`Listed::usable_as_base`]).
 pub fn find_base<'a>(
     list: &'a [Listed],
     group: &BackupGroup,
     before: &SnapshotPath,
     stored_name: &str,
+    keyed: bool,
 ) -> Option<(&'a Listed, &'a ManifestFile)> {
     list.iter()
         .rev()
         .filter(|s| s.path.group == *group && s.path.time < before.time)
-        .filter(|s| s.manifest.usable_as_base())
+        .filter(|s| s.usable_as_base(keyed))
         .find_map(|s| s.manifest.file(stored_name).map(|f| (s, f)))
 }
 
@@ -152,6 +183,7 @@ mod tests {
         Listed {
             path: path.parse().unwrap(),
             manifest,
+            seal: SealState::Plain,
         }
     }
 
@@ -197,13 +229,13 @@ mod tests {
         ];
         let group = list[0].path.group.clone();
         let now: SnapshotPath = "vm/1/2026-02-01T00:00:00Z".parse().unwrap();
-        let (s, _) = find_base(&list, &group, &now, "a.fidx").unwrap();
+        let (s, _) = find_base(&list, &group, &now, "a.fidx", false).unwrap();
         assert_eq!(s.path.to_string(), "vm/1/2026-01-02T00:00:00Z");
-        let (s, _) = find_base(&list, &group, &now, "b.fidx").unwrap();
+        let (s, _) = find_base(&list, &group, &now, "b.fidx", false).unwrap();
         assert_eq!(s.path.to_string(), "vm/1/2026-01-01T00:00:00Z");
-        assert!(find_base(&list, &group, &now, "c.fidx").is_none());
+        assert!(find_base(&list, &group, &now, "c.fidx", false).is_none());
         let early: SnapshotPath = "vm/1/2026-01-01T00:00:00Z".parse().unwrap();
-        assert!(find_base(&list, &group, &early, "a.fidx").is_none());
+        assert!(find_base(&list, &group, &early, "a.fidx", false).is_none());
 
         let l = latest(&list, &group, "a").unwrap();
         assert_eq!(l.path.to_string(), "vm/1/2026-01-03T00:00:00Z");

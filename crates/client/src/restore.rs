@@ -21,7 +21,7 @@ use bytes::Bytes;
 use hoard_datastore::{FileKind, ManifestFile};
 use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
 use hoard_protocol::{DigestList, Message};
-use hoard_types::{Digest, SnapshotPath};
+use hoard_types::Digest;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -29,8 +29,10 @@ use tokio::task::JoinHandle;
 use crate::conn::{Connection, unexpected};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::requests::{display_name, hash_list};
-use hoard_types::zero::{nonzero_runs, zero_digest};
+use crate::remote::ChunkDecoder;
+use crate::requests::{Listed, display_name, hash_list};
+use hoard_codec::Kind;
+use hoard_types::zero::nonzero_runs;
 
 /// Chunk packets that may queue on the download stream.
 const DOWNLOAD_DEPTH: usize = 4;
@@ -71,16 +73,18 @@ pub struct RestoreOptions {
     pub buffers: usize,
 }
 
-/// Restores `file` of `snapshot` to `target`.
+/// Restores `file` of `snap` to `target`.
 pub async fn restore_image(
     conn: &Connection,
-    snapshot: &SnapshotPath,
+    snap: &Listed,
     file: &ManifestFile,
     target: &Target,
     opts: &RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    let snapshot = &snap.path;
+    let decoder = ChunkDecoder::for_snapshot(conn, snap)?;
     let name = display_name(file).to_string();
     let chunk_size = match (file.kind, file.chunk_size) {
         (FileKind::Fixed, Some(cs)) if cs > 0 => cs as u64,
@@ -94,10 +98,7 @@ pub async fn restore_image(
     let output = Output::open(target, size, opts.overwrite)?;
     progress.add_total(size);
     let index_path = format!("{snapshot}/{}", file.name);
-    let digests = match hash_list(conn, &index_path).await {
-        Ok(d) => d,
-        Err(e) => return Err(e),
-    };
+    let digests = hash_list(conn, &index_path, &file.index_csum).await?;
     let mut report = RestoreReport {
         snapshot: snapshot.to_string(),
         file: name,
@@ -117,16 +118,13 @@ pub async fn restore_image(
         )));
     }
     let (tx, writer) = spawn_writer(output, opts, size, chunk_size, progress);
-    let fetched = fetch(
-        conn,
-        &digests,
+    let image = Image {
+        digests: &digests,
         size,
         chunk_size,
-        &index_path,
-        tx,
-        &mut report,
-    )
-    .await;
+        path: &index_path,
+    };
+    let fetched = fetch(conn, &decoder, &image, tx, &mut report).await;
     settle(fetched, writer).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -137,15 +135,17 @@ pub async fn restore_image(
 /// digest on the blocking pool, written by the same writer as images.
 pub async fn restore_stream(
     conn: &Connection,
-    snapshot: &SnapshotPath,
+    snap: &Listed,
     file: &ManifestFile,
     target: &Target,
     opts: &RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    let snapshot = &snap.path;
+    let decoder = ChunkDecoder::for_snapshot(conn, snap)?;
     let index_path = format!("{snapshot}/{}", file.name);
-    let map = crate::remote::chunk_map(conn, &index_path).await?;
+    let map = crate::remote::chunk_map(conn, &index_path, &file.index_csum).await?;
     let size = map.size();
     if size != file.file_size {
         return Err(Error::Damaged(format!(
@@ -171,13 +171,13 @@ pub async fn restore_stream(
         .map(|i| (map.digests[i], map.ends[i] - map.start(i)))
         .collect();
     let mut next = 0usize;
-    let downloaded = crate::remote::download(conn, &index_path, &wanted, |data| {
-        let (i, offset) = (next, map.start(next));
+    let downloaded = crate::remote::download(conn, &index_path, &wanted, |digest, size, data| {
+        let offset = map.start(next);
         next += 1;
-        let digest = map.digests[i];
         let what = index_path.clone();
+        let decoder = decoder.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            crate::remote::check_chunk(&data, &digest, &what).map(|()| data)
+            decoder.open(Kind::Chunk, &digest, size, data, &what)
         });
         let tx = tx.clone();
         async move {
@@ -246,18 +246,40 @@ enum Item {
     },
 }
 
-async fn fetch(
-    conn: &Connection,
-    digests: &[Digest],
+/// The fixed index being restored.
+struct Image<'a> {
+    digests: &'a [Digest],
     size: u64,
     chunk_size: u64,
-    index_path: &str,
+    /// `SNAPSHOT/NAME.fidx`.
+    path: &'a str,
+}
+
+async fn fetch(
+    conn: &Connection,
+    decoder: &ChunkDecoder,
+    image: &Image<'_>,
     tx: mpsc::Sender<Item>,
     report: &mut RestoreReport,
 ) -> Fetched {
+    let Image {
+        digests,
+        size,
+        chunk_size,
+        path: index_path,
+    } = *image;
     let len_of = |i: usize| (size - i as u64 * chunk_size).min(chunk_size);
+    // All-zero chunks are never downloaded; their digests (keyed when
+    // encrypted) are computed once per length.
+    let codec = decoder.codec();
+    let zero_full = codec.zero_digest(Kind::Chunk, chunk_size as usize);
+    let last = digests.len().saturating_sub(1);
+    let zero_last = match len_of(last) as usize {
+        0 => zero_full,
+        n => codec.zero_digest(Kind::Chunk, n),
+    };
     let data_slots: Vec<usize> = (0..digests.len())
-        .filter(|&i| digests[i] != zero_digest(len_of(i) as usize))
+        .filter(|&i| digests[i] != if i == last { zero_last } else { zero_full })
         .collect();
     let mut slot = 0usize;
     for batch in data_slots.chunks(MAX_DIGESTS_PER_PACKET) {
@@ -281,25 +303,19 @@ async fn fetch(
             };
             let expected = digests[want];
             let len = len_of(want);
-            if digest != expected || offset != stream_offset || data.len() as u64 != len {
+            if digest != expected || offset != stream_offset {
                 return Err(Error::Protocol(format!(
-                    "the server sent chunk {digest} ({} bytes at {offset}) for slot {want} of {index_path}, \
-                     expected {expected} ({len} bytes at {stream_offset})",
-                    data.len()
+                    "the server sent chunk {digest} (at {offset}) for slot {want} of {index_path}, \
+                     expected {expected} (at {stream_offset})"
                 )));
             }
-            stream_offset += len;
+            stream_offset += data.len() as u64;
             report.chunks_downloaded += 1;
             report.bytes_downloaded += len;
-            let path = index_path.to_string();
+            let what = format!("{index_path} (slot {want})");
+            let decoder = decoder.clone();
             let checked = tokio::task::spawn_blocking(move || {
-                if Digest::of(&data) == expected {
-                    Ok(data)
-                } else {
-                    Err(Error::Damaged(format!(
-                        "chunk {expected} (slot {want} of {path}) arrived damaged: its content does not match its digest"
-                    )))
-                }
+                decoder.open(Kind::Chunk, &expected, len, data, &what)
             });
             let item = Item::Data {
                 offset: want as u64 * chunk_size,

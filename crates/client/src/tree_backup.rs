@@ -14,14 +14,14 @@
 //! in by digest (runs of neighbouring unchanged files share one splice).
 //! The previous archive's tables are read on demand alongside the walk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hoard_archive::format::{
     self, Extent, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN, PAYLOAD_HEADER_SIZE, payload_header,
@@ -35,10 +35,13 @@ use tokio::sync::Semaphore;
 
 use crate::conn::Connection;
 use crate::error::{Error, Result};
-use crate::feed::{self, ChunkFeed, FeedClosed, StreamReport, create_dynamic, upload_stream};
+use crate::feed::{self, ChunkFeed, FeedClosed, create_dynamic, upload_stream};
+use crate::known::KnownChunks;
 use crate::progress::Progress;
-use crate::remote::{ChunkMap, RemoteFile, archive_error, chunk_map};
+use crate::remote::{ChunkDecoder, ChunkMap, RemoteFile, archive_error, chunk_map};
 use crate::requests::{Listed, find_base};
+use crate::seal::SealedFile;
+use crate::upload::{Encoder, StreamReport, joined};
 use crate::xattrs;
 
 /// Suffixes of the two files of a tree archive (before the server's
@@ -98,6 +101,9 @@ pub struct TreeReport {
     pub excluded: u64,
     pub meta: StreamReport,
     pub data: StreamReport,
+    /// The two files as the manifest seal records them.
+    #[serde(skip)]
+    pub(crate) sealed: Vec<SealedFile>,
 }
 
 impl TreeReport {
@@ -126,12 +132,12 @@ struct Previous {
 /// Backs up one tree into `opts.snapshot` over `conn`. `listed` is the
 /// group's snapshot list (for the base); `known` the digests the server
 /// is known to hold, shared with the run's other files.
-pub async fn backup_tree(
+pub(crate) async fn backup_tree(
     conn: Arc<Connection>,
     opts: TreeOptions,
     spec: TreeSpec,
     listed: Arc<Vec<Listed>>,
-    known: Arc<Mutex<HashSet<Digest>>>,
+    known: KnownChunks,
     progress: Arc<Progress>,
 ) -> Result<TreeReport> {
     let root_meta = std::fs::symlink_metadata(&spec.path).map_err(Error::source_io(&spec.path))?;
@@ -158,15 +164,18 @@ pub async fn backup_tree(
     let previous = match find_previous(&conn, &opts, &spec, &listed).await? {
         Some((base, meta_map, data_map)) => {
             report.base = Some(base);
-            {
-                let mut k = known.lock().expect("lock poisoned");
-                k.extend(meta_map.digests.iter().copied());
-                k.extend(data_map.digests.iter().copied());
-            }
+            known.extend(meta_map.digests.iter().copied());
+            known.extend(data_map.digests.iter().copied());
             if opts.reuse_unchanged {
                 let archive_digests = meta_map.digests.clone();
-                let remote =
-                    RemoteFile::new(conn.clone(), rt.clone(), meta_name.to_string(), meta_map);
+                let remote = RemoteFile::new(
+                    conn.clone(),
+                    rt.clone(),
+                    ChunkDecoder::own(&conn),
+                    hoard_codec::Kind::MetaChunk,
+                    meta_name.to_string(),
+                    meta_map,
+                );
                 let data_size = data_map.size();
                 let opened = tokio::task::spawn_blocking(move || Archive::open(remote, data_size))
                     .await
@@ -183,10 +192,7 @@ pub async fn backup_tree(
                         );
                         // Its chunks may be what is missing: upload them
                         // again when they recur.
-                        let mut k = known.lock().expect("lock poisoned");
-                        for d in data_map.digests.iter().chain(&archive_digests) {
-                            k.remove(d);
-                        }
+                        known.forget(data_map.digests.iter().chain(&archive_digests));
                         None
                     }
                 }
@@ -197,28 +203,45 @@ pub async fn backup_tree(
         None => None,
     };
 
-    let meta_stream =
-        create_dynamic(&conn, &opts.snapshot, &meta_name, META_AVG_CHUNK as u32).await?;
-    let data_stream =
-        create_dynamic(&conn, &opts.snapshot, &data_name, opts.avg_chunk as u32).await?;
+    let meta_stream = create_dynamic(
+        &conn,
+        &opts.snapshot,
+        &meta_name,
+        META_AVG_CHUNK as u32,
+        known.clone(),
+    )
+    .await?;
+    let data_stream = create_dynamic(
+        &conn,
+        &opts.snapshot,
+        &data_name,
+        opts.avg_chunk as u32,
+        known.clone(),
+    )
+    .await?;
     let buffers = Arc::new(Semaphore::new(opts.buffers.max(2)));
     let (meta_tx, meta_rx) = feed::channel();
     let (data_tx, data_rx) = feed::channel();
-    let meta_up = tokio::spawn(upload_stream(
-        meta_stream,
-        format!("the backup of {meta_name}"),
-        meta_rx,
-        known.clone(),
-    ));
-    let data_up = tokio::spawn(upload_stream(
-        data_stream,
-        format!("the backup of {data_name}"),
-        data_rx,
-        known.clone(),
-    ));
+    let meta_up = tokio::spawn(upload_stream(meta_stream, meta_rx));
+    let data_up = tokio::spawn(upload_stream(data_stream, data_rx));
+    let encoder = Encoder::new(&conn, known.clone());
     let walker = Walker {
-        meta: ChunkFeed::new(meta_params, meta_tx, rt.clone(), buffers.clone()),
-        data: ChunkFeed::new(avg, data_tx, rt.clone(), buffers),
+        meta: ChunkFeed::new(
+            meta_params,
+            meta_tx,
+            rt.clone(),
+            buffers.clone(),
+            encoder.clone(),
+            hoard_codec::Kind::MetaChunk,
+        ),
+        data: ChunkFeed::new(
+            avg,
+            data_tx,
+            rt.clone(),
+            buffers,
+            encoder,
+            hoard_codec::Kind::Chunk,
+        ),
         layout: None,
         root: spec.path.clone(),
         root_dev: root_meta.dev(),
@@ -246,12 +269,8 @@ pub async fn backup_tree(
         .map_err(|_| Error::Protocol("the walker thread died".into()));
     // The uploaders' errors explain a walker that stopped because they
     // went away.
-    let meta_r = meta_up
-        .await
-        .map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
-    let data_r = data_up
-        .await
-        .map_err(|e| Error::Protocol(format!("upload task failed: {e}")));
+    let meta_r = joined(meta_up.await, "upload");
+    let data_r = joined(data_up.await, "upload");
     let mut report = match walked? {
         Ok(r) => r,
         Err(FeedClosed) => {
@@ -260,8 +279,14 @@ pub async fn backup_tree(
             return Err(Error::Protocol("an upload stopped early".into()));
         }
     };
-    report.meta = meta_r??;
-    report.data = data_r??;
+    let (meta, meta_csum) = meta_r??;
+    let (data, data_csum) = data_r??;
+    report.sealed = vec![
+        SealedFile::dynamic(&meta_name, &meta, meta_csum),
+        SealedFile::dynamic(&data_name, &data, data_csum),
+    ];
+    report.meta = meta;
+    report.data = data;
     Ok(report)
 }
 
@@ -275,14 +300,29 @@ async fn find_previous(
 ) -> Result<Option<(String, ChunkMap, ChunkMap)>> {
     let meta = format!("{}{META_SUFFIX}.didx", spec.name);
     let data = format!("{}{DATA_SUFFIX}.didx", spec.name);
-    let Some((snap, _)) = find_base(listed, &opts.snapshot.group, &opts.snapshot, &meta) else {
+    // An encrypted backup's base is sealed with its key (its files and
+    // their index checksums are the sealed ones), a plain one's is plain.
+    let keyed = conn.codec().key().is_some();
+    let Some((snap, meta_file)) =
+        find_base(listed, &opts.snapshot.group, &opts.snapshot, &meta, keyed)
+    else {
         return Ok(None);
     };
-    if snap.manifest.file(&data).is_none() {
+    let Some(data_file) = snap.manifest.file(&data) else {
         return Ok(None);
-    }
-    let meta_map = chunk_map(conn, &format!("{}/{meta}", snap.path)).await?;
-    let data_map = chunk_map(conn, &format!("{}/{data}", snap.path)).await?;
+    };
+    let meta_map = chunk_map(
+        conn,
+        &format!("{}/{meta}", snap.path),
+        &meta_file.index_csum,
+    )
+    .await?;
+    let data_map = chunk_map(
+        conn,
+        &format!("{}/{data}", snap.path),
+        &data_file.index_csum,
+    )
+    .await?;
     Ok(Some((
         format!("{}/{}", snap.path, spec.name),
         meta_map,
@@ -332,7 +372,7 @@ struct Walker {
     excludes: Gitignore,
     previous: Option<Previous>,
     /// Digests the server is known to hold (shared with the uploaders).
-    known: Arc<Mutex<HashSet<Digest>>>,
+    known: KnownChunks,
     links: HashMap<(u64, u64), LinkTarget>,
     run: Option<SpliceRun>,
     report: TreeReport,
@@ -446,10 +486,8 @@ impl Walker {
                     // Its chunks may be what is missing: upload them again
                     // when they recur (the server keeps one copy).
                     if let Some(prev) = self.previous.take() {
-                        let mut known = self.known.lock().expect("lock poisoned");
-                        for d in prev.data.digests.iter().chain(&prev.archive_digests) {
-                            known.remove(d);
-                        }
+                        self.known
+                            .forget(prev.data.digests.iter().chain(&prev.archive_digests));
                     }
                     Vec::new()
                 }

@@ -28,7 +28,7 @@ use hoard_archive::format::{
 };
 use hoard_archive::{Archive, Entry, Kind};
 use hoard_datastore::Manifest;
-use hoard_types::{Digest, SnapshotPath};
+use hoard_types::Digest;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
@@ -40,8 +40,9 @@ use crate::dir_writer::{Batch, DirState, FileWork, Writers, set_metadata, times}
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::remote::{
-    ChunkMap, RemoteFile, archive_error, check_chunk, chunk_map, download, source_error,
+    ChunkDecoder, ChunkMap, RemoteFile, archive_error, chunk_map, download, source_error,
 };
+use crate::requests::Listed;
 use crate::tree_backup::{DATA_SUFFIX, META_SUFFIX};
 use crate::xattrs;
 
@@ -62,28 +63,59 @@ pub fn has_archive(manifest: &Manifest, name: &str) -> bool {
 pub struct OpenArchive {
     pub archive: Archive<RemoteFile>,
     pub data: ChunkMap,
+    /// Decodes the data stream's chunks.
+    pub decoder: ChunkDecoder,
 }
 
-/// Opens archive `name` of `snapshot`: both chunk maps, then the
+/// Opens archive `name` of `snap`: both chunk maps (checked against the
+/// manifest's index checksums, sealed ones when encrypted), then the
 /// trailer and root entry (blocking: run off the async workers).
-pub async fn open_archive(
-    conn: Arc<Connection>,
-    snapshot: &SnapshotPath,
-    name: &str,
-) -> Result<OpenArchive> {
+pub async fn open_archive(conn: Arc<Connection>, snap: &Listed, name: &str) -> Result<OpenArchive> {
+    let decoder = ChunkDecoder::for_snapshot(&conn, snap)?;
+    let snapshot = &snap.path;
     let meta_name = format!("{name}{META_SUFFIX}");
-    let meta = chunk_map(&conn, &format!("{snapshot}/{meta_name}.didx")).await?;
-    let data = chunk_map(&conn, &format!("{snapshot}/{name}{DATA_SUFFIX}.didx")).await?;
+    let data_name = format!("{name}{DATA_SUFFIX}");
+    let csum = |stored: &str| -> Result<String> {
+        snap.manifest
+            .file(stored)
+            .map(|f| f.index_csum.clone())
+            .ok_or_else(|| Error::NotFound(format!("snapshot {snapshot} has no {stored}")))
+    };
+    let meta_stored = format!("{meta_name}.didx");
+    let data_stored = format!("{data_name}.didx");
+    let meta = chunk_map(
+        &conn,
+        &format!("{snapshot}/{meta_stored}"),
+        &csum(&meta_stored)?,
+    )
+    .await?;
+    let data = chunk_map(
+        &conn,
+        &format!("{snapshot}/{data_stored}"),
+        &csum(&data_stored)?,
+    )
+    .await?;
     let rt = tokio::runtime::Handle::current();
     let data_size = data.size();
-    let remote = RemoteFile::new(conn, rt, format!("{snapshot}/{meta_name}"), meta);
+    let remote = RemoteFile::new(
+        conn,
+        rt,
+        decoder.clone(),
+        hoard_codec::Kind::MetaChunk,
+        format!("{snapshot}/{meta_name}"),
+        meta,
+    );
     let slot = remote.last_error.clone();
     let archive = tokio::task::spawn_blocking(move || {
         Archive::open(remote, data_size).map_err(|e| source_error(e, &slot))
     })
     .await
     .map_err(|e| Error::Protocol(format!("archive task failed: {e}")))??;
-    Ok(OpenArchive { archive, data })
+    Ok(OpenArchive {
+        archive,
+        data,
+        decoder,
+    })
 }
 
 /// One listed entry, as `hoard ls` shows it.
@@ -140,13 +172,8 @@ fn listed(e: &Entry) -> ListedEntry {
 
 /// The entries of directory `path` of an archive (or the one entry, if
 /// `path` is not a directory).
-pub async fn list(
-    conn: Arc<Connection>,
-    snapshot: &SnapshotPath,
-    name: &str,
-    path: &str,
-) -> Result<Listing> {
-    let OpenArchive { mut archive, .. } = open_archive(conn, snapshot, name).await?;
+pub async fn list(conn: Arc<Connection>, snap: &Listed, name: &str, path: &str) -> Result<Listing> {
+    let OpenArchive { mut archive, .. } = open_archive(conn, snap, name).await?;
     let path = path.to_string();
     tokio::task::spawn_blocking(move || {
         let entry = archive
@@ -203,14 +230,19 @@ pub struct TreeRestoreReport {
 /// single non-directory entry the path it is to have.
 pub async fn restore_tree(
     conn: Arc<Connection>,
-    snapshot: &SnapshotPath,
+    snap: &Listed,
     name: &str,
     target: &Path,
     opts: &TreeRestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<TreeRestoreReport> {
     let started = Instant::now();
-    let OpenArchive { mut archive, data } = open_archive(conn.clone(), snapshot, name).await?;
+    let snapshot = &snap.path;
+    let OpenArchive {
+        mut archive,
+        data,
+        decoder,
+    } = open_archive(conn.clone(), snap, name).await?;
     let rt = tokio::runtime::Handle::current();
     // Look up the subtree and plan the chunks it needs.
     let path = opts.path.trim_matches('/').to_string();
@@ -263,14 +295,11 @@ pub async fn restore_tree(
         let conn = conn.clone();
         let gone = writer_gone.clone();
         tokio::spawn(async move {
-            let mut k = 0usize;
-            let digests: Vec<Digest> = wanted.iter().map(|w| w.0).collect();
-            download(&conn, &what.clone(), &wanted, |chunk| {
-                let digest = digests[k];
-                k += 1;
+            download(&conn, &what.clone(), &wanted, |digest, size, chunk| {
                 let what = what.clone();
+                let decoder = decoder.clone();
                 let job = tokio::task::spawn_blocking(move || {
-                    check_chunk(&chunk, &digest, &what).map(|_| chunk)
+                    decoder.open(hoard_codec::Kind::Chunk, &digest, size, chunk, &what)
                 });
                 let (tx, gone) = (tx.clone(), gone.clone());
                 async move {

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use hoard_types::zero::nonzero_runs;
 use hoard_types::{Digest, MAX_CHUNK_SIZE};
 
-use crate::chunk_file::{CHUNK_HEADER_SIZE, ChunkHeader, ZSTD_LEVEL};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{TempFile, fsync_dir, open_nofollow};
 use crate::locks::{FsTime, Locks, touch};
+use hoard_codec::Compression;
+use hoard_codec::blob::{self, BlobHeader, Encoding, HEADER_SIZE as CHUNK_HEADER_SIZE};
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,15 @@ pub enum Marked {
     /// Stamped at or after the cutoff already.
     Recent,
     Missing,
+}
+
+/// What verify found a good chunk to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Plain size, from the header.
+    pub size: u64,
+    /// Encrypted: only its structure and CRC could be checked.
+    pub encrypted: bool,
 }
 
 /// Why verify rejects a chunk.
@@ -151,7 +161,8 @@ impl ChunkStore {
     }
 
     /// Verifies `data` against `digest` and stores it durably unless a
-    /// chunk with that digest exists. Blocking: hashing and fsync.
+    /// chunk with that digest exists, compressed if that is worth it (a
+    /// version 1 client's upload). Blocking: hashing and fsync.
     ///
     /// `since` is the start of the calling writer's registration: an
     /// existing chunk stamped before it is stamped now, under the prefix
@@ -170,44 +181,91 @@ impl ChunkStore {
                 actual,
             });
         }
-        {
+        if self.exists_verified(digest, since)? {
+            return Ok(Inserted::Existed);
+        }
+        match AT_REST.compress(data) {
+            Some(z) => {
+                let h = BlobHeader::zstd(data.len(), &z);
+                self.store(digest, since, true, |f| write_blob(f, &h, &z))
+            }
+            None => self.store(digest, since, true, |f| {
+                write_blob(f, &BlobHeader::raw(data), data)
+            }),
+        }
+    }
+
+    /// Stores a chunk the client encoded (feature ENCODED_CHUNKS) as it
+    /// was sent, after checking what can be checked: the header and CRC
+    /// always; for an unencrypted chunk also that its data hashes to
+    /// `digest`. An encrypted chunk (keyed digest) is accepted only when
+    /// `encrypted_ok` (the session negotiated ENCRYPTION).
+    pub fn insert_blob(
+        &self,
+        digest: &Digest,
+        blob: &[u8],
+        encrypted_ok: bool,
+        since: FsTime,
+    ) -> Result<Inserted> {
+        let corrupt = |e: hoard_codec::Error| Error::BlobRejected {
+            digest: *digest,
+            reason: e.to_string(),
+        };
+        let header = blob::check_structure(blob).map_err(corrupt)?;
+        let verified = match header.encoding {
+            Encoding::Raw | Encoding::Zstd => {
+                blob::decode_plain(digest, blob).map_err(corrupt)?;
+                true
+            }
+            Encoding::Encrypted if encrypted_ok => false,
+            Encoding::Encrypted => {
+                return Err(Error::BlobRejected {
+                    digest: *digest,
+                    reason: "an encrypted chunk, in a session that did not negotiate encryption"
+                        .into(),
+                });
+            }
+        };
+        if verified && self.exists_verified(digest, since)? {
+            return Ok(Inserted::Existed);
+        }
+        let payload = &blob[CHUNK_HEADER_SIZE..];
+        self.store(digest, since, verified, |f| write_blob(f, &header, payload))
+    }
+
+    /// Under the prefix lock: whether a chunk that needs no replacing is
+    /// stored (stamping it as [`ChunkStore::keep_existing`] does).
+    fn exists_verified(&self, digest: &Digest, since: FsTime) -> Result<bool> {
+        let _shared = self.locks.share_prefix(Self::prefix(digest))?;
+        self.keep_existing(digest, since, true)
+    }
+
+    /// Writes a new chunk file with `write` and renames it into place
+    /// unless a chunk exists by then. `verified`: the data was checked
+    /// against the digest, so it replaces an encrypted chunk file under
+    /// that name, which nothing could check (docs/security.md).
+    fn store(
+        &self,
+        digest: &Digest,
+        since: FsTime,
+        verified: bool,
+        write: impl FnOnce(&File) -> std::io::Result<()>,
+    ) -> Result<Inserted> {
+        if !verified {
             let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-            if self.keep_existing(digest, since)? {
+            if self.keep_existing(digest, since, false)? {
                 return Ok(Inserted::Existed);
             }
         }
         // Written and synced outside the prefix lock, so a GC waiting to
         // sweep this prefix never waits for a disk flush.
         let tmp = TempFile::create(&self.tmp, "chunk")?;
-        let ctx = || format!("writing chunk {digest}");
-        if let Some(z) = compress(data) {
-            tmp.file
-                .write_all_at(&ChunkHeader::for_zstd(data.len(), &z).encode(), 0)
-                .ctx(ctx)?;
-            tmp.file
-                .write_all_at(&z, CHUNK_HEADER_SIZE as u64)
-                .ctx(ctx)?;
-        } else {
-            tmp.file
-                .write_all_at(&ChunkHeader::for_raw(data).encode(), 0)
-                .ctx(ctx)?;
-            // Zero blocks of the data stay holes: a disk image's chunk is
-            // often mostly zeros, and those bytes then cost neither page
-            // cache nor disk. Readers see zeros either way.
-            for (start, run) in nonzero_runs(data, SPARSE_BLOCK) {
-                tmp.file
-                    .write_all_at(run, (CHUNK_HEADER_SIZE + start) as u64)
-                    .ctx(ctx)?;
-            }
-            tmp.file
-                .set_len((CHUNK_HEADER_SIZE + data.len()) as u64)
-                .ctx(ctx)?;
-        }
+        write(&tmp.file).ctx(|| format!("writing chunk {digest}"))?;
         tmp.sync()?;
         let path = self.chunk_path(digest);
         {
             let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-            if self.keep_existing(digest, since)? {
+            if self.keep_existing(digest, since, verified)? {
                 return Ok(Inserted::Existed);
             }
             // The new file's mtime is its write time, after `since`.
@@ -218,8 +276,9 @@ impl ChunkStore {
     }
 
     /// Under the prefix lock: whether a usable chunk file exists, stamping
-    /// it if it is older than `since`.
-    fn keep_existing(&self, digest: &Digest, since: FsTime) -> Result<bool> {
+    /// it if it is older than `since`. With `verified`, an encrypted file
+    /// does not count: verified data replaces it.
+    fn keep_existing(&self, digest: &Digest, since: FsTime, verified: bool) -> Result<bool> {
         let path = self.chunk_path(digest);
         let file = match open_nofollow(&path) {
             Ok(f) => f,
@@ -229,6 +288,18 @@ impl ChunkStore {
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
         if meta.len() == 0 {
             return Ok(false);
+        }
+        if verified {
+            let mut magic = [0u8; 8];
+            let n = file
+                .read_at(&mut magic, 0)
+                .ctx(|| format!("reading chunk {digest}"))?;
+            if n == magic.len() && magic == blob::MAGIC_ENCRYPTED {
+                tracing::warn!(
+                    "chunk {digest}: an encrypted file stood under the name of verified plain data; replacing it"
+                );
+                return Ok(false);
+            }
         }
         if FsTime::mtime(&meta) < since {
             touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
@@ -323,18 +394,35 @@ impl ChunkStore {
         Ok(counts)
     }
 
-    /// Verify's findings for one chunk, read and checked in full.
-    pub fn check(&self, digest: &Digest) -> std::result::Result<u64, ChunkProblem> {
-        match self.load(digest) {
-            Ok(data) => {
-                if Digest::of(&data) == *digest {
-                    Ok(data.len() as u64)
-                } else {
-                    Err(ChunkProblem::Corrupt(
-                        "its data does not hash to its name".into(),
-                    ))
-                }
+    /// Verify's findings for one chunk, read and checked in full: an
+    /// unencrypted chunk decoded and hashed; an encrypted one (keyed
+    /// digest, no key here) checked for structure and CRC only.
+    pub fn check(&self, digest: &Digest) -> std::result::Result<Checked, ChunkProblem> {
+        let checked = self.load_blob(digest).and_then(|blob| {
+            let header =
+                BlobHeader::decode(&blob, blob.len() as u64).map_err(|e| Error::ChunkCorrupt {
+                    digest: *digest,
+                    reason: e.to_string(),
+                })?;
+            let encrypted = header.encoding == Encoding::Encrypted;
+            if !encrypted {
+                blob::decode_plain(digest, &blob).map_err(|e| Error::ChunkCorrupt {
+                    digest: *digest,
+                    reason: match e {
+                        hoard_codec::Error::DigestMismatch { .. } => {
+                            "its data does not hash to its name".into()
+                        }
+                        e => e.to_string(),
+                    },
+                })?;
             }
+            Ok(Checked {
+                size: header.raw_size as u64,
+                encrypted,
+            })
+        });
+        match checked {
+            Ok(c) => Ok(c),
             Err(Error::ChunkMissing(_)) => {
                 let zero_length = fs::symlink_metadata(self.chunk_path(digest)).is_ok();
                 Err(if zero_length {
@@ -367,7 +455,7 @@ impl ChunkStore {
         Ok(Some(dest))
     }
 
-    fn open(&self, digest: &Digest) -> Result<(File, ChunkHeader)> {
+    fn open(&self, digest: &Digest) -> Result<(File, BlobHeader)> {
         let path = self.chunk_path(digest);
         let file = match open_nofollow(&path) {
             Ok(f) => f,
@@ -387,7 +475,10 @@ impl ChunkStore {
         let n = file
             .read_at(&mut head, 0)
             .ctx(|| format!("reading chunk {digest}"))?;
-        let header = ChunkHeader::decode(digest, &head[..n], len)?;
+        let header = BlobHeader::decode(&head[..n], len).map_err(|e| Error::ChunkCorrupt {
+            digest: *digest,
+            reason: e.to_string(),
+        })?;
         Ok((file, header))
     }
 
@@ -402,74 +493,79 @@ impl ChunkStore {
         self.open(digest).is_ok()
     }
 
-    /// Reads a chunk's plain data, checking its CRC.
+    /// A chunk file's bytes as stored (header and payload), its CRC
+    /// checked: what an encoded session downloads.
+    pub fn load_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let (file, header) = self.open(digest)?;
+        let blob = read_file(&file, digest)?;
+        header
+            .check_crc(&blob[CHUNK_HEADER_SIZE..])
+            .map_err(|e| Error::ChunkCorrupt {
+                digest: *digest,
+                reason: e.to_string(),
+            })?;
+        Ok(blob)
+    }
+
+    /// Reads a chunk's plain data, checking its CRC. An encrypted chunk
+    /// has no plain data the server could give out.
     pub fn load(&self, digest: &Digest) -> Result<Vec<u8>> {
         let (file, header) = self.open(digest)?;
-        let size = file
-            .metadata()
-            .ctx(|| format!("reading chunk {digest}"))?
-            .len() as usize
-            - CHUNK_HEADER_SIZE;
-        // Read into spare capacity: no zero-filling of a buffer that is
-        // overwritten right away.
-        let mut data = Vec::with_capacity(size);
-        let mut payload = std::io::Read::take(&file, size as u64);
-        std::io::Seek::seek(
-            &mut payload.get_mut(),
-            std::io::SeekFrom::Start(CHUNK_HEADER_SIZE as u64),
-        )
-        .and_then(|_| payload.read_to_end(&mut data))
+        if header.encoding == Encoding::Encrypted {
+            return Err(Error::ChunkEncrypted(*digest));
+        }
+        let mut blob = read_file(&file, digest)?;
+        let corrupt = |e: hoard_codec::Error| Error::ChunkCorrupt {
+            digest: *digest,
+            reason: e.to_string(),
+        };
+        header
+            .check_crc(&blob[CHUNK_HEADER_SIZE..])
+            .map_err(corrupt)?;
+        // The payload moves out of the file buffer without a copy.
+        let payload = blob.split_off(CHUNK_HEADER_SIZE);
+        blob::decode_payload_plain(&header, payload).map_err(corrupt)
+    }
+}
+
+/// How a version 1 client's raw uploads are stored: zstd level 3, as
+/// before clients compressed (docs/format.md, "Chunk file").
+const AT_REST: Compression = Compression::Zstd(3);
+
+/// A chunk file's whole content. Read into spare capacity: no
+/// zero-filling of a buffer that is overwritten right away.
+fn read_file(file: &File, digest: &Digest) -> Result<Vec<u8>> {
+    let len = file
+        .metadata()
+        .ctx(|| format!("reading chunk {digest}"))?
+        .len() as usize;
+    let mut data = Vec::with_capacity(len);
+    let mut f = file;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))
+        .and_then(|_| std::io::Read::take(f, len as u64).read_to_end(&mut data))
         .ctx(|| format!("reading chunk {digest}"))?;
-        if data.len() != size {
-            return Err(Error::ChunkCorrupt {
-                digest: *digest,
-                reason: format!("{} bytes of data, the header says {size}", data.len()),
-            });
-        }
-        header.check_payload(digest, &data)?;
-        header.decode_payload(digest, data)
+    if data.len() != len {
+        return Err(Error::ChunkCorrupt {
+            digest: *digest,
+            reason: format!("{} bytes read of a {len}-byte file", data.len()),
+        });
     }
+    Ok(data)
 }
 
-thread_local! {
-    /// One compression context per thread: creating one per chunk costs
-    /// its tables' allocation and setup every time.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn zstd_compress(data: &[u8]) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
-        }
-        c.as_mut()?.compress(data).ok()
-    })
-}
-
-/// The zstd payload for `data` if it is worth storing so: a sample of
-/// three 16 KiB pieces must shrink by an eighth first, so incompressible
-/// data (media, encrypted or already compressed files) costs almost no
-/// compression time, and the whole must shrink by 1/32.
-fn compress(data: &[u8]) -> Option<Vec<u8>> {
-    const PIECE: usize = 16 << 10;
-    if data.len() < 512 {
-        return None;
+/// Writes a chunk file: header, then payload. A raw payload's zero blocks
+/// stay holes: a disk image's chunk is often mostly zeros, and those
+/// bytes then cost neither page cache nor disk. Readers see zeros either
+/// way.
+fn write_blob(file: &File, header: &BlobHeader, payload: &[u8]) -> std::io::Result<()> {
+    file.write_all_at(&header.encode(), 0)?;
+    if header.encoding != Encoding::Raw {
+        return file.write_all_at(payload, CHUNK_HEADER_SIZE as u64);
     }
-    if data.len() > 4 * PIECE {
-        let mid = data.len() / 2 - PIECE / 2;
-        let mut sample = Vec::with_capacity(3 * PIECE);
-        for at in [0, mid, data.len() - PIECE] {
-            sample.extend_from_slice(&data[at..at + PIECE]);
-        }
-        let z = zstd_compress(&sample)?;
-        if z.len() > sample.len() - sample.len() / 8 {
-            return None;
-        }
+    for (start, run) in nonzero_runs(payload, SPARSE_BLOCK) {
+        file.write_all_at(run, (CHUNK_HEADER_SIZE + start) as u64)?;
     }
-    let z = zstd_compress(data)?;
-    (!z.is_empty() && z.len() < data.len() - data.len() / 32).then_some(z)
+    file.set_len((CHUNK_HEADER_SIZE + payload.len()) as u64)
 }
 
 #[cfg(test)]

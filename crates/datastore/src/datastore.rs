@@ -18,7 +18,7 @@ use crate::fixed_index::{FixedIndexReader, FixedIndexWriter};
 use crate::fsutil::{create_dir_durable, fsync_dir, open_nofollow, refuse_symlinks, write_atomic};
 use crate::index_file::IndexSummary;
 use crate::locks::{FsTime, Locks, SnapshotPin, WriterRegistration, try_exclusive};
-use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState};
+use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, Seal, SnapshotState};
 
 const MARKER_NAME: &str = ".hoard-datastore";
 const MARKER_CONTENT: &str = "hoard-datastore 2\n";
@@ -810,6 +810,16 @@ impl SnapshotWriter {
         let stored = self.store_manifest();
         if stored.is_err() {
             self.manifest.files.pop();
+        }
+        stored
+    }
+
+    /// Stores the client's seal; the manifest carries it from now on.
+    pub fn seal(&mut self, seal: Seal) -> Result<()> {
+        let old = self.manifest.seal.replace(seal);
+        let stored = self.store_manifest();
+        if stored.is_err() {
+            self.manifest.seal = old;
         }
         stored
     }

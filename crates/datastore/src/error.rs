@@ -65,6 +65,12 @@ pub enum Error {
     ChunkMissing(Digest),
     #[error("chunk {digest} is damaged: {reason}")]
     ChunkCorrupt { digest: Digest, reason: String },
+    #[error("chunk {digest} refused: {reason}")]
+    BlobRejected { digest: Digest, reason: String },
+    #[error(
+        "chunk {0} is encrypted: only a client holding its key can read it (over an encoded session)"
+    )]
+    ChunkEncrypted(Digest),
     #[error("fixed index: chunk size {0} is outside 4096..=16777170")]
     FixedChunkSize(u32),
     #[error(

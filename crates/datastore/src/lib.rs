@@ -35,7 +35,6 @@
 //! it; the manifest is durable before the client's BackupFinished is
 //! answered. A crash leaves at most files under `.tmp/`.
 
-mod chunk_file;
 mod chunk_store;
 mod datastore;
 mod dynamic_index;
@@ -49,8 +48,7 @@ mod manifest;
 pub mod prune;
 pub mod verify;
 
-pub use chunk_file::{CHUNK_HEADER_SIZE, CHUNK_MAGIC_RAW, CHUNK_MAGIC_ZSTD, ChunkHeader};
-pub use chunk_store::{ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts};
+pub use chunk_store::{Checked, ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts};
 pub use datastore::{
     Datastore, FileWriter, IndexReader, MAX_CLOCK_SKEW_SECS, MAX_FILES_PER_SNAPSHOT, Removal,
     SnapshotInfo, SnapshotWriter, check_new_file,
@@ -60,11 +58,12 @@ pub use error::{Error, Result};
 pub use fixed_index::{
     FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, MAX_FIXED_CHUNKS, MIN_FIXED_CHUNK_SIZE,
 };
+pub use hoard_codec::blob::{BlobHeader, HEADER_SIZE as CHUNK_HEADER_SIZE};
 pub use index_file::IndexSummary;
 pub use locks::{FsTime, SnapshotPin, WriterRegistration};
 pub use manifest::{
-    FileKind, MANIFEST_MAGIC, MANIFEST_NAME, Manifest, ManifestFile, SnapshotState, Verification,
-    VerifyState,
+    FileKind, MANIFEST_MAGIC, MANIFEST_NAME, Manifest, ManifestFile, Seal, SnapshotState,
+    Verification, VerifyState,
 };
 
 /// Index files start with this many header bytes, entries follow.

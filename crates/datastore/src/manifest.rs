@@ -68,6 +68,18 @@ pub struct ManifestFile {
     pub source: Option<SourceAttributes>,
 }
 
+/// A client's seal over the snapshot (encrypted backups): a MAC with the
+/// client's key over `body`, which lists the files as the client wrote
+/// them. The server stores it and cannot check it (docs/format.md,
+/// "Manifest seal").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// Hex HMAC-SHA256.
+    pub mac: String,
+    /// JSON, kept as the exact string the MAC covers.
+    pub body: String,
+}
+
 /// Outcome of the last verification of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +108,9 @@ pub struct Manifest {
     /// Set by `hoard protect`: prune never removes the snapshot.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub protected: bool,
+    /// Set by a client that encrypts (SealSnapshot).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seal: Option<Seal>,
 }
 
 impl Manifest {
@@ -107,6 +122,7 @@ impl Manifest {
             files: Vec::new(),
             verification: None,
             protected: false,
+            seal: None,
         }
     }
 

@@ -103,6 +103,10 @@ pub struct VerifyReport {
     pub bad_chunks: Vec<BadChunk>,
     pub chunks_checked: u64,
     pub bytes_checked: u64,
+    /// Of the chunks checked, those encrypted by their client: their
+    /// digests are keyed, so the server checked their structure and CRC
+    /// only (a client holding the key checks their content on restore).
+    pub chunks_encrypted: u64,
     /// Observations that fail nothing (an index file no manifest lists).
     pub notes: Vec<String>,
 }
@@ -422,6 +426,7 @@ fn check_chunks(
 ) -> Vec<std::result::Result<u64, ChunkProblem>> {
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
+    let encrypted = AtomicU64::new(0);
     let results: Mutex<Vec<Option<std::result::Result<u64, ChunkProblem>>>> =
         Mutex::new(vec![None; digests.len()]);
     std::thread::scope(|s| {
@@ -434,11 +439,14 @@ fn check_chunks(
                         break;
                     }
                     let r = ds.chunks().check(&digests[i]);
-                    if let Ok(n) = r {
-                        bytes.fetch_add(n, Ordering::Relaxed);
-                        on_event(&VerifyEvent::Checked { bytes: n });
+                    if let Ok(c) = r {
+                        bytes.fetch_add(c.size, Ordering::Relaxed);
+                        if c.encrypted {
+                            encrypted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        on_event(&VerifyEvent::Checked { bytes: c.size });
                     }
-                    local.push((i, r));
+                    local.push((i, r.map(|c| c.size)));
                 }
                 let mut all = results.lock().unwrap_or_else(|p| p.into_inner());
                 for (i, r) in local {
@@ -449,6 +457,7 @@ fn check_chunks(
     });
     report.chunks_checked += digests.len() as u64;
     report.bytes_checked += bytes.into_inner();
+    report.chunks_encrypted += encrypted.into_inner();
     results
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())

@@ -27,6 +27,11 @@ pub const MAX_PREAUTH_PACKET_SIZE: u32 = 1024;
 /// TLS ALPN protocol id of version 2 of the packet protocol. A TLS client
 /// that offers no ALPN (or `http/1.1`) speaks HTTP on the same port.
 pub const ALPN_V2: &[u8] = b"hoard/2";
+/// SealSnapshot payload before the body: path length u16 … then the MAC.
+pub const SEAL_MAC_SIZE: usize = 32;
+/// Longest seal body: a manifest of the most files a snapshot may hold
+/// fits many times over.
+pub const MAX_SEAL_BODY: usize = 1 << 20;
 /// Stream id of the server's Hello.
 pub const HELLO_STREAM: u8 = 0;
 /// Fixed part of a CreateBackup payload (id and name follow).

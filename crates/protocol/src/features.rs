@@ -11,12 +11,17 @@ impl Features {
     /// hoard's extension packets 64–68 (ListSnapshots, SnapshotEntry,
     /// FileAttributes, GetIndex, IndexPart).
     pub const EXTENSIONS: Features = Features(1 << 0);
-    /// Reserved for client-compressed chunk uploads (not offered yet).
-    pub const RESERVED_CLIENT_COMPRESSION: Features = Features(1 << 1);
-    /// Reserved for client-encrypted chunks and indexes (not offered yet).
-    pub const RESERVED_ENCRYPTION: Features = Features(1 << 2);
+    /// Chunks travel encoded, as they are stored (docs/format.md, "Chunk
+    /// file"): UploadChunk and Chunk carry a chunk file's bytes, so the
+    /// client compresses (and the server checks and stores as sent).
+    pub const ENCODED_CHUNKS: Features = Features(1 << 1);
+    /// Client-side encryption: the server accepts encrypted chunks, whose
+    /// keyed digests it cannot check, and SealSnapshot. Needs
+    /// [`Features::ENCODED_CHUNKS`].
+    pub const ENCRYPTION: Features = Features(1 << 2);
     /// What this version of hoard implements.
-    pub const SUPPORTED: Features = Features::EXTENSIONS;
+    pub const SUPPORTED: Features =
+        Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0 | Features::ENCRYPTION.0);
     pub const NONE: Features = Features(0);
 
     pub fn contains(self, other: Features) -> bool {
@@ -32,6 +37,10 @@ impl Features {
         Features(self.0 & !offered.0)
     }
 
+    pub fn union(self, other: Features) -> Features {
+        Features(self.0 | other.0)
+    }
+
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -43,12 +52,13 @@ mod tests {
 
     #[test]
     fn subsets() {
-        let offered = Features::SUPPORTED;
+        let offered = Features::EXTENSIONS;
         assert!(offered.contains(Features::EXTENSIONS));
-        assert!(!offered.contains(Features::RESERVED_ENCRYPTION));
-        let asked = Features(Features::EXTENSIONS.0 | Features::RESERVED_ENCRYPTION.0);
-        assert_eq!(asked.beyond(offered), Features::RESERVED_ENCRYPTION);
+        assert!(!offered.contains(Features::ENCRYPTION));
+        let asked = Features(Features::EXTENSIONS.0 | Features::ENCRYPTION.0);
+        assert_eq!(asked.beyond(offered), Features::ENCRYPTION);
         assert_eq!(asked.intersect(offered), Features::EXTENSIONS);
+        assert!(Features::SUPPORTED.contains(asked));
         assert!(Features::NONE.is_empty());
     }
 }

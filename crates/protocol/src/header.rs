@@ -27,6 +27,8 @@ pub enum PacketType {
     IndexPart = 68,
     // Version 2 (docs/protocol.md, "Version 2").
     Authenticate = 69,
+    /// Version 2, feature ENCRYPTION: a snapshot's manifest seal.
+    SealSnapshot = 70,
 }
 
 /// Which side of a connection may send a packet type.
@@ -59,6 +61,7 @@ impl PacketType {
             67 => GetIndex,
             68 => IndexPart,
             69 => Authenticate,
+            70 => SealSnapshot,
             _ => return None,
         })
     }
@@ -80,7 +83,7 @@ impl PacketType {
             | IndexPart => Sender::Server,
             GetHashList | DownloadChunks | UploadChunk | CreateBackup | BackupDataFixed
             | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes | GetIndex
-            | Authenticate => Sender::Client,
+            | Authenticate | SealSnapshot => Sender::Client,
         }
     }
 }
@@ -147,7 +150,7 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_and_others_are_unknown() {
-        let known: Vec<u8> = (0..=12u8).chain(64..=69).collect();
+        let known: Vec<u8> = (0..=12u8).chain(64..=70).collect();
         for v in 0..=255u8 {
             match PacketType::from_u8(v) {
                 Some(t) => {

@@ -5,7 +5,7 @@ use hoard_types::{BackupId, BackupType, DIGEST_SIZE, Digest, NameError, SourceAt
 
 use crate::consts::{
     AUTHENTICATE_HEADER_SIZE, HEADER_SIZE, HELLO_MAGIC, HELLO_SIZE, HELLO_V2_SIZE, MAX_PACKET_SIZE,
-    MAX_TOKEN_LEN,
+    MAX_SEAL_BODY, MAX_TOKEN_LEN, SEAL_MAC_SIZE,
 };
 use crate::create_backup::CreateBackup;
 use crate::features::Features;
@@ -83,6 +83,14 @@ pub enum Message {
         features: Features,
         token: Secret,
     },
+    /// Version 2, feature ENCRYPTION: the seal of a snapshot this
+    /// connection writes (its MAC and the body it covers), stored in the
+    /// manifest for clients holding the key to check.
+    SealSnapshot {
+        snapshot: String,
+        mac: [u8; SEAL_MAC_SIZE],
+        body: Bytes,
+    },
 }
 
 /// A credential on the wire; its `Debug` never shows it, so no log line
@@ -139,6 +147,8 @@ pub enum DecodeError {
         declared: usize,
         got: usize,
     },
+    #[error("SealSnapshot carries a body of {0} bytes, more than {MAX_SEAL_BODY}")]
+    SealTooLarge(usize),
     #[error("{0} path is not UTF-8")]
     PathUtf8(&'static str),
     #[error(transparent)]
@@ -232,6 +242,34 @@ fn decode_hello(p: &[u8]) -> Result<Message, DecodeError> {
     Ok(Message::Hello { version, features })
 }
 
+/// SealSnapshot: path length u16, path, MAC (32 bytes), body (the rest,
+/// kept as `Bytes`).
+fn decode_seal(payload: &mut Bytes) -> Result<Message, DecodeError> {
+    let p = &payload[..];
+    at_least("SealSnapshot", "at least 34 bytes", 2 + SEAL_MAC_SIZE, p)?;
+    let declared = u16::from_le_bytes([p[0], p[1]]) as usize;
+    if p.len() < 2 + declared + SEAL_MAC_SIZE {
+        return Err(DecodeError::PathLength {
+            what: "SealSnapshot",
+            declared,
+            got: p.len().saturating_sub(2 + SEAL_MAC_SIZE),
+        });
+    }
+    let snapshot = String::from_utf8(p[2..2 + declared].to_vec())
+        .map_err(|_| DecodeError::PathUtf8("SealSnapshot"))?;
+    let mut mac = [0u8; SEAL_MAC_SIZE];
+    mac.copy_from_slice(&p[2 + declared..2 + declared + SEAL_MAC_SIZE]);
+    let body = payload.split_off(2 + declared + SEAL_MAC_SIZE);
+    if body.len() > MAX_SEAL_BODY {
+        return Err(DecodeError::SealTooLarge(body.len()));
+    }
+    Ok(Message::SealSnapshot {
+        snapshot,
+        mac,
+        body,
+    })
+}
+
 fn decode_authenticate(mut p: &[u8]) -> Result<Message, DecodeError> {
     at_least(
         "Authenticate",
@@ -321,6 +359,7 @@ impl Message {
             GetIndex { .. } => PacketType::GetIndex,
             IndexPart(_) => PacketType::IndexPart,
             Authenticate { .. } => PacketType::Authenticate,
+            SealSnapshot { .. } => PacketType::SealSnapshot,
         }
     }
 
@@ -337,6 +376,7 @@ impl Message {
         Ok(match ty {
             PacketType::Hello => decode_hello(p)?,
             PacketType::Authenticate => decode_authenticate(p)?,
+            PacketType::SealSnapshot => decode_seal(&mut payload)?,
             PacketType::Ok => {
                 exact("Ok", "0 bytes", 0, p)?;
                 Message::Ok
@@ -443,6 +483,7 @@ impl Message {
             Message::BackupDataFixed(l) => Some(l.as_bytes()),
             Message::BackupDataDynamic(l) | Message::IndexPart(l) => Some(l.as_bytes()),
             Message::SnapshotEntry(json) => Some(json),
+            Message::SealSnapshot { body, .. } => Some(body),
             _ => None,
         }
     }
@@ -462,6 +503,7 @@ impl Message {
             Message::CreateBackup(c) => c.encoded_len(),
             Message::ListSnapshots(f) => 2 + f.id.as_ref().map_or(0, |id| id.as_str().len()),
             Message::FileAttributes(_) => FILE_ATTRIBUTES_SIZE,
+            Message::SealSnapshot { snapshot, .. } => 2 + snapshot.len() + SEAL_MAC_SIZE,
             _ => 0,
         }
     }
@@ -530,6 +572,12 @@ impl Message {
                 out.put_i64_le(a.mtime_ns);
                 out.put_i64_le(a.ctime_ns);
                 out.put_u64_le(a.inode);
+            }
+            Message::SealSnapshot { snapshot, mac, .. } => {
+                let len = u16::try_from(snapshot.len()).expect("path longer than 65535 bytes");
+                out.put_u16_le(len);
+                out.put_slice(snapshot.as_bytes());
+                out.put_slice(mac);
             }
             _ => {}
         }

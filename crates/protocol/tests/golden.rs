@@ -84,6 +84,30 @@ fn authenticate() {
 }
 
 #[test]
+fn seal_snapshot() {
+    let mac = [0xabu8; 32];
+    golden(
+        7,
+        Message::SealSnapshot {
+            snapshot: "vm/1/x".into(),
+            mac,
+            body: Bytes::from_static(b"{}"),
+        },
+        &format!("07 46 30000000 0600 766d2f312f78 {} 7b7d", "ab".repeat(32)),
+    );
+    // A path longer than what is carried.
+    let wire = hexb(&format!(
+        "07 46 2e000000 0700 766d2f312f78 {}",
+        "ab".repeat(32)
+    ));
+    let h = check_frame(&wire).unwrap().unwrap();
+    assert!(matches!(
+        Message::decode(&h, Bytes::copy_from_slice(&wire[6..])),
+        Err(DecodeError::PathLength { .. })
+    ));
+}
+
+#[test]
 fn ok() {
     golden(3, Message::Ok, "03 01 06000000");
 }

@@ -54,6 +54,13 @@ fn message() -> impl Strategy<Value = Message> {
             features: Features(f),
             token: Secret(token),
         }),
+        (".{0,60}", any::<[u8; 32]>(), data(300)).prop_map(|(snapshot, mac, body)| {
+            Message::SealSnapshot {
+                snapshot,
+                mac,
+                body,
+            }
+        }),
         Just(Message::Ok),
         (any::<bool>(), ".{0,100}").prop_map(|(busy, message)| Message::Error {
             id: if busy {

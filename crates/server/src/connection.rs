@@ -413,6 +413,15 @@ impl Connection {
                 )
                 .await;
         }
+        if ty == PacketType::SealSnapshot && !self.features.contains(Features::ENCRYPTION) {
+            return self
+                .fail(
+                    stream,
+                    "SealSnapshot needs the encryption feature, which this session did not ask for"
+                        .into(),
+                )
+                .await;
+        }
         if let Err(denied) = self.authorize(&msg) {
             return self
                 .fail_with(stream, ErrorId::Denied, denied.to_string())
@@ -431,6 +440,11 @@ impl Connection {
             Message::DownloadChunks(list) => self.download_chunks(stream, list).await,
             Message::ListSnapshots(filter) => self.list_snapshots(stream, filter).await,
             Message::FileAttributes(attrs) => self.file_attributes(stream, attrs).await,
+            Message::SealSnapshot {
+                snapshot,
+                mac,
+                body,
+            } => self.seal_snapshot(stream, snapshot, mac, body).await,
             Message::Authenticate { .. } => {
                 self.fail(stream, "the session is authenticated already".into())
                     .await

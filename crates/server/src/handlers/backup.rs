@@ -93,6 +93,47 @@ impl Connection {
         }
     }
 
+    /// SealSnapshot: stores the client's seal in the manifest of a
+    /// snapshot this connection writes. The server cannot check the MAC
+    /// (the key is the client's); it checks only that the body is text.
+    pub(crate) async fn seal_snapshot(
+        &mut self,
+        stream: u8,
+        snapshot: String,
+        mac: [u8; 32],
+        body: bytes::Bytes,
+    ) -> Flow {
+        let Ok(path) = snapshot.parse::<SnapshotPath>() else {
+            return self
+                .fail(
+                    stream,
+                    format!("SealSnapshot names {snapshot:?}, not a snapshot"),
+                )
+                .await;
+        };
+        let Ok(body) = String::from_utf8(body.to_vec()) else {
+            return self
+                .fail(stream, "SealSnapshot's body is not UTF-8".into())
+                .await;
+        };
+        let Some(open) = self.snapshots.get_mut(&path) else {
+            return self
+                .fail(
+                    stream,
+                    format!("SealSnapshot for {path}, which this connection does not write"),
+                )
+                .await;
+        };
+        let seal = hoard_datastore::Seal {
+            mac: hex::encode(mac),
+            body,
+        };
+        match block_in_place(|| open.writer.seal(seal)) {
+            Ok(()) => self.send(stream, Message::Ok).await,
+            Err(e) => self.fail_ds(stream, e).await,
+        }
+    }
+
     /// Checks `stream` has a backup of `kind` open; answers Error if not.
     async fn expect_backup(
         &mut self,

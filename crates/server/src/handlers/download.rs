@@ -1,5 +1,6 @@
 //! DownloadChunks: one Chunk packet per requested digest, in request
-//! order, each carrying its offset within the concatenation of the
+//! order (the chunk file as stored in an encoded session, else the plain
+//! data), each carrying its offset within the concatenation of the
 //! requested chunks. A few chunk reads run ahead of the socket.
 
 use std::collections::VecDeque;
@@ -7,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hoard_datastore::Datastore;
-use hoard_protocol::{DigestList, ErrorId, Message};
+use hoard_protocol::consts::{CHUNK_PACKET_OVERHEAD, MAX_PACKET_SIZE};
+use hoard_protocol::{DigestList, ErrorId, Features, Message};
 use hoard_types::MAX_CHUNK_SIZE;
 use tokio::sync::Semaphore;
 
@@ -24,8 +26,9 @@ impl Connection {
             return Ok(());
         }
         let (ds, out, budget) = (self.ds.clone(), self.out.clone(), self.outgoing.clone());
+        let encoded = self.features.contains(Features::ENCODED_CHUNKS);
         self.spawn_stream_task(stream, TaskKind::Download, |done| {
-            send_chunks(ds, out, budget, stream, list, done)
+            send_chunks(ds, out, budget, stream, list, encoded, done)
         });
         Ok(())
     }
@@ -37,6 +40,7 @@ async fn send_chunks(
     budget: Vec<Arc<Semaphore>>,
     stream: u8,
     list: DigestList,
+    encoded: bool,
     done: Arc<AtomicBool>,
 ) {
     let mut digests = list.iter();
@@ -63,7 +67,14 @@ async fn send_chunks(
             reads.push_back((
                 digest,
                 tokio::task::spawn_blocking(move || {
-                    ds.chunks().load(&digest).map(|data| reserved.attach(data))
+                    let data = if encoded {
+                        ds.chunks()
+                            .load_blob(&digest)
+                            .and_then(|b| fits(&digest, b))
+                    } else {
+                        ds.chunks().load(&digest)
+                    };
+                    data.map(|data| reserved.attach(data))
                 }),
             ));
         }
@@ -118,4 +129,19 @@ async fn send_chunks(
         }
     }
     done.store(true, Ordering::Release);
+}
+
+/// A chunk file too large for a Chunk packet: only a version 1 client's
+/// upload of nearly the largest chunk, stored raw, can be one.
+fn fits(digest: &hoard_types::Digest, blob: Vec<u8>) -> hoard_datastore::Result<Vec<u8>> {
+    let room = MAX_PACKET_SIZE as usize - CHUNK_PACKET_OVERHEAD;
+    if blob.len() <= room {
+        Ok(blob)
+    } else {
+        tracing::warn!("chunk {digest} is too large to download encoded");
+        Err(hoard_datastore::Error::ChunkSize {
+            size: blob.len(),
+            max: room,
+        })
+    }
 }

@@ -1,7 +1,9 @@
-//! UploadChunk: verify the digest and store the chunk, off the async
-//! threads, answering Ok on the same stream.
+//! UploadChunk: check the chunk (its digest, unless the client encrypted
+//! it) and store it, off the async threads, answering Ok on the same
+//! stream.
 
 use bytes::Bytes;
+use hoard_protocol::Features;
 use hoard_types::Digest;
 
 use crate::connection::{Connection, Flow, UploadDone};
@@ -22,9 +24,17 @@ impl Connection {
         };
         *self.pending.entry(digest).or_default() += 1;
         let ds = self.ds.clone();
+        // An encoded session sends chunk files as stored (checked, kept
+        // as sent); a version 1 or plain one sends the data.
+        let encoded = self.features.contains(Features::ENCODED_CHUNKS);
+        let encrypted_ok = self.features.contains(Features::ENCRYPTION);
         self.uploads.spawn_blocking(move || {
             let _permit = permit;
-            let result = ds.chunks().insert(&digest, &data, since);
+            let result = if encoded {
+                ds.chunks().insert_blob(&digest, &data, encrypted_ok, since)
+            } else {
+                ds.chunks().insert(&digest, &data, since)
+            };
             UploadDone {
                 stream,
                 digest,

@@ -1,0 +1,129 @@
+//! Datastores written by earlier versions open and restore: one small
+//! datastore per format, kept as a fixture (`tests/fixtures/`, made by
+//! `make_fixture.sh` with the binary named in `fixtures/README.md`).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Server, hoard, stderr};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn untar(archive: &str, into: &Path) {
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(format!("{FIXTURES}/{archive}"))
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(st.success(), "untar {archive}");
+}
+
+/// A server on a copy of fixture `archive`, and the sources it holds.
+fn serve_fixture(archive: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    untar(archive, dir.path());
+    let src = tempfile::tempdir().unwrap();
+    untar("source.tar.gz", src.path());
+    (Server::start_in(dir, "admin", &[]), src)
+}
+
+fn restores(server: &Server, env: &[(&str, String)], snap: &str, src: &Path) {
+    let out = tempfile::tempdir().unwrap();
+    let img = out.path().join("disk.img");
+    let tree = out.path().join("tree");
+    for (file, target) in [("disk.img", &img), ("root", &tree)] {
+        let o = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .envs(common::client_env(&server.addr))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["restore", snap, file, target.to_str().unwrap(), "-q"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{snap} {file}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        std::fs::read(src.join("source/disk.img")).unwrap()
+    );
+    for rel in ["hello.txt", "sub/random.bin"] {
+        assert_eq!(
+            std::fs::read(tree.join(rel)).unwrap(),
+            std::fs::read(src.join("source/tree").join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+}
+
+fn verify(server: &Server) -> Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["verify", "--output-format", "json", "--datastore"])
+        .arg(server.datastore())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn a_datastore_of_the_first_version_restores_and_takes_new_backups() {
+    let (server, src) = serve_fixture("datastore-plain.tar.gz");
+    for snap in ["vm/1/2026-11-01T00:00:00Z", "vm/1/2026-11-02T00:00:00Z"] {
+        restores(&server, &[], snap, src.path());
+    }
+    // Chunks the server compressed, from before clients did.
+    let v = verify(&server);
+    assert_eq!(v["chunks_encrypted"], 0);
+    assert!(v["chunks_checked"].as_u64().unwrap() > 0);
+    // A new backup builds on the old snapshot and restores.
+    let img = format!("disk.img={}", src.path().join("source/disk.img").display());
+    let tree = format!("root={}", src.path().join("source/tree").display());
+    let o = hoard(
+        &server.addr,
+        &[
+            "backup",
+            "--type",
+            "vm",
+            "--id",
+            "1",
+            "--time",
+            "2026-11-03T00:00:00Z",
+            "--chunk-size",
+            "16K",
+            "--reread",
+            "--output-format",
+            "json",
+            "-q",
+            &img,
+            &tree,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r["images"][0]["base"],
+        "vm/1/2026-11-02T00:00:00Z/disk.img.fidx"
+    );
+    assert_eq!(r["images"][0]["chunks_uploaded"], 0, "{r}");
+    restores(&server, &[], "vm/1/2026-11-03T00:00:00Z", src.path());
+}
+
+#[test]
+fn an_encrypted_datastore_restores_with_its_key() {
+    let (server, src) = serve_fixture("datastore-encrypted.tar.gz");
+    let key = format!("{FIXTURES}/key.json");
+    for snap in ["vm/1/2026-11-01T00:00:00Z", "vm/1/2026-11-02T00:00:00Z"] {
+        restores(&server, &[("HOARD_KEY", key.clone())], snap, src.path());
+    }
+    let v = verify(&server);
+    assert_eq!(v["chunks_encrypted"], v["chunks_checked"]);
+    // Without the key: refused, naming it.
+    let o = hoard(
+        &server.addr,
+        &["restore", "vm/1/2026-11-01T00:00:00Z", "disk.img", "-"],
+    );
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+}
