@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = display_name(f);
             let _ = find_base(&list, &group, &later, &f.name, false);
             let _ = find_base(&list, &group, &later, &f.name, true);
-            let _ = latest(&list, &group, &f.name);
+            let _ = latest(&list, &group, &f.name, false);
+            let _ = latest(&list, &group, &f.name, true);
         }
         let _ = find_file(&list[0].manifest, "disk.img");
     }

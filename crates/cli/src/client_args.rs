@@ -61,12 +61,12 @@ impl ClientArgs {
             Some(path) => Some(Arc::new(crate::key::unlock(path)?)),
             None => None,
         };
-        let mut conn = self.connect_only().await?;
+        let mut conn = self.connect_only(key.is_some()).await?;
         conn.set_codec(ChunkCodec::new(compression, key))?;
         Ok(conn)
     }
 
-    async fn connect_only(&self) -> hoard_client::Result<Connection> {
+    async fn connect_only(&self, encrypt: bool) -> hoard_client::Result<Connection> {
         use hoard_client::Error;
         let Some(token) = self.token.clone() else {
             return Err(Error::Usage(
@@ -81,6 +81,7 @@ impl ClientArgs {
                 extra_ca: self.ca.clone(),
             },
             mismatch_hint: String::new(),
+            encrypt,
         };
         if let Some(fp) = &self.fingerprint {
             let fp: Fingerprint = fp.parse().map_err(Error::Usage)?;

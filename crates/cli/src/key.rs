@@ -70,6 +70,12 @@ enum KeyCommand {
         /// Store the recovered key unprotected.
         #[arg(long)]
         no_passphrase: bool,
+        /// The fingerprint the lost key had (from your records, e.g. the
+        /// paper key's first line). The server chose the recovery copy it
+        /// handed over, so without this the recovered key is shown and
+        /// must be confirmed on a terminal.
+        #[arg(long, value_name = "FINGERPRINT")]
+        expect: Option<String>,
     },
 }
 
@@ -114,6 +120,13 @@ pub fn run(args: KeyArgs) -> Result<()> {
             }
         }
         KeyCommand::ImportPaper { text, file } => {
+            if file.exists() {
+                return Err(Error::Usage(format!(
+                    "{} exists; refusing to replace a key file",
+                    file.display()
+                ))
+                .into());
+            }
             let mut raw = String::new();
             if text == Path::new("-") {
                 std::io::stdin().read_to_string(&mut raw)?;
@@ -129,11 +142,20 @@ pub fn run(args: KeyArgs) -> Result<()> {
             prefix,
             no_passphrase,
         } => {
+            let (sec_path, pub_path) = (with_ext(&prefix, "key"), with_ext(&prefix, "pub"));
+            for p in [&sec_path, &pub_path] {
+                if p.exists() {
+                    return Err(Error::Usage(format!(
+                        "{} exists; refusing to replace a key file",
+                        p.display()
+                    ))
+                    .into());
+                }
+            }
             let pass = new_passphrase("HOARD_MASTER_PASSPHRASE", no_passphrase)?;
             let master = MasterSecret::generate();
             let secret = master.to_file(pass.as_deref(), Argon2Params::DEFAULT)?;
             let public = master.public();
-            let (sec_path, pub_path) = (with_ext(&prefix, "key"), with_ext(&prefix, "pub"));
             write_new(&sec_path, secret.to_json().as_bytes())?;
             write_new(
                 &pub_path,
@@ -153,7 +175,15 @@ pub fn run(args: KeyArgs) -> Result<()> {
             master,
             out,
             no_passphrase,
-        } => recover(client, &snapshot, &master, &out, no_passphrase)?,
+            expect,
+        } => recover(
+            client,
+            &snapshot,
+            &master,
+            &out,
+            no_passphrase,
+            expect.as_deref(),
+        )?,
     }
     Ok(())
 }
@@ -188,12 +218,30 @@ fn recover(
     master: &Path,
     out: &Path,
     no_passphrase: bool,
+    expect: Option<&str>,
 ) -> Result<()> {
+    let expect: Option<hoard_codec::KeyFingerprint> = expect
+        .map(|e| e.parse())
+        .transpose()
+        .map_err(|e: hoard_codec::Error| Error::Usage(e.to_string()))?;
+    if expect.is_none() && !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "pass --expect FINGERPRINT (the lost key's): the server chose the recovery copy, so the key it opens must be checked against your records".into(),
+        )
+        .into());
+    }
+    if out.exists() {
+        return Err(Error::Usage(format!(
+            "{} exists; refusing to replace a key file",
+            out.display()
+        ))
+        .into());
+    }
     let path: hoard_types::SnapshotPath = snapshot
         .parse()
         .map_err(|e| Error::Usage(format!("snapshot {snapshot:?}: {e}")))?;
-    let raw = std::fs::read(master)
-        .map_err(|e| Error::Usage(format!("reading {}: {e}", master.display())))?;
+    let raw = read_bounded(master)
+        .map_err(|e| Error::Key(format!("master key {}: {e}", master.display())))?;
     let file = MasterSecretFile::parse(&raw).map_err(|e| Error::Key(e.to_string()))?;
     let pass = if file.needs_passphrase() {
         Some(passphrase(
@@ -251,6 +299,28 @@ fn recover(
             .into());
         }
     }
+    match expect {
+        Some(fp) if fp != key.fingerprint() => {
+            return Err(Error::Key(format!(
+                "the recovery copy of {path} holds key {}, not the expected {fp}: the server handed over another key's snapshot",
+                key.fingerprint()
+            ))
+            .into());
+        }
+        Some(_) => {}
+        None => {
+            eprint!(
+                "Snapshot {path} holds a recovery copy of key {}.\nThe server chose it: compare this fingerprint with your records.\nWrite it to {}? [y/N] ",
+                key.fingerprint(),
+                out.display()
+            );
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            if !matches!(line.trim(), "y" | "Y" | "yes") {
+                return Err(Error::Usage("the recovered key was not accepted".into()).into());
+            }
+        }
+    }
     let kf = KeyFile::create(&key, new_pass.as_deref(), Argon2Params::DEFAULT)?;
     write_new(out, kf.to_json().as_bytes())?;
     println!("{}", key.fingerprint());
@@ -258,8 +328,25 @@ fn recover(
     Ok(())
 }
 
+/// A key or master file's bytes, refusing anything larger than a key file
+/// can be before it is read whole.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let max = hoard_codec::keyfile::MAX_KEY_FILE_SIZE;
+    let mut raw = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut raw)?;
+    if raw.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("more than {max} bytes: not a key file"),
+        ));
+    }
+    Ok(raw)
+}
+
 fn read_key_file(path: &Path) -> hoard_client::Result<KeyFile> {
-    let raw = std::fs::read(path)
+    let raw = read_bounded(path)
         .map_err(|e| Error::Key(format!("cannot read key file {}: {e}", path.display())))?;
     KeyFile::parse(&raw).map_err(|e| Error::Key(format!("key file {}: {e}", path.display())))
 }

@@ -71,11 +71,19 @@ pub(crate) async fn pick(conn: &Connection, wanted: &Wanted, file: &str) -> Resu
     };
     let list = list_snapshots(conn, filter).await?;
     let found = match wanted {
-        Wanted::Latest(g) => latest(&list, g, file).ok_or_else(|| {
-            Error::NotFound(format!(
-                "no complete snapshot of {g} holds a file named {file}"
-            ))
-        })?,
+        Wanted::Latest(g) => {
+            let keyed = conn.codec().key().is_some();
+            latest(&list, g, file, keyed).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no complete snapshot of {g}{} holds a file named {file}",
+                    if keyed {
+                        " sealed with the key given"
+                    } else {
+                        ""
+                    }
+                ))
+            })?
+        }
         Wanted::Exact(p) => {
             let s = list
                 .iter()

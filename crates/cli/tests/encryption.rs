@@ -567,6 +567,7 @@ fn tampering_is_detected() {
     expect_damage(&r, "differs from the sealed");
 
     // The manifest: a file dropped, then the seal's MAC changed.
+    let good = fresh(&server);
     let snap = fresh(&server);
     let mpath = snapshot_dir(&ds, &snap).join("manifest.json");
     let orig = std::fs::read_to_string(&mpath).unwrap();
@@ -607,11 +608,12 @@ fn tampering_is_detected() {
             .starts_with("broken"),
         "{entry}"
     );
-    // A tampered snapshot is never a base: the next backup reads all.
+    // A tampered snapshot is never a base: the next backup builds on the
+    // newest snapshot whose seal holds (the one before it).
     let next = backup(&server, &env, "2026-11-28T00:00:00Z", &[], &img, &tree);
-    assert_ne!(
+    assert_eq!(
         next["images"][0]["base"],
-        format!("{snap}/disk.img.fidx").as_str()
+        format!("{good}/disk.img.fidx").as_str()
     );
 }
 
@@ -645,6 +647,14 @@ fn paper_keys_and_master_key_recovery() {
         .output()
         .unwrap());
     assert!(String::from_utf8_lossy(&info.stdout).contains(&fp));
+    // An existing key file is never replaced.
+    let again = hoard_cmd()
+        .args(["key", "import-paper"])
+        .arg(&paper_file)
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
     // A typo is found, with its line.
     let typo: String = text
         .lines()
@@ -679,6 +689,13 @@ fn paper_keys_and_master_key_recovery() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", stderr(&made));
+    let again = hoard_cmd()
+        .env("HOARD_MASTER_PASSPHRASE", "master pass")
+        .args(["key", "create-master"])
+        .arg(&master)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
     let (img, tree) = sources(work.path());
     let pubkey = work.path().join("master.pub");
     let env = [
@@ -689,20 +706,37 @@ fn paper_keys_and_master_key_recovery() {
     // The key is lost; the master key recovers it from the snapshot.
     std::fs::remove_file(&key).unwrap();
     let recovered = work.path().join("recovered.json");
-    let r = run(
-        &server,
-        &[("HOARD_MASTER_PASSPHRASE", "master pass")],
-        &[
+    let master_key = work.path().join("master.key");
+    let recover = |expect: Option<&str>, out: &Path, pass: &str| {
+        let mut args = vec![
             "key",
             "recover",
             "vm/1/2026-11-01T00:00:00Z",
             "--master",
-            work.path().join("master.key").to_str().unwrap(),
+            master_key.to_str().unwrap(),
             "--out",
-            recovered.to_str().unwrap(),
+            out.to_str().unwrap(),
             "--no-passphrase",
-        ],
+        ];
+        if let Some(e) = expect {
+            args.extend(["--expect", e]);
+        }
+        run(&server, &[("HOARD_MASTER_PASSPHRASE", pass)], &args)
+    };
+    // The server chose the recovery copy: without the expected
+    // fingerprint (and no terminal to confirm on) nothing is written, and
+    // another key's copy is refused.
+    let r = recover(None, &recovered, "master pass");
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    let r = recover(
+        Some("0000:0000:0000:0000:0000:0000:0000:0000"),
+        &recovered,
+        "master pass",
     );
+    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
+    assert!(stderr(&r).contains("not the expected"), "{}", stderr(&r));
+    assert!(!recovered.exists());
+    let r = recover(Some(&fp), &recovered, "master pass");
     assert!(r.status.success(), "{}", stderr(&r));
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), fp);
     let out = tempfile::tempdir().unwrap();
@@ -719,20 +753,7 @@ fn paper_keys_and_master_key_recovery() {
         std::fs::read(&img).unwrap()
     );
     // The wrong master passphrase.
-    let r = run(
-        &server,
-        &[("HOARD_MASTER_PASSPHRASE", "nope")],
-        &[
-            "key",
-            "recover",
-            "vm/1/2026-11-01T00:00:00Z",
-            "--master",
-            work.path().join("master.key").to_str().unwrap(),
-            "--out",
-            work.path().join("r2.json").to_str().unwrap(),
-            "--no-passphrase",
-        ],
-    );
+    let r = recover(Some(&fp), &work.path().join("r2.json"), "nope");
     assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
 }
 
@@ -826,8 +847,8 @@ fn encoded_uploads_are_checked_by_the_server() {
     drop(c);
 
     // With it: a hostile client plants an encrypted blob under the
-    // digest of plain data; the plain upload replaces it, and the plain
-    // data comes back.
+    // digest of plain data; a plain session's upload of that data
+    // replaces it. A plain chunk is refused in the encrypting session.
     let mut c = connect_with(&server, Features::SUPPORTED);
     c.send(
         1,
@@ -843,11 +864,10 @@ fn encoded_uploads_are_checked_by_the_server() {
         2,
         &Message::UploadChunk {
             digest,
-            data: plain_blob.into(),
+            data: plain_blob.clone().into(),
         },
     );
-    c.expect_ok(2);
-    assert_eq!(&magic_of(&path), b"hoardCR1");
+    c.expect_error(2, "an unencrypted chunk, in an encrypting session");
     // SealSnapshot for a snapshot this connection does not write.
     c.send(
         3,
@@ -858,4 +878,230 @@ fn encoded_uploads_are_checked_by_the_server() {
         },
     );
     c.expect_error(3, "does not write");
+    let mut p = connect_with(
+        &server,
+        Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0),
+    );
+    p.send(
+        1,
+        &Message::UploadChunk {
+            digest,
+            data: plain_blob.into(),
+        },
+    );
+    p.expect_ok(1);
+    assert_eq!(&magic_of(&path), b"hoardCR1");
+}
+
+#[test]
+fn a_key_reads_only_snapshots_sealed_with_it() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(work.path(), "key.json");
+    let env = [("HOARD_KEY", key.to_str().unwrap())];
+    let (img, tree) = sources(work.path());
+    backup(&server, &[], "2026-11-01T00:00:00Z", &[], &img, &tree);
+    backup(&server, &env, "2026-11-02T00:00:00Z", &[], &img, &tree);
+    backup(&server, &[], "2026-11-03T00:00:00Z", &[], &img, &tree);
+
+    // "latest" with the key is the newest snapshot sealed with it, not
+    // the newer plain one.
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("img");
+    let r = json(run(
+        &server,
+        &env,
+        &[
+            "restore",
+            "vm/1/latest",
+            "disk.img",
+            target.to_str().unwrap(),
+            "--output-format",
+            "json",
+            "-q",
+        ],
+    ));
+    assert_eq!(r["snapshot"], "vm/1/2026-11-02T00:00:00Z");
+    // A plain snapshot is not read with a key: a server could put one in
+    // place of an encrypted one.
+    let r = run(
+        &server,
+        &env,
+        &["restore", "vm/1/2026-11-01T00:00:00Z", "disk.img", "-"],
+    );
+    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
+    assert!(stderr(&r).contains("not encrypted"), "{}", stderr(&r));
+    // Nor is an encrypted one whose seal was removed.
+    let mpath =
+        snapshot_dir(&server.datastore(), "vm/1/2026-11-02T00:00:00Z").join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("seal");
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let r = run(
+        &server,
+        &env,
+        &["restore", "vm/1/2026-11-02T00:00:00Z", "disk.img", "-"],
+    );
+    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
+    // Without the key, its encrypted chunks are not taken for plain data.
+    let r = run(
+        &server,
+        &[],
+        &["restore", "vm/1/2026-11-02T00:00:00Z", "disk.img", "-"],
+    );
+    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
+    assert!(stderr(&r).contains("no seal"), "{}", stderr(&r));
+    // And the server's verify fails it: encrypted chunks in a snapshot
+    // without a seal.
+    let v = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["verify", "--output-format", "json", "--datastore"])
+        .arg(server.datastore())
+        .output()
+        .unwrap();
+    assert_eq!(v.status.code(), Some(8), "{}", stderr(&v));
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["snapshot"] == "vm/1/2026-11-02T00:00:00Z"
+                && f["problem"]
+                    .as_str()
+                    .unwrap()
+                    .contains("encrypted chunk in an unencrypted snapshot")),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
+    let server = Server::start();
+    let key = hoard_codec::Key::from_secret(&[9u8; 32]);
+    let data = common::noise(10_000, 4);
+    let kd = key.digest(hoard_codec::Kind::Chunk, &data);
+    let blob = key.encrypt(
+        hoard_codec::Kind::Chunk,
+        &data,
+        hoard_codec::Compression::default(),
+    );
+    let t = common::T0;
+
+    // A file of encrypted chunks, and the connection ends without a seal:
+    // the snapshot is not complete.
+    let mut c = connect_with(&server, Features::SUPPORTED);
+    c.send(
+        1,
+        &Message::UploadChunk {
+            digest: kd,
+            data: blob.into(),
+        },
+    );
+    c.expect_ok(1);
+    c.send(
+        2,
+        &common::create(
+            hoard_types::BackupType::Vm,
+            "1",
+            t,
+            0x01,
+            "disk.img",
+            16384,
+            data.len() as u64,
+        ),
+    );
+    common::expect_created(&mut c, 2);
+    c.send(2, &common::fixed(&[(0, kd)]));
+    c.send(2, &Message::BackupFinished);
+    c.expect_ok(2);
+    // A plain chunk is refused in this session, and one stored by a
+    // plain session cannot go into this encrypted snapshot.
+    let plain = common::noise(10_000, 5);
+    let pd = hoard_types::Digest::of(&plain);
+    c.send(
+        3,
+        &Message::UploadChunk {
+            digest: pd,
+            data: blob::encode_raw(&plain).into(),
+        },
+    );
+    c.expect_error(3, "an unencrypted chunk, in an encrypting session");
+    let mut p = connect_with(
+        &server,
+        Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0),
+    );
+    p.send(
+        1,
+        &Message::UploadChunk {
+            digest: pd,
+            data: blob::encode_raw(&plain).into(),
+        },
+    );
+    p.expect_ok(1);
+    drop(p);
+    c.send(
+        4,
+        &common::create(
+            hoard_types::BackupType::Vm,
+            "1",
+            t,
+            0x01,
+            "other.img",
+            16384,
+            plain.len() as u64,
+        ),
+    );
+    common::expect_created(&mut c, 4);
+    c.send(4, &common::fixed(&[(0, pd)]));
+    c.expect_error(4, "only encrypted chunks");
+    // An encrypted chunk under the name of stored plain data is refused.
+    c.send(
+        5,
+        &Message::UploadChunk {
+            digest: pd,
+            data: key
+                .encrypt(
+                    hoard_codec::Kind::Chunk,
+                    &data,
+                    hoard_codec::Compression::None,
+                )
+                .into(),
+        },
+    );
+    c.expect_error(5, "under the name of stored plain data");
+    drop(c);
+    // The server closes the connection's snapshots once it is gone.
+    let mpath = server
+        .datastore()
+        .join("vm/1/2019-04-23T12:23:36Z/manifest.json");
+    let mut m = Value::Null;
+    for _ in 0..100 {
+        m = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+        if m["state"] != "writing" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(m["state"], "incomplete", "{m}");
+
+    // A plain session cannot reference the encrypted chunk.
+    let mut c = connect_with(
+        &server,
+        Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0),
+    );
+    c.send(
+        1,
+        &common::create(
+            hoard_types::BackupType::Vm,
+            "1",
+            t + 10,
+            0x01,
+            "disk.img",
+            16384,
+            data.len() as u64,
+        ),
+    );
+    common::expect_created(&mut c, 1);
+    c.send(1, &common::fixed(&[(0, kd)]));
+    c.expect_error(1, "encrypted, the backup is not");
 }

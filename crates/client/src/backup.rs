@@ -311,7 +311,7 @@ impl ImageJob {
             up.attributes(a).await?;
         }
         if let Some((path, file)) = &base {
-            let digests = hash_list(&self.conn, path, &file.index_csum).await?;
+            let digests = hash_list(&self.conn, path, file).await?;
             if self.unchanged(file) && digests.len() as u64 == report.chunks {
                 report.unchanged = true;
                 self.run.progress.advance(self.src.size);

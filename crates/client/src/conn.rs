@@ -72,6 +72,11 @@ pub struct ConnectOptions {
     pub trust: Trust,
     /// Added to a fingerprint mismatch's message (where the pin came from).
     pub mismatch_hint: String,
+    /// Ask for feature ENCRYPTION: this client will upload encrypted
+    /// chunks and seal its snapshots. Only a client with a key asks, and
+    /// the server then closes the snapshots it writes as complete only
+    /// once sealed.
+    pub encrypt: bool,
 }
 
 impl Connection {
@@ -118,13 +123,22 @@ impl Connection {
                 "{server} does not offer hoard protocol version 2 (ALPN hoard/2); is it an older hoard?"
             )));
         }
-        Self::start(stream, server, &opts.token).await
+        let mut want = Features::SUPPORTED;
+        if !opts.encrypt {
+            want = Features(want.0 & !Features::ENCRYPTION.0);
+        }
+        Self::start(stream, server, &opts.token, want).await
     }
 
     /// Runs protocol version 2 over an established stream: reads the
-    /// Hello, authenticates with `token`, and starts the reader and
-    /// writer tasks.
-    pub async fn start<S>(stream: S, server: &str, token: &str) -> Result<Connection>
+    /// Hello, authenticates with `token` asking for the offered ones of
+    /// `want`, and starts the reader and writer tasks.
+    pub async fn start<S>(
+        stream: S,
+        server: &str,
+        token: &str,
+        want: Features,
+    ) -> Result<Connection>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -145,7 +159,7 @@ impl Connection {
                 )));
             }
         };
-        let features = offered.intersect(Features::SUPPORTED);
+        let features = offered.intersect(want);
         // Encryption rides on encoded chunks.
         let features = if features.contains(Features::ENCODED_CHUNKS) {
             features

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use hoard_chunker::{Chunker, Params};
+use hoard_chunker::{Chunker, Gear, Params};
 use hoard_codec::Kind;
 use hoard_protocol::{BackupFlags, CreateBackup};
 use hoard_types::{Digest, FileName, SnapshotPath};
@@ -64,8 +64,13 @@ impl ChunkFeed {
         encoder: Encoder,
         kind: Kind,
     ) -> ChunkFeed {
+        // An encrypted backup cuts where its key says (hoard_chunker).
+        let chunker = match encoder.key() {
+            Some(key) => Chunker::with_gear(params, Gear::from_table(key.chunker_gear())),
+            None => Chunker::new(params),
+        };
         ChunkFeed {
-            chunker: Chunker::new(params),
+            chunker,
             pending: BytesMut::with_capacity(params.max),
             offset: 0,
             tx,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use hoard_archive::{ArchiveError, RangeSource};
 use hoard_codec::{ChunkCodec, Compression, Kind};
+use hoard_datastore::ManifestFile;
 use hoard_protocol::consts::MAX_DIGESTS_PER_PACKET;
 use hoard_protocol::{DigestList, Message};
 use hoard_types::Digest;
@@ -53,10 +54,11 @@ impl ChunkMap {
     }
 }
 
-/// The chunk map of finished dynamic index `path` (extension GetIndex),
-/// checked against the index checksum `csum` (hex) of its manifest
-/// entry. Ends that do not strictly increase are a protocol error.
-pub async fn chunk_map(conn: &Connection, path: &str, csum: &str) -> Result<ChunkMap> {
+/// The chunk map of finished dynamic index `file` (at `path`, extension
+/// GetIndex), checked against its manifest entry's checksum; more
+/// entries than its chunk count are refused as they arrive. Ends that do
+/// not strictly increase are a protocol error.
+pub async fn chunk_map(conn: &Connection, path: &str, file: &ManifestFile) -> Result<ChunkMap> {
     let _turn = conn.hash_list_turn.lock().await;
     let mut stream = conn.open_stream(LIST_DEPTH)?;
     stream
@@ -71,6 +73,12 @@ pub async fn chunk_map(conn: &Connection, path: &str, csum: &str) -> Result<Chun
         match stream.recv(&what).await? {
             Message::IndexPart(list) if list.is_empty() => break,
             Message::IndexPart(list) => {
+                if (map.ends.len() + list.len()) as u64 > file.chunk_count {
+                    return Err(Error::Damaged(format!(
+                        "{path} lists more than the {} chunks its manifest entry says",
+                        file.chunk_count
+                    )));
+                }
                 // The wire entries are the index's: end offset, digest.
                 hasher.update(list.as_bytes());
                 for e in list.iter() {
@@ -87,7 +95,7 @@ pub async fn chunk_map(conn: &Connection, path: &str, csum: &str) -> Result<Chun
         }
     }
     stream.finish();
-    crate::seal::index_mismatch(path, csum, &hasher.finalize().into())?;
+    crate::seal::index_mismatch(path, &file.index_csum, &hasher.finalize().into())?;
     Ok(map)
 }
 
@@ -107,6 +115,14 @@ impl ChunkDecoder {
     /// another key, or whose seal fails, cannot be read.
     pub fn for_snapshot(conn: &Connection, snap: &Listed) -> Result<ChunkDecoder> {
         let codec = match &snap.seal {
+            // With a key, only snapshots sealed with it are read: a server
+            // must not be able to hand over unencrypted data in their place.
+            SealState::Plain if conn.codec().key().is_some() => {
+                return Err(Error::Key(format!(
+                    "snapshot {} is not encrypted (it has no seal); with a key, hoard reads only snapshots sealed with it, so that a server cannot substitute unencrypted data. Read it without --key (unset HOARD_KEY)",
+                    snap.path
+                )));
+            }
             SealState::Plain => Arc::new(ChunkCodec::new(Compression::None, None)),
             SealState::Ours => conn.codec().clone(),
             SealState::Foreign { key } => {
@@ -115,7 +131,7 @@ impl ChunkDecoder {
                     None => "no key was given (--key or HOARD_KEY)".into(),
                 };
                 return Err(Error::Key(format!(
-                    "snapshot {} is encrypted with key {key}; {have}",
+                    "snapshot {} is encrypted with key {key} (or its seal was altered); {have}",
                     snap.path
                 )));
             }
@@ -180,12 +196,16 @@ impl ChunkDecoder {
     }
 }
 
-/// A chunk that does not decode, in the user's terms: a key problem is
-/// the user's to fix (exit 11), anything else is damage (exit 8).
+/// A chunk that does not decode, in the user's terms: an encrypted chunk
+/// in a snapshot without a seal needs a key (exit 11); anything else is
+/// damage (exit 8), also a chunk of another key in a snapshot the
+/// client's key sealed: the seal names the key every chunk must have.
 fn decode_error(e: hoard_codec::Error, digest: &Digest, what: &str) -> Error {
     use hoard_codec::Error as E;
     match e {
-        E::NoKey { .. } | E::WrongKey { .. } => Error::Key(format!("{what}: {e}")),
+        E::NoKey { .. } => Error::Key(format!(
+            "{what}: {e} (and the snapshot has no seal: it was not finished, or altered)"
+        )),
         e => Error::Damaged(format!("chunk {digest} of {what}: {e}")),
     }
 }

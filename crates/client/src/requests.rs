@@ -17,9 +17,14 @@ use crate::seal::SealState;
 /// waits for us; each is at most one packet (16 MiB) of digests.
 const LIST_DEPTH: usize = 4;
 
-/// The digests of a finished fixed index, in index order, checked
-/// against the index checksum `csum` (hex) of its manifest entry.
-pub async fn hash_list(conn: &Connection, index_path: &str, csum: &str) -> Result<Vec<Digest>> {
+/// The digests of finished fixed index `file` (at `index_path`), in
+/// index order, checked against its manifest entry's checksum; more than
+/// its chunk count is refused as it arrives.
+pub async fn hash_list(
+    conn: &Connection,
+    index_path: &str,
+    file: &ManifestFile,
+) -> Result<Vec<Digest>> {
     let _turn = conn.hash_list_turn.lock().await;
     let mut stream = conn.open_stream(LIST_DEPTH)?;
     stream
@@ -34,6 +39,12 @@ pub async fn hash_list(conn: &Connection, index_path: &str, csum: &str) -> Resul
         match stream.recv(&what).await? {
             Message::HashListPart(list) if list.is_empty() => break,
             Message::HashListPart(list) => {
+                if (out.len() + list.len()) as u64 > file.chunk_count {
+                    return Err(Error::Damaged(format!(
+                        "{index_path} lists more than the {} chunks its manifest entry says",
+                        file.chunk_count
+                    )));
+                }
                 hasher.update(list.as_bytes());
                 out.extend(list.iter());
             }
@@ -41,7 +52,7 @@ pub async fn hash_list(conn: &Connection, index_path: &str, csum: &str) -> Resul
         }
     }
     stream.finish();
-    crate::seal::index_mismatch(index_path, csum, &hasher.finalize().into())?;
+    crate::seal::index_mismatch(index_path, &file.index_csum, &hasher.finalize().into())?;
     Ok(out)
 }
 
@@ -127,11 +138,19 @@ pub fn display_name(file: &ManifestFile) -> &str {
         .unwrap_or(&file.name)
 }
 
-/// The newest snapshot of `group` that is complete and holds `name`.
-pub fn latest<'a>(list: &'a [Listed], group: &BackupGroup, name: &str) -> Option<&'a Listed> {
+/// The newest snapshot of `group` that is complete and holds `name`;
+/// with a key (`keyed`), the newest sealed with it, so that a server
+/// cannot make "latest" an unencrypted or foreign snapshot.
+pub fn latest<'a>(
+    list: &'a [Listed],
+    group: &BackupGroup,
+    name: &str,
+    keyed: bool,
+) -> Option<&'a Listed> {
     list.iter().rev().find(|s| {
         s.path.group == *group
             && s.manifest.state == hoard_datastore::SnapshotState::Complete
+            && (!keyed || s.seal == SealState::Ours)
             && find_file(&s.manifest, name).is_some()
     })
 }
@@ -237,7 +256,8 @@ mod tests {
         let early: SnapshotPath = "vm/1/2026-01-01T00:00:00Z".parse().unwrap();
         assert!(find_base(&list, &group, &early, "a.fidx", false).is_none());
 
-        let l = latest(&list, &group, "a").unwrap();
+        let l = latest(&list, &group, "a", false).unwrap();
+        assert!(latest(&list, &group, "a", true).is_none());
         assert_eq!(l.path.to_string(), "vm/1/2026-01-03T00:00:00Z");
         assert_eq!(display_name(find_file(&l.manifest, "a").unwrap()), "a");
     }

@@ -87,7 +87,9 @@ pub async fn restore_image(
     let decoder = ChunkDecoder::for_snapshot(conn, snap)?;
     let name = display_name(file).to_string();
     let chunk_size = match (file.kind, file.chunk_size) {
-        (FileKind::Fixed, Some(cs)) if cs > 0 => cs as u64,
+        (FileKind::Fixed, Some(cs)) if cs > 0 && cs as usize <= hoard_types::MAX_CHUNK_SIZE => {
+            cs as u64
+        }
         _ => {
             return Err(Error::Usage(format!(
                 "{snapshot}/{name} is not a disk image (no fixed chunk size); it restores as a stream"
@@ -98,7 +100,7 @@ pub async fn restore_image(
     let output = Output::open(target, size, opts.overwrite)?;
     progress.add_total(size);
     let index_path = format!("{snapshot}/{}", file.name);
-    let digests = hash_list(conn, &index_path, &file.index_csum).await?;
+    let digests = hash_list(conn, &index_path, file).await?;
     let mut report = RestoreReport {
         snapshot: snapshot.to_string(),
         file: name,
@@ -145,7 +147,7 @@ pub async fn restore_stream(
     let snapshot = &snap.path;
     let decoder = ChunkDecoder::for_snapshot(conn, snap)?;
     let index_path = format!("{snapshot}/{}", file.name);
-    let map = crate::remote::chunk_map(conn, &index_path, &file.index_csum).await?;
+    let map = crate::remote::chunk_map(conn, &index_path, file).await?;
     let size = map.size();
     if size != file.file_size {
         return Err(Error::Damaged(format!(
@@ -171,14 +173,20 @@ pub async fn restore_stream(
         .map(|i| (map.digests[i], map.ends[i] - map.start(i)))
         .collect();
     let mut next = 0usize;
+    // A tree's metadata stream restored as bytes holds metadata chunks.
+    let meta_suffix = format!("{}.didx", crate::tree_backup::META_SUFFIX);
+    let kind = if file.name.ends_with(&meta_suffix) {
+        Kind::MetaChunk
+    } else {
+        Kind::Chunk
+    };
     let downloaded = crate::remote::download(conn, &index_path, &wanted, |digest, size, data| {
         let offset = map.start(next);
         next += 1;
         let what = index_path.clone();
         let decoder = decoder.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            decoder.open(Kind::Chunk, &digest, size, data, &what)
-        });
+        let checked =
+            tokio::task::spawn_blocking(move || decoder.open(kind, &digest, size, data, &what));
         let tx = tx.clone();
         async move {
             tx.send(Item::Data { offset, checked })

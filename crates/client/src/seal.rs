@@ -123,8 +123,10 @@ pub enum SealState {
     Broken { problem: String },
 }
 
-/// Checks `manifest`'s seal against `key` (if any) and, when it holds,
-/// puts the sealed file list in place of the server's.
+/// Checks `manifest`'s seal against `key` (if any). When it holds
+/// ([`SealState::Ours`]), the manifest's files equal the sealed ones in
+/// every member the seal covers (only `index_uuid` and their order are
+/// the server's, and nothing trusts those).
 pub fn check(path: &SnapshotPath, manifest: &mut Manifest, key: Option<&Key>) -> SealState {
     let Some(seal) = &manifest.seal else {
         return SealState::Plain;

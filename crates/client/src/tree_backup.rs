@@ -311,18 +311,8 @@ async fn find_previous(
     let Some(data_file) = snap.manifest.file(&data) else {
         return Ok(None);
     };
-    let meta_map = chunk_map(
-        conn,
-        &format!("{}/{meta}", snap.path),
-        &meta_file.index_csum,
-    )
-    .await?;
-    let data_map = chunk_map(
-        conn,
-        &format!("{}/{data}", snap.path),
-        &data_file.index_csum,
-    )
-    .await?;
+    let meta_map = chunk_map(conn, &format!("{}/{meta}", snap.path), meta_file).await?;
+    let data_map = chunk_map(conn, &format!("{}/{data}", snap.path), data_file).await?;
     Ok(Some((
         format!("{}/{}", snap.path, spec.name),
         meta_map,

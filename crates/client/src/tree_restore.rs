@@ -75,26 +75,17 @@ pub async fn open_archive(conn: Arc<Connection>, snap: &Listed, name: &str) -> R
     let snapshot = &snap.path;
     let meta_name = format!("{name}{META_SUFFIX}");
     let data_name = format!("{name}{DATA_SUFFIX}");
-    let csum = |stored: &str| -> Result<String> {
+    let entry = |stored: &str| {
         snap.manifest
             .file(stored)
-            .map(|f| f.index_csum.clone())
             .ok_or_else(|| Error::NotFound(format!("snapshot {snapshot} has no {stored}")))
     };
     let meta_stored = format!("{meta_name}.didx");
     let data_stored = format!("{data_name}.didx");
-    let meta = chunk_map(
-        &conn,
-        &format!("{snapshot}/{meta_stored}"),
-        &csum(&meta_stored)?,
-    )
-    .await?;
-    let data = chunk_map(
-        &conn,
-        &format!("{snapshot}/{data_stored}"),
-        &csum(&data_stored)?,
-    )
-    .await?;
+    let meta_path = format!("{snapshot}/{meta_stored}");
+    let meta = chunk_map(&conn, &meta_path, entry(&meta_stored)?).await?;
+    let data_path = format!("{snapshot}/{data_stored}");
+    let data = chunk_map(&conn, &data_path, entry(&data_stored)?).await?;
     let rt = tokio::runtime::Handle::current();
     let data_size = data.size();
     let remote = RemoteFile::new(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hoard_codec::{ChunkCodec, Kind};
-use hoard_protocol::consts::MAX_ENTRIES_PER_PACKET;
+use hoard_protocol::consts::{HEADER_SIZE, MAX_ENTRIES_PER_PACKET, MAX_PACKET_SIZE};
 use hoard_protocol::{
     CreateBackup, DynamicEntry, DynamicEntryList, FixedEntry, FixedEntryList, Message,
 };
@@ -28,6 +28,9 @@ use crate::known::KnownChunks;
 
 /// Uploads sent on one stream whose Ok has not arrived yet.
 const UPLOAD_WINDOW: usize = 16;
+/// Largest chunk an UploadChunk packet (header, digest) carries; the
+/// command line's chunk sizes (8 MiB at most) stay far below it.
+const MAX_UPLOAD: usize = MAX_PACKET_SIZE as usize - HEADER_SIZE - 32;
 /// Index entries per BackupData packet (40 bytes each).
 const ENTRY_BATCH: usize = 4096;
 const _: () = assert!(ENTRY_BATCH <= MAX_ENTRIES_PER_PACKET);
@@ -59,6 +62,11 @@ impl Encoder {
             encoded: conn.encoded(),
             known,
         }
+    }
+
+    /// The key chunks are encrypted with, if any.
+    pub(crate) fn key(&self) -> Option<&Arc<hoard_codec::Key>> {
+        self.codec.key()
     }
 
     /// Digest and, if the server lacks the chunk, its upload. Blocking.
@@ -93,7 +101,7 @@ impl Encoder {
             Bytes::from(self.codec.encode(kind, &data))
         } else {
             // A server without encoded chunks takes the plain data (and
-            // compresses it itself); never with a key (see Session).
+            // compresses it itself); never with a key (Connection::set_codec).
             data
         }
     }
@@ -184,6 +192,12 @@ impl FileUpload {
         match chunk.upload {
             Some(data) if !self.known.contains(&chunk.digest) => {
                 let sent = data.len() as u64;
+                if data.len() > MAX_UPLOAD {
+                    return Err(Error::Usage(format!(
+                        "a chunk of {} bytes encodes to {sent}, more than an UploadChunk packet carries",
+                        chunk.size
+                    )));
+                }
                 self.stream
                     .send(Message::UploadChunk {
                         digest: chunk.digest,

@@ -51,6 +51,7 @@ pub const INFO_AEAD: &[u8] = b"chunk aes-256-gcm";
 pub const INFO_DIGEST: &[u8] = b"chunk digest hmac-sha256";
 pub const INFO_SEAL: &[u8] = b"seal hmac-sha256";
 pub const INFO_FINGERPRINT: &[u8] = b"fingerprint";
+pub const INFO_CHUNKER: &[u8] = b"chunker gear";
 /// Length of the AAD of an encrypted chunk.
 const AAD_SIZE: usize = 8 + 4 + KEY_ID_SIZE + 1;
 
@@ -237,6 +238,23 @@ impl Key {
 
     pub fn key_id(&self) -> KeyId {
         self.fingerprint.key_id()
+    }
+
+    /// The gear table of this key's content-defined chunker: 256 u64 LE
+    /// from HKDF (info `chunker gear`), so that chunk boundaries, and so
+    /// chunk sizes, depend on the key (docs/encryption.md, "Key
+    /// hierarchy").
+    pub fn chunker_gear(&self) -> [u64; 256] {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&*self.secret);
+        let mut bytes = Zeroizing::new([0u8; 256 * 8]);
+        prk.expand(&[INFO_CHUNKER], Len(bytes.len()))
+            .and_then(|okm| okm.fill(&mut *bytes))
+            .expect("HKDF output of 2048 bytes (at most 8160)");
+        let mut table = [0u64; 256];
+        for (t, b) in table.iter_mut().zip(bytes.chunks_exact(8)) {
+            *t = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        table
     }
 
     /// The keyed digest of a chunk: HMAC-SHA256(digest key, kind || data).
@@ -509,6 +527,19 @@ mod tests {
                 assert_eq!(k.zero_digest(kind, len), k.digest(kind, &vec![0; len]));
             }
         }
+    }
+
+    #[test]
+    fn chunker_gear_is_keyed() {
+        let a = Key::from_secret(&[0u8; 32]).chunker_gear();
+        let b = Key::from_secret(&[1u8; 32]).chunker_gear();
+        assert_eq!(a, Key::from_secret(&[0u8; 32]).chunker_gear());
+        assert_ne!(a, b);
+        // Distinct values: a table with repeats would weaken the hash.
+        let mut sorted = a.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 256);
     }
 
     #[test]

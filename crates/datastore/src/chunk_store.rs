@@ -21,6 +21,28 @@ use crate::locks::{FsTime, Locks, touch};
 use hoard_codec::Compression;
 use hoard_codec::blob::{self, BlobHeader, Encoding, HEADER_SIZE as CHUNK_HEADER_SIZE};
 
+/// The two kinds of chunk, kept apart: a backup holds one kind only, a
+/// session uploads and references one kind only, and neither takes the
+/// other's name (docs/security.md, "Encryption").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkClass {
+    /// Unencrypted (raw or zstd): named by the SHA-256 of its data, which
+    /// the server checks before storing it.
+    Plain,
+    /// Encrypted by its client: named by a keyed digest that nothing but
+    /// the key can check.
+    Encrypted,
+}
+
+impl ChunkClass {
+    fn of(encoding: Encoding) -> ChunkClass {
+        match encoding {
+            Encoding::Raw | Encoding::Zstd => ChunkClass::Plain,
+            Encoding::Encrypted => ChunkClass::Encrypted,
+        }
+    }
+}
+
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -71,7 +93,7 @@ pub struct Checked {
     /// Plain size, from the header.
     pub size: u64,
     /// Encrypted: only its structure and CRC could be checked.
-    pub encrypted: bool,
+    pub class: ChunkClass,
 }
 
 /// Why verify rejects a chunk.
@@ -187,9 +209,9 @@ impl ChunkStore {
         match AT_REST.compress(data) {
             Some(z) => {
                 let h = BlobHeader::zstd(data.len(), &z);
-                self.store(digest, since, true, |f| write_blob(f, &h, &z))
+                self.store(digest, since, ChunkClass::Plain, |f| write_blob(f, &h, &z))
             }
-            None => self.store(digest, since, true, |f| {
+            None => self.store(digest, since, ChunkClass::Plain, |f| {
                 write_blob(f, &BlobHeader::raw(data), data)
             }),
         }
@@ -198,13 +220,13 @@ impl ChunkStore {
     /// Stores a chunk the client encoded (feature ENCODED_CHUNKS) as it
     /// was sent, after checking what can be checked: the header and CRC
     /// always; for an unencrypted chunk also that its data hashes to
-    /// `digest`. An encrypted chunk (keyed digest) is accepted only when
-    /// `encrypted_ok` (the session negotiated ENCRYPTION).
+    /// `digest`. The chunk must be of the session's `class` (encrypted
+    /// exactly when the session negotiated ENCRYPTION).
     pub fn insert_blob(
         &self,
         digest: &Digest,
         blob: &[u8],
-        encrypted_ok: bool,
+        class: ChunkClass,
         since: FsTime,
     ) -> Result<Inserted> {
         let corrupt = |e: hoard_codec::Error| Error::BlobRejected {
@@ -212,48 +234,64 @@ impl ChunkStore {
             reason: e.to_string(),
         };
         let header = blob::check_structure(blob).map_err(corrupt)?;
-        let verified = match header.encoding {
-            Encoding::Raw | Encoding::Zstd => {
-                blob::decode_plain(digest, blob).map_err(corrupt)?;
-                true
+        let found = ChunkClass::of(header.encoding);
+        if found != class {
+            return Err(Error::BlobRejected {
+                digest: *digest,
+                reason: match class {
+                    ChunkClass::Plain => {
+                        "an encrypted chunk, in a session that did not negotiate encryption"
+                    }
+                    ChunkClass::Encrypted => "an unencrypted chunk, in an encrypting session",
+                }
+                .into(),
+            });
+        }
+        if class == ChunkClass::Plain {
+            blob::decode_plain(digest, blob).map_err(corrupt)?;
+            if self.exists_verified(digest, since)? {
+                return Ok(Inserted::Existed);
             }
-            Encoding::Encrypted if encrypted_ok => false,
-            Encoding::Encrypted => {
-                return Err(Error::BlobRejected {
-                    digest: *digest,
-                    reason: "an encrypted chunk, in a session that did not negotiate encryption"
-                        .into(),
-                });
-            }
-        };
-        if verified && self.exists_verified(digest, since)? {
-            return Ok(Inserted::Existed);
         }
         let payload = &blob[CHUNK_HEADER_SIZE..];
-        self.store(digest, since, verified, |f| write_blob(f, &header, payload))
+        self.store(digest, since, class, |f| write_blob(f, &header, payload))
     }
 
     /// Under the prefix lock: whether a chunk that needs no replacing is
-    /// stored (stamping it as [`ChunkStore::keep_existing`] does).
+    /// stored (stamping it as [`ChunkStore::existing`] does). Verified
+    /// data replaces an encrypted file.
     fn exists_verified(&self, digest: &Digest, since: FsTime) -> Result<bool> {
         let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-        self.keep_existing(digest, since, true)
+        Ok(self.existing(digest, since)? == Some(ChunkClass::Plain))
     }
 
-    /// Writes a new chunk file with `write` and renames it into place
-    /// unless a chunk exists by then. `verified`: the data was checked
-    /// against the digest, so it replaces an encrypted chunk file under
-    /// that name, which nothing could check (docs/security.md).
+    /// Writes a new chunk file of `class` with `write` and renames it into
+    /// place unless a chunk that may stay is there by then. Plain data was
+    /// checked against the digest, so it replaces an encrypted file under
+    /// that name, which nothing could check; an encrypted upload is
+    /// refused where a plain chunk holds the name (docs/security.md,
+    /// "Encryption").
     fn store(
         &self,
         digest: &Digest,
         since: FsTime,
-        verified: bool,
+        class: ChunkClass,
         write: impl FnOnce(&File) -> std::io::Result<()>,
     ) -> Result<Inserted> {
-        if !verified {
+        use ChunkClass::{Encrypted, Plain};
+        let keep = |found: Option<ChunkClass>| -> Result<bool> {
+            match (found, class) {
+                (None, _) | (Some(Encrypted), Plain) => Ok(false),
+                (Some(Plain), Plain) | (Some(Encrypted), Encrypted) => Ok(true),
+                (Some(Plain), Encrypted) => Err(Error::BlobRejected {
+                    digest: *digest,
+                    reason: "an encrypted chunk under the name of stored plain data".into(),
+                }),
+            }
+        };
+        if class == Encrypted {
             let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-            if self.keep_existing(digest, since, false)? {
+            if keep(self.existing(digest, since)?)? {
                 return Ok(Inserted::Existed);
             }
         }
@@ -265,8 +303,14 @@ impl ChunkStore {
         let path = self.chunk_path(digest);
         {
             let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-            if self.keep_existing(digest, since, verified)? {
+            let found = self.existing(digest, since)?;
+            if keep(found)? {
                 return Ok(Inserted::Existed);
+            }
+            if found.is_some() {
+                tracing::warn!(
+                    "chunk {digest}: an encrypted file stood under the name of verified plain data; replacing it"
+                );
             }
             // The new file's mtime is its write time, after `since`.
             tmp.rename(&path)?;
@@ -275,43 +319,52 @@ impl ChunkStore {
         Ok(Inserted::New)
     }
 
-    /// Under the prefix lock: whether a usable chunk file exists, stamping
-    /// it if it is older than `since`. With `verified`, an encrypted file
-    /// does not count: verified data replaces it.
-    fn keep_existing(&self, digest: &Digest, since: FsTime, verified: bool) -> Result<bool> {
+    /// Under the prefix lock: what usable chunk file exists, if any,
+    /// stamping it if it is older than `since`.
+    fn existing(&self, digest: &Digest, since: FsTime) -> Result<Option<ChunkClass>> {
         let path = self.chunk_path(digest);
         let file = match open_nofollow(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
         };
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
         if meta.len() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        if verified {
-            let mut magic = [0u8; 8];
-            let n = file
-                .read_at(&mut magic, 0)
-                .ctx(|| format!("reading chunk {digest}"))?;
-            if n == magic.len() && magic == blob::MAGIC_ENCRYPTED {
-                tracing::warn!(
-                    "chunk {digest}: an encrypted file stood under the name of verified plain data; replacing it"
-                );
-                return Ok(false);
-            }
-        }
+        let mut magic = [0u8; 8];
+        let n = file
+            .read_at(&mut magic, 0)
+            .ctx(|| format!("reading chunk {digest}"))?;
+        let stored = if n == magic.len() && magic == blob::MAGIC_ENCRYPTED {
+            ChunkClass::Encrypted
+        } else {
+            ChunkClass::Plain
+        };
         if FsTime::mtime(&meta) < since {
             touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
         }
-        Ok(true)
+        Ok(Some(stored))
     }
 
-    /// A writer's reference to a stored chunk: checks it is there, stamps
-    /// it like [`ChunkStore::insert`] does, and returns its plain size.
-    pub fn reference(&self, digest: &Digest, since: FsTime) -> Result<u64> {
+    /// A writer's reference to a stored chunk: checks it is there and of
+    /// the backup's `class`, so that no snapshot mixes the two, stamps it
+    /// like [`ChunkStore::insert`] does, and returns its plain size.
+    pub fn reference(&self, digest: &Digest, since: FsTime, class: ChunkClass) -> Result<u64> {
         let _shared = self.locks.share_prefix(Self::prefix(digest))?;
         let (file, header) = self.open(digest)?;
+        if ChunkClass::of(header.encoding) != class {
+            return Err(Error::BlobRejected {
+                digest: *digest,
+                reason: match class {
+                    ChunkClass::Encrypted => {
+                        "an encrypted backup may reference only encrypted chunks"
+                    }
+                    ChunkClass::Plain => "the chunk is encrypted, the backup is not",
+                }
+                .into(),
+            });
+        }
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
         if FsTime::mtime(&meta) < since {
             touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
@@ -404,8 +457,8 @@ impl ChunkStore {
                     digest: *digest,
                     reason: e.to_string(),
                 })?;
-            let encrypted = header.encoding == Encoding::Encrypted;
-            if !encrypted {
+            let class = ChunkClass::of(header.encoding);
+            if class == ChunkClass::Plain {
                 blob::decode_plain(digest, &blob).map_err(|e| Error::ChunkCorrupt {
                     digest: *digest,
                     reason: match e {
@@ -418,7 +471,7 @@ impl ChunkStore {
             }
             Ok(Checked {
                 size: header.raw_size as u64,
-                encrypted,
+                class,
             })
         });
         match checked {

@@ -11,6 +11,7 @@ use hoard_types::{
     SourceAttributes,
 };
 
+use crate::chunk_store::ChunkClass;
 use crate::chunk_store::ChunkStore;
 use crate::dynamic_index::{DynamicIndexReader, DynamicIndexWriter};
 use crate::error::{Error, IoContext, Result};
@@ -182,6 +183,7 @@ impl Datastore {
             manifest,
             started: HashSet::new(),
             in_progress: HashSet::new(),
+            class: ChunkClass::Plain,
             _lock: lock,
         })
     }
@@ -722,6 +724,9 @@ pub struct SnapshotWriter {
     started: HashSet<String>,
     /// Stored names started and neither finished nor abandoned.
     in_progress: HashSet<String>,
+    /// Encrypted when written by a client that encrypts: every chunk must
+    /// be encrypted, and the snapshot is complete only once sealed.
+    class: ChunkClass,
     _lock: File,
 }
 
@@ -741,6 +746,8 @@ pub struct FileWriter {
     chunk_size: Option<u32>,
     source: Option<SourceAttributes>,
     index: FileIndexWriter,
+    /// The snapshot's kind of chunk.
+    class: ChunkClass,
 }
 
 impl SnapshotWriter {
@@ -799,6 +806,7 @@ impl SnapshotWriter {
             chunk_size: (kind == FileKind::Fixed).then_some(chunk_size),
             source: None,
             index,
+            class: self.class,
         })
     }
 
@@ -812,6 +820,14 @@ impl SnapshotWriter {
             self.manifest.files.pop();
         }
         stored
+    }
+
+    /// Marks the snapshot as written by a client that encrypts (a session
+    /// with feature ENCRYPTION): its files may reference only encrypted
+    /// chunks, and it closes as complete only if sealed, so a backup cut
+    /// off before its seal never passes for a plain snapshot.
+    pub fn set_encrypted(&mut self) {
+        self.class = ChunkClass::Encrypted;
     }
 
     /// Stores the client's seal; the manifest carries it from now on.
@@ -838,7 +854,8 @@ impl SnapshotWriter {
     /// this lock was finished. A snapshot that ends with no file at all
     /// is removed again.
     pub fn close(mut self) -> Result<SnapshotState> {
-        let all_done = self.started.iter().all(|n| self.manifest.file(n).is_some());
+        let all_done = self.started.iter().all(|n| self.manifest.file(n).is_some())
+            && (self.class == ChunkClass::Plain || self.manifest.seal.is_some());
         if self.manifest.files.is_empty() {
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
             let _ = fs::remove_file(self.dir.join(LOCK_NAME));
@@ -895,7 +912,7 @@ impl FileWriter {
             unreachable!("the server dispatches by kind")
         };
         let expected = w.slot_size(index)?;
-        let got = store.reference(digest, since)?;
+        let got = store.reference(digest, since, self.class)?;
         if got != expected {
             return Err(Error::SlotSize {
                 index,
@@ -924,7 +941,7 @@ impl FileWriter {
                 got: offset,
             });
         }
-        let size = store.reference(digest, since)?;
+        let size = store.reference(digest, since, self.class)?;
         w.push(offset, digest, size)
     }
 

@@ -48,7 +48,9 @@ mod manifest;
 pub mod prune;
 pub mod verify;
 
-pub use chunk_store::{Checked, ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts};
+pub use chunk_store::{
+    Checked, ChunkClass, ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts,
+};
 pub use datastore::{
     Datastore, FileWriter, IndexReader, MAX_CLOCK_SKEW_SECS, MAX_FILES_PER_SNAPSHOT, Removal,
     SnapshotInfo, SnapshotWriter, check_new_file,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use hoard_types::{Digest, SnapshotPath};
 use serde::Serialize;
 
-use crate::chunk_store::ChunkProblem;
+use crate::chunk_store::{Checked, ChunkClass, ChunkProblem};
 use crate::datastore::{Datastore, IndexReader};
 use crate::error::{Error, Result};
 use crate::manifest::{FileKind, MANIFEST_NAME, ManifestFile, Verification, VerifyState};
@@ -125,6 +125,9 @@ struct GoodIndex {
     snapshot: usize,
     name: String,
     kind: FileKind,
+    /// Encrypted if the snapshot is sealed by an encrypting client: its
+    /// chunks must all be of this class.
+    class: ChunkClass,
 }
 
 /// What one pass knows of a distinct digest.
@@ -133,8 +136,13 @@ struct Seen {
     expected: u64,
     /// Some reference expects another size.
     conflict: bool,
-    /// Plain size as stored, or why it is unusable; set by the check.
-    result: Option<std::result::Result<u64, ChunkProblem>>,
+    /// Some reference is from an encrypted (sealed) snapshot.
+    sealed_ref: bool,
+    /// Some reference is from an unencrypted one.
+    plain_ref: bool,
+    /// Plain size and encoding as stored, or why it is unusable; set by
+    /// the check.
+    result: Option<std::result::Result<Checked, ChunkProblem>>,
 }
 
 /// Verifies every snapshot `select` accepts.
@@ -180,6 +188,11 @@ pub fn verify(
                         snapshot: idx,
                         name: file.name.clone(),
                         kind: file.kind,
+                        class: if info.manifest.seal.is_some() {
+                            ChunkClass::Encrypted
+                        } else {
+                            ChunkClass::Plain
+                        },
                     });
                 }
                 Err(problem) => {
@@ -217,9 +230,13 @@ pub fn verify(
                     let e = seen.entry(d).or_insert(Seen {
                         expected: size,
                         conflict: false,
+                        sealed_ref: false,
+                        plain_ref: false,
                         result: None,
                     });
                     e.conflict |= e.expected != size;
+                    e.sealed_ref |= g.class == ChunkClass::Encrypted;
+                    e.plain_ref |= g.class == ChunkClass::Plain;
                 }
             })?;
         }
@@ -229,7 +246,12 @@ pub fn verify(
         let mut suspicious = false;
         for (d, r) in digests.iter().zip(results) {
             let e = seen.get_mut(d).expect("collected above");
-            suspicious |= e.conflict || r.as_ref().map_or(true, |&n| n != e.expected);
+            suspicious |= e.conflict
+                || r.as_ref().map_or(true, |c| {
+                    c.size != e.expected
+                        || (c.class == ChunkClass::Encrypted && e.plain_ref)
+                        || (c.class == ChunkClass::Plain && e.sealed_ref)
+                });
             e.result = Some(r);
         }
         if !suspicious {
@@ -242,8 +264,18 @@ pub fn verify(
             for_each_ref(ds, &chosen, g, &mut |d, size| {
                 let Some(e) = seen.get(&d) else { return };
                 let problem = match e.result.as_ref().expect("checked above") {
-                    Ok(actual) if *actual == size => return,
-                    Ok(actual) => format!("chunk has {actual} bytes, the index expects {size}"),
+                    // An encrypted chunk in an unencrypted snapshot (or the
+                    // other way round) was planted or swapped: the snapshot
+                    // fails, the chunk stays for the snapshots it fits.
+                    Ok(c) if c.class != g.class => {
+                        if c.class == ChunkClass::Encrypted {
+                            "an encrypted chunk in an unencrypted snapshot".to_string()
+                        } else {
+                            "an unencrypted chunk in an encrypted snapshot".to_string()
+                        }
+                    }
+                    Ok(c) if c.size == size => return,
+                    Ok(c) => format!("chunk has {} bytes, the index expects {size}", c.size),
                     Err(p) => {
                         bad.entry(d)
                             .or_insert_with(|| (p.clone(), BTreeSet::new()))
@@ -423,11 +455,11 @@ fn check_chunks(
     threads: usize,
     on_event: &(dyn Fn(&VerifyEvent) + Sync),
     report: &mut VerifyReport,
-) -> Vec<std::result::Result<u64, ChunkProblem>> {
+) -> Vec<std::result::Result<Checked, ChunkProblem>> {
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let encrypted = AtomicU64::new(0);
-    let results: Mutex<Vec<Option<std::result::Result<u64, ChunkProblem>>>> =
+    let results: Mutex<Vec<Option<std::result::Result<Checked, ChunkProblem>>>> =
         Mutex::new(vec![None; digests.len()]);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -441,12 +473,12 @@ fn check_chunks(
                     let r = ds.chunks().check(&digests[i]);
                     if let Ok(c) = r {
                         bytes.fetch_add(c.size, Ordering::Relaxed);
-                        if c.encrypted {
+                        if c.class == ChunkClass::Encrypted {
                             encrypted.fetch_add(1, Ordering::Relaxed);
                         }
                         on_event(&VerifyEvent::Checked { bytes: c.size });
                     }
-                    local.push((i, r.map(|c| c.size)));
+                    local.push((i, r));
                 }
                 let mut all = results.lock().unwrap_or_else(|p| p.into_inner());
                 for (i, r) in local {

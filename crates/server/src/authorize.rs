@@ -9,6 +9,9 @@
 //! incremental backup), and may download only the latter. So a token
 //! cannot learn whether the datastore holds a chunk it does not own by
 //! referencing its digest, nor read another group's data by digest.
+//! An encrypted upload proves nothing about its content (its digest is
+//! keyed), but it can only ever take the name of another encrypted chunk,
+//! never an unencrypted one's: what it can reach is ciphertext.
 
 use std::collections::HashSet;
 

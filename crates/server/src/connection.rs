@@ -590,8 +590,11 @@ impl Connection {
         }
         match done.result {
             Ok(_) => {
-                // Only a chunk that was verified and stored counts as
-                // uploaded (known-chunks rule).
+                // Only a stored chunk counts as uploaded (known-chunks
+                // rule): an unencrypted one verified against its digest,
+                // or an encrypted one, which never takes the name of an
+                // unencrypted chunk (ChunkStore::insert_blob) and which
+                // only its key opens.
                 let learned = self
                     .known
                     .lock()

@@ -57,7 +57,10 @@ impl Connection {
                 }
                 // A snapshot is created by one connection and immutable
                 // after: EXCL holds for every CreateBackup.
-                let writer = self.ds.begin_snapshot(&snapshot)?;
+                let mut writer = self.ds.begin_snapshot(&snapshot)?;
+                if self.features.contains(hoard_protocol::Features::ENCRYPTION) {
+                    writer.set_encrypted();
+                }
                 let open = permits.split(1).expect("two permits taken");
                 self.snapshots.insert(
                     snapshot.clone(),

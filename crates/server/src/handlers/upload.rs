@@ -3,6 +3,7 @@
 //! stream.
 
 use bytes::Bytes;
+use hoard_datastore::ChunkClass;
 use hoard_protocol::Features;
 use hoard_types::Digest;
 
@@ -27,11 +28,15 @@ impl Connection {
         // An encoded session sends chunk files as stored (checked, kept
         // as sent); a version 1 or plain one sends the data.
         let encoded = self.features.contains(Features::ENCODED_CHUNKS);
-        let encrypted_ok = self.features.contains(Features::ENCRYPTION);
+        let class = if self.features.contains(Features::ENCRYPTION) {
+            ChunkClass::Encrypted
+        } else {
+            ChunkClass::Plain
+        };
         self.uploads.spawn_blocking(move || {
             let _permit = permit;
             let result = if encoded {
-                ds.chunks().insert_blob(&digest, &data, encrypted_ok, since)
+                ds.chunks().insert_blob(&digest, &data, class, since)
             } else {
                 ds.chunks().insert(&digest, &data, since)
             };
