@@ -108,7 +108,7 @@ impl KeyFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Cheap parameters so tests do not spend seconds in the KDF.

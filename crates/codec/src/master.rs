@@ -298,11 +298,7 @@ mod tests {
     use super::*;
     use crate::keyfile::KeyFile;
 
-    const FAST: Argon2Params = Argon2Params {
-        m_kib: 64,
-        t: 1,
-        p: 1,
-    };
+    use crate::keyfile::tests::FAST;
 
     #[test]
     fn wrap_and_unwrap() {

@@ -154,13 +154,8 @@ fn check(n: usize, bytes: &[u8]) -> [u8; 2] {
 mod tests {
     use super::*;
     use crate::key::Key;
-    use crate::keyfile::Argon2Params;
 
-    const FAST: Argon2Params = Argon2Params {
-        m_kib: 64,
-        t: 1,
-        p: 1,
-    };
+    use crate::keyfile::tests::FAST;
 
     #[test]
     fn round_trip() {
