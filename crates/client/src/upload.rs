@@ -98,7 +98,13 @@ impl Encoder {
 
     fn encode(&self, kind: Kind, data: Bytes) -> Bytes {
         if self.encoded {
-            Bytes::from(self.codec.encode(kind, &data))
+            let mut blob = self.codec.encode(kind, &data);
+            // The buffer was sized for the plain data; a chunk that
+            // compressed well waits in the upload window at its own size.
+            if blob.len() < blob.capacity() / 2 {
+                blob.shrink_to_fit();
+            }
+            Bytes::from(blob)
         } else {
             // A server without encoded chunks takes the plain data (and
             // compresses it itself); never with a key (Connection::set_codec).
