@@ -140,7 +140,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn chunk_files(ds: &Path) -> Vec<PathBuf> {
     walk(&ds.join(".chunks"))
         .into_iter()
-        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n.len() == 64))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.strip_suffix(".e").unwrap_or(&n).len() == 64
+                })
+        })
         .collect()
 }
 
@@ -170,6 +176,13 @@ fn index_digests(path: &Path) -> Vec<String> {
 
 fn chunk_path(ds: &Path, digest: &str) -> PathBuf {
     ds.join(".chunks").join(&digest[..2]).join(digest)
+}
+
+/// Where an encrypted chunk lives: its own name, apart from plain ones.
+fn encrypted_chunk_path(ds: &Path, digest: &str) -> PathBuf {
+    ds.join(".chunks")
+        .join(&digest[..2])
+        .join(format!("{digest}.e"))
 }
 
 /// Flips a byte of a stored chunk's payload and fixes its CRC, as a
@@ -513,7 +526,7 @@ fn tampering_is_detected() {
     let snap = fresh(&server);
     let dir = snapshot_dir(&ds, &snap);
     let digests = index_digests(&dir.join("disk.img.fidx"));
-    tamper_chunk(&chunk_path(&ds, &digests[0]), 20);
+    tamper_chunk(&encrypted_chunk_path(&ds, &digests[0]), 20);
     let out = tempfile::tempdir().unwrap();
     let r = run(
         &server,
@@ -534,7 +547,7 @@ fn tampering_is_detected() {
     let snap = fresh(&server);
     let dir = snapshot_dir(&ds, &snap);
     let meta = index_digests(&dir.join("root.hmeta.didx"));
-    tamper_chunk(&chunk_path(&ds, &meta[0]), 30);
+    tamper_chunk(&encrypted_chunk_path(&ds, &meta[0]), 30);
     let r = run(&server, &env, &["ls", &snap, "root"]);
     expect_damage(&r, "fails authentication");
 
@@ -793,6 +806,7 @@ fn encoded_uploads_are_checked_by_the_server() {
     let data = b"some chunk data that is plain".repeat(100);
     let digest = hoard_types::Digest::of(&data);
     let plain_blob = blob::encode_raw(&data);
+    let data_plain = data.clone();
     let key = hoard_codec::Key::from_secret(&[5u8; 32]);
     let enc_blob = key.encrypt(
         hoard_codec::Kind::Chunk,
@@ -846,9 +860,10 @@ fn encoded_uploads_are_checked_by_the_server() {
     c.expect_error(4, "encryption feature");
     drop(c);
 
-    // With it: a hostile client plants an encrypted blob under the
-    // digest of plain data; a plain session's upload of that data
-    // replaces it. A plain chunk is refused in the encrypting session.
+    // With it: an encrypted blob under the digest of plain data is stored
+    // under its own name, apart from plain chunks: it neither blocks nor
+    // reveals the plain chunk, whose upload goes on as if it were absent.
+    // A plain chunk is refused in the encrypting session.
     let mut c = connect_with(&server, Features::SUPPORTED);
     c.send(
         1,
@@ -859,7 +874,9 @@ fn encoded_uploads_are_checked_by_the_server() {
     );
     c.expect_ok(1);
     let path = chunk_path(&server.datastore(), &digest.to_hex());
-    assert_eq!(&magic_of(&path), b"hoardCE1");
+    let epath = encrypted_chunk_path(&server.datastore(), &digest.to_hex());
+    assert_eq!(&magic_of(&epath), b"hoardCE1");
+    assert!(!path.exists());
     c.send(
         2,
         &Message::UploadChunk {
@@ -891,6 +908,18 @@ fn encoded_uploads_are_checked_by_the_server() {
     );
     p.expect_ok(1);
     assert_eq!(&magic_of(&path), b"hoardCR1");
+    assert_eq!(&magic_of(&epath), b"hoardCE1");
+    // The plain session downloads the plain data.
+    p.send(
+        2,
+        &Message::DownloadChunks(hoard_protocol::DigestList::from_digests([&digest])),
+    );
+    match p.recv() {
+        (2, Message::Chunk { data, .. }) => {
+            assert_eq!(blob::decode_plain(&digest, &data).unwrap(), data_plain)
+        }
+        other => panic!("expected the chunk, got {other:?}"),
+    }
 }
 
 #[test]
@@ -931,47 +960,35 @@ fn a_key_reads_only_snapshots_sealed_with_it() {
     );
     assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
     assert!(stderr(&r).contains("not encrypted"), "{}", stderr(&r));
-    // Nor is an encrypted one whose seal was removed.
+    // Nor is an encrypted one whose seal was removed, with or without
+    // the key: the manifest says an encrypting client wrote it.
     let mpath =
         snapshot_dir(&server.datastore(), "vm/1/2026-11-02T00:00:00Z").join("manifest.json");
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    assert_eq!(m["encrypted"], true);
     m.as_object_mut().unwrap().remove("seal");
     std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
-    let r = run(
-        &server,
-        &env,
-        &["restore", "vm/1/2026-11-02T00:00:00Z", "disk.img", "-"],
-    );
-    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
-    // Without the key, its encrypted chunks are not taken for plain data.
+    for e in [&env[..], &[]] {
+        let r = run(
+            &server,
+            e,
+            &["restore", "vm/1/2026-11-02T00:00:00Z", "disk.img", "-"],
+        );
+        assert_eq!(r.status.code(), Some(8), "{}", stderr(&r));
+        assert!(stderr(&r).contains("has no seal"), "{}", stderr(&r));
+    }
+    // And with the flag removed too, a client without the key still
+    // never takes its encrypted chunks for plain data: they are not
+    // under plain names.
+    m.as_object_mut().unwrap().remove("encrypted");
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
     let r = run(
         &server,
         &[],
         &["restore", "vm/1/2026-11-02T00:00:00Z", "disk.img", "-"],
     );
-    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
-    assert!(stderr(&r).contains("no seal"), "{}", stderr(&r));
-    // And the server's verify fails it: encrypted chunks in a snapshot
-    // without a seal.
-    let v = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .args(["verify", "--output-format", "json", "--datastore"])
-        .arg(server.datastore())
-        .output()
-        .unwrap();
-    assert_eq!(v.status.code(), Some(8), "{}", stderr(&v));
-    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
-    assert!(
-        v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["snapshot"] == "vm/1/2026-11-02T00:00:00Z"
-                && f["problem"]
-                    .as_str()
-                    .unwrap()
-                    .contains("encrypted chunk in an unencrypted snapshot")),
-        "{v}"
-    );
+    assert_eq!(r.status.code(), Some(5), "{}", stderr(&r));
+    assert!(stderr(&r).contains("is encrypted"), "{}", stderr(&r));
 }
 
 #[test]
@@ -1053,8 +1070,9 @@ fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
     );
     common::expect_created(&mut c, 4);
     c.send(4, &common::fixed(&[(0, pd)]));
-    c.expect_error(4, "only encrypted chunks");
-    // An encrypted chunk under the name of stored plain data is refused.
+    c.expect_error(4, "is not in the chunk store");
+    // An encrypted chunk with the digest of stored plain data is stored
+    // under its own name, just as if the plain one did not exist.
     c.send(
         5,
         &Message::UploadChunk {
@@ -1068,7 +1086,10 @@ fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
                 .into(),
         },
     );
-    c.expect_error(5, "under the name of stored plain data");
+    c.expect_ok(5);
+    let pd_path = chunk_path(&server.datastore(), &pd.to_hex());
+    assert_eq!(&magic_of(&pd_path), b"hoardCR1");
+    assert!(encrypted_chunk_path(&server.datastore(), &pd.to_hex()).exists());
     drop(c);
     // The server closes the connection's snapshots once it is gone.
     let mpath = server
@@ -1103,5 +1124,5 @@ fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
     );
     common::expect_created(&mut c, 1);
     c.send(1, &common::fixed(&[(0, kd)]));
-    c.expect_error(1, "encrypted, the backup is not");
+    c.expect_error(1, "is encrypted");
 }

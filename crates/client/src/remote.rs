@@ -115,6 +115,14 @@ impl ChunkDecoder {
     /// another key, or whose seal fails, cannot be read.
     pub fn for_snapshot(conn: &Connection, snap: &Listed) -> Result<ChunkDecoder> {
         let codec = match &snap.seal {
+            // Written by an encrypting client, but not sealed: cut off
+            // before its seal, or altered.
+            SealState::Plain if snap.manifest.encrypted => {
+                return Err(Error::Damaged(format!(
+                    "snapshot {} was written by an encrypting client but has no seal: it was cut off before it was sealed, or its manifest was altered",
+                    snap.path
+                )));
+            }
             // With a key, only snapshots sealed with it are read: a server
             // must not be able to hand over unencrypted data in their place.
             SealState::Plain if conn.codec().key().is_some() => {

@@ -1,4 +1,10 @@
-//! The content-addressed chunk store: `.chunks/PP/DIGEST`.
+//! The content-addressed chunk store: `.chunks/PP/DIGEST`, and
+//! `.chunks/PP/DIGEST.e` for chunks their clients encrypted.
+//!
+//! The two classes live in separate names, so nothing uploaded as one can
+//! take, block, reveal or replace a chunk of the other: an encrypted
+//! chunk's keyed digest cannot be checked by the server, and a plain
+//! chunk's name must stay what its data hashes to.
 //!
 //! A chunk's file name is its SHA-256, checked against the data before
 //! anything is written, so a name always matches its content unless the
@@ -24,7 +30,7 @@ use hoard_codec::blob::{self, BlobHeader, Encoding, HEADER_SIZE as CHUNK_HEADER_
 /// The two kinds of chunk, kept apart: a backup holds one kind only, a
 /// session uploads and references one kind only, and neither takes the
 /// other's name (docs/security.md, "Encryption").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChunkClass {
     /// Unencrypted (raw or zstd): named by the SHA-256 of its data, which
     /// the server checks before storing it.
@@ -120,10 +126,15 @@ impl std::fmt::Display for ChunkProblem {
     }
 }
 
-/// A chunk file's name: 64 lower-case hex digits.
+/// A chunk file's name: 64 lower-case hex digits, with `.e` for an
+/// encrypted chunk.
 fn is_chunk_name(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    let hex = name.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(name);
+    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
+
+/// The suffix of an encrypted chunk's file name.
+pub const ENCRYPTED_SUFFIX: &str = ".e";
 
 /// Zero runs of at least this many bytes are holes in a chunk file.
 const SPARSE_BLOCK: usize = 4096;
@@ -150,10 +161,19 @@ impl ChunkStore {
         digest.0[0]
     }
 
-    /// Where the chunk with this digest lives.
+    /// Where the plain chunk with this digest lives.
     pub fn chunk_path(&self, digest: &Digest) -> PathBuf {
+        self.path_of(digest, ChunkClass::Plain)
+    }
+
+    /// Where the chunk of `class` with this digest lives.
+    pub fn path_of(&self, digest: &Digest, class: ChunkClass) -> PathBuf {
         let hex = digest.to_hex();
-        self.base.join(&hex[..PREFIX_DIGITS]).join(hex)
+        let name = match class {
+            ChunkClass::Plain => hex.clone(),
+            ChunkClass::Encrypted => format!("{hex}{ENCRYPTED_SUFFIX}"),
+        };
+        self.base.join(&hex[..PREFIX_DIGITS]).join(name)
     }
 
     /// Refuses a prefix directory under `base` that is a symbolic link.
@@ -203,7 +223,7 @@ impl ChunkStore {
                 actual,
             });
         }
-        if self.exists_verified(digest, since)? {
+        if self.exists(digest, ChunkClass::Plain, since)? {
             return Ok(Inserted::Existed);
         }
         match AT_REST.compress(data) {
@@ -247,30 +267,26 @@ impl ChunkStore {
                 .into(),
             });
         }
+        if self.exists(digest, class, since)? {
+            return Ok(Inserted::Existed);
+        }
         if class == ChunkClass::Plain {
             blob::decode_plain(digest, blob).map_err(corrupt)?;
-            if self.exists_verified(digest, since)? {
-                return Ok(Inserted::Existed);
-            }
         }
         let payload = &blob[CHUNK_HEADER_SIZE..];
         self.store(digest, since, class, |f| write_blob(f, &header, payload))
     }
 
-    /// Under the prefix lock: whether a chunk that needs no replacing is
-    /// stored (stamping it as [`ChunkStore::existing`] does). Verified
-    /// data replaces an encrypted file.
-    fn exists_verified(&self, digest: &Digest, since: FsTime) -> Result<bool> {
+    /// Under the prefix lock: whether a chunk of `class` is stored
+    /// (stamping it as [`ChunkStore::existing`] does).
+    fn exists(&self, digest: &Digest, class: ChunkClass, since: FsTime) -> Result<bool> {
         let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-        Ok(self.existing(digest, since)? == Some(ChunkClass::Plain))
+        self.existing(digest, class, since)
     }
 
     /// Writes a new chunk file of `class` with `write` and renames it into
-    /// place unless a chunk that may stay is there by then. Plain data was
-    /// checked against the digest, so it replaces an encrypted file under
-    /// that name, which nothing could check; an encrypted upload is
-    /// refused where a plain chunk holds the name (docs/security.md,
-    /// "Encryption").
+    /// place unless one is there by then (another upload of the same
+    /// chunk won the race).
     fn store(
         &self,
         digest: &Digest,
@@ -278,39 +294,16 @@ impl ChunkStore {
         class: ChunkClass,
         write: impl FnOnce(&File) -> std::io::Result<()>,
     ) -> Result<Inserted> {
-        use ChunkClass::{Encrypted, Plain};
-        let keep = |found: Option<ChunkClass>| -> Result<bool> {
-            match (found, class) {
-                (None, _) | (Some(Encrypted), Plain) => Ok(false),
-                (Some(Plain), Plain) | (Some(Encrypted), Encrypted) => Ok(true),
-                (Some(Plain), Encrypted) => Err(Error::BlobRejected {
-                    digest: *digest,
-                    reason: "an encrypted chunk under the name of stored plain data".into(),
-                }),
-            }
-        };
-        if class == Encrypted {
-            let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-            if keep(self.existing(digest, since)?)? {
-                return Ok(Inserted::Existed);
-            }
-        }
         // Written and synced outside the prefix lock, so a GC waiting to
         // sweep this prefix never waits for a disk flush.
         let tmp = TempFile::create(&self.tmp, "chunk")?;
         write(&tmp.file).ctx(|| format!("writing chunk {digest}"))?;
         tmp.sync()?;
-        let path = self.chunk_path(digest);
+        let path = self.path_of(digest, class);
         {
             let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-            let found = self.existing(digest, since)?;
-            if keep(found)? {
+            if self.existing(digest, class, since)? {
                 return Ok(Inserted::Existed);
-            }
-            if found.is_some() {
-                tracing::warn!(
-                    "chunk {digest}: an encrypted file stood under the name of verified plain data; replacing it"
-                );
             }
             // The new file's mtime is its write time, after `since`.
             tmp.rename(&path)?;
@@ -319,52 +312,31 @@ impl ChunkStore {
         Ok(Inserted::New)
     }
 
-    /// Under the prefix lock: what usable chunk file exists, if any,
-    /// stamping it if it is older than `since`.
-    fn existing(&self, digest: &Digest, since: FsTime) -> Result<Option<ChunkClass>> {
-        let path = self.chunk_path(digest);
+    /// Under the prefix lock: whether a usable chunk file of `class`
+    /// exists, stamping it if it is older than `since`.
+    fn existing(&self, digest: &Digest, class: ChunkClass, since: FsTime) -> Result<bool> {
+        let path = self.path_of(digest, class);
         let file = match open_nofollow(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
         };
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
         if meta.len() == 0 {
-            return Ok(None);
+            return Ok(false);
         }
-        let mut magic = [0u8; 8];
-        let n = file
-            .read_at(&mut magic, 0)
-            .ctx(|| format!("reading chunk {digest}"))?;
-        let stored = if n == magic.len() && magic == blob::MAGIC_ENCRYPTED {
-            ChunkClass::Encrypted
-        } else {
-            ChunkClass::Plain
-        };
         if FsTime::mtime(&meta) < since {
             touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
         }
-        Ok(Some(stored))
+        Ok(true)
     }
 
-    /// A writer's reference to a stored chunk: checks it is there and of
-    /// the backup's `class`, so that no snapshot mixes the two, stamps it
-    /// like [`ChunkStore::insert`] does, and returns its plain size.
+    /// A writer's reference to a stored chunk of the backup's `class` (so
+    /// that no snapshot mixes the two): checks it is there, stamps it like
+    /// [`ChunkStore::insert`] does, and returns its plain size.
     pub fn reference(&self, digest: &Digest, since: FsTime, class: ChunkClass) -> Result<u64> {
         let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-        let (file, header) = self.open(digest)?;
-        if ChunkClass::of(header.encoding) != class {
-            return Err(Error::BlobRejected {
-                digest: *digest,
-                reason: match class {
-                    ChunkClass::Encrypted => {
-                        "an encrypted backup may reference only encrypted chunks"
-                    }
-                    ChunkClass::Plain => "the chunk is encrypted, the backup is not",
-                }
-                .into(),
-            });
-        }
+        let (file, header) = self.open(digest, class)?;
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
         if FsTime::mtime(&meta) < since {
             touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
@@ -375,8 +347,8 @@ impl ChunkStore {
     /// GC's mark: stamps the chunk unless it is stamped at or after
     /// `cutoff` already. Needs no lock: only GC removes chunks, and a
     /// stamp can only make a chunk younger.
-    pub fn mark(&self, digest: &Digest, cutoff: FsTime) -> Result<Marked> {
-        let path = self.chunk_path(digest);
+    pub fn mark(&self, digest: &Digest, class: ChunkClass, cutoff: FsTime) -> Result<Marked> {
+        let path = self.path_of(digest, class);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marked::Missing),
@@ -450,8 +422,12 @@ impl ChunkStore {
     /// Verify's findings for one chunk, read and checked in full: an
     /// unencrypted chunk decoded and hashed; an encrypted one (keyed
     /// digest, no key here) checked for structure and CRC only.
-    pub fn check(&self, digest: &Digest) -> std::result::Result<Checked, ChunkProblem> {
-        let checked = self.load_blob(digest).and_then(|blob| {
+    pub fn check(
+        &self,
+        digest: &Digest,
+        class: ChunkClass,
+    ) -> std::result::Result<Checked, ChunkProblem> {
+        let checked = self.load_blob(digest, class).and_then(|blob| {
             let header =
                 BlobHeader::decode(&blob, blob.len() as u64).map_err(|e| Error::ChunkCorrupt {
                     digest: *digest,
@@ -477,7 +453,7 @@ impl ChunkStore {
         match checked {
             Ok(c) => Ok(c),
             Err(Error::ChunkMissing(_)) => {
-                let zero_length = fs::symlink_metadata(self.chunk_path(digest)).is_ok();
+                let zero_length = fs::symlink_metadata(self.path_of(digest, class)).is_ok();
                 Err(if zero_length {
                     ChunkProblem::ZeroLength
                 } else {
@@ -493,25 +469,41 @@ impl ChunkStore {
     /// its data uploads it again. Under the prefix's exclusive lock the
     /// chunk is checked once more: a writer may have replaced a zero-length
     /// leftover meanwhile. Returns where it went, if it was moved.
-    pub fn quarantine(&self, digest: &Digest) -> Result<Option<PathBuf>> {
+    pub fn quarantine(&self, digest: &Digest, class: ChunkClass) -> Result<Option<PathBuf>> {
         let _excl = self.locks.exclusive_prefix(Self::prefix(digest))?;
-        let path = self.chunk_path(digest);
-        if !path.exists() || self.check(digest).is_ok() {
+        let path = self.path_of(digest, class);
+        if !path.exists() || self.check(digest, class).is_ok() {
             return Ok(None);
         }
         crate::fsutil::create_dir_durable(&self.bad)?;
         let stamp = jiff::Timestamp::now().as_second();
-        let dest = self.bad.join(format!("{}.{stamp}", digest.to_hex()));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let dest = self.bad.join(format!(
+            "{}.{stamp}",
+            name.unwrap_or_else(|| digest.to_hex())
+        ));
         fs::rename(&path, &dest).ctx(|| format!("moving chunk {digest} aside"))?;
         fsync_dir(path.parent().unwrap_or(&self.base))?;
         fsync_dir(&self.bad)?;
         Ok(Some(dest))
     }
 
-    fn open(&self, digest: &Digest) -> Result<(File, BlobHeader)> {
-        let path = self.chunk_path(digest);
+    /// Opens the chunk file of `class`; one whose header is of the other
+    /// class is damaged (it cannot have been stored so).
+    fn open(&self, digest: &Digest, class: ChunkClass) -> Result<(File, BlobHeader)> {
+        let path = self.path_of(digest, class);
         let file = match open_nofollow(&path) {
             Ok(f) => f,
+            // Asked for plain data that only an encrypted chunk holds: say
+            // so. Callers name only chunks their principal may see (the
+            // known-chunks rule), so this reveals nothing new.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && class == ChunkClass::Plain
+                    && self.path_of(digest, ChunkClass::Encrypted).exists() =>
+            {
+                return Err(Error::ChunkEncrypted(*digest));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::ChunkMissing(*digest));
             }
@@ -532,24 +524,33 @@ impl ChunkStore {
             digest: *digest,
             reason: e.to_string(),
         })?;
+        if ChunkClass::of(header.encoding) != class {
+            return Err(Error::ChunkCorrupt {
+                digest: *digest,
+                reason: format!(
+                    "a {} chunk in the place of the other class",
+                    header.encoding
+                ),
+            });
+        }
         Ok((file, header))
     }
 
     /// The length of the chunk's plain data, from its header only.
     /// Readers only; a writer uses [`ChunkStore::reference`].
     pub fn raw_size(&self, digest: &Digest) -> Result<u64> {
-        Ok(self.open(digest)?.1.raw_size as u64)
+        Ok(self.open(digest, ChunkClass::Plain)?.1.raw_size as u64)
     }
 
     /// Whether a usable chunk with this digest is stored.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.open(digest).is_ok()
+        self.open(digest, ChunkClass::Plain).is_ok()
     }
 
     /// A chunk file's bytes as stored (header and payload), its CRC
     /// checked: what an encoded session downloads.
-    pub fn load_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let (file, header) = self.open(digest)?;
+    pub fn load_blob(&self, digest: &Digest, class: ChunkClass) -> Result<Vec<u8>> {
+        let (file, header) = self.open(digest, class)?;
         let blob = read_file(&file, digest)?;
         header
             .check_crc(&blob[CHUNK_HEADER_SIZE..])
@@ -563,10 +564,14 @@ impl ChunkStore {
     /// Reads a chunk's plain data, checking its CRC. An encrypted chunk
     /// has no plain data the server could give out.
     pub fn load(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let (file, header) = self.open(digest)?;
-        if header.encoding == Encoding::Encrypted {
-            return Err(Error::ChunkEncrypted(*digest));
-        }
+        let (file, header) = match self.open(digest, ChunkClass::Plain) {
+            // Only an encrypted chunk by that name: say so (the caller
+            // may download it, so it knows the name from an index).
+            Err(Error::ChunkMissing(_)) if self.open(digest, ChunkClass::Encrypted).is_ok() => {
+                return Err(Error::ChunkEncrypted(*digest));
+            }
+            other => other?,
+        };
         let mut blob = read_file(&file, digest)?;
         let corrupt = |e: hoard_codec::Error| Error::ChunkCorrupt {
             digest: *digest,
@@ -687,6 +692,53 @@ mod tests {
         let dg = Digest::of(&tail_zero);
         s.insert(&dg, &tail_zero, T0).unwrap();
         assert_eq!(s.load(&dg).unwrap(), tail_zero);
+    }
+
+    #[test]
+    fn encrypted_chunks_have_their_own_names() {
+        let (_d, s) = store();
+        let data = b"plain data of a chunk".repeat(40);
+        let dg = Digest::of(&data);
+        s.insert(&dg, &data, T0).unwrap();
+        // An encrypted blob claiming the same digest: stored apart, the
+        // plain chunk untouched and still served.
+        let key = hoard_codec::Key::from_secret(&[3u8; 32]);
+        let enc = key.encrypt(hoard_codec::Kind::Chunk, b"other", Compression::None);
+        assert_eq!(
+            s.insert_blob(&dg, &enc, ChunkClass::Encrypted, T0).unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            s.insert_blob(&dg, &enc, ChunkClass::Encrypted, T0).unwrap(),
+            Inserted::Existed
+        );
+        assert!(
+            s.path_of(&dg, ChunkClass::Encrypted)
+                .to_string_lossy()
+                .ends_with(".e")
+        );
+        assert_eq!(s.load(&dg).unwrap(), data);
+        assert_eq!(s.load_blob(&dg, ChunkClass::Encrypted).unwrap(), enc);
+        assert_eq!(
+            s.reference(&dg, T0, ChunkClass::Plain).unwrap(),
+            data.len() as u64
+        );
+        assert_eq!(s.reference(&dg, T0, ChunkClass::Encrypted).unwrap(), 5);
+        // A session's class decides what it may send.
+        assert!(s.insert_blob(&dg, &enc, ChunkClass::Plain, T0).is_err());
+        let raw = blob::encode_raw(&data);
+        assert!(s.insert_blob(&dg, &raw, ChunkClass::Encrypted, T0).is_err());
+        // Plain data asked for where only an encrypted chunk is.
+        let other = Digest::of(b"nothing plain here");
+        s.insert_blob(&other, &enc, ChunkClass::Encrypted, T0)
+            .unwrap();
+        assert!(matches!(s.load(&other), Err(Error::ChunkEncrypted(_))));
+        // The sweep counts and removes both kinds of name.
+        let later = FsTime(i128::MAX);
+        let swept = s.sweep_prefix(dg.0[0], later).unwrap();
+        assert!(swept.removed >= 2, "{swept:?}");
+        assert!(!s.path_of(&dg, ChunkClass::Encrypted).exists());
+        assert!(!s.chunk_path(&dg).exists());
     }
 
     #[test]

@@ -828,6 +828,7 @@ impl SnapshotWriter {
     /// off before its seal never passes for a plain snapshot.
     pub fn set_encrypted(&mut self) {
         self.class = ChunkClass::Encrypted;
+        self.manifest.encrypted = true;
     }
 
     /// Stores the client's seal; the manifest carries it from now on.

@@ -68,7 +68,7 @@ pub enum Error {
     #[error("chunk {digest} refused: {reason}")]
     BlobRejected { digest: Digest, reason: String },
     #[error(
-        "chunk {0} is encrypted: only a client holding its key can read it (over an encoded session)"
+        "chunk {0} is encrypted: only a session of a client holding its key reads or references it"
     )]
     ChunkEncrypted(Digest),
     #[error("fixed index: chunk size {0} is outside 4096..=16777170")]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use hoard_types::SnapshotPath;
 use serde::Serialize;
 
-use crate::chunk_store::{Marked, SweepCounts};
+use crate::chunk_store::{ChunkClass, Marked, SweepCounts};
 use crate::datastore::Datastore;
 use crate::error::{Error, IoContext, Result};
 use crate::locks::FsTime;
@@ -117,13 +117,14 @@ pub fn collect_garbage(
     };
 
     let snapshots = ds.list_snapshots()?;
-    let indexes: Vec<(SnapshotPath, String)> = snapshots
+    let indexes: Vec<(SnapshotPath, String, ChunkClass)> = snapshots
         .iter()
         .flat_map(|s| {
+            let class = s.manifest.chunk_class();
             s.manifest
                 .files
                 .iter()
-                .map(|f| (s.path.clone(), f.name.clone()))
+                .map(move |f| (s.path.clone(), f.name.clone(), class))
         })
         .collect();
     report.snapshots = snapshots.len() as u64;
@@ -137,7 +138,7 @@ pub fn collect_garbage(
     let threads = opts.threads.max(1);
     let references = AtomicU64::new(0);
     let missing = AtomicU64::new(0);
-    for (done, (snap, name)) in indexes.iter().enumerate() {
+    for (done, (snap, name, class)) in indexes.iter().enumerate() {
         let rel = format!("{snap}/{name}");
         let reader = match ds.open_index(&rel) {
             Ok(r) => r,
@@ -167,7 +168,7 @@ pub fn collect_garbage(
                         let n = (count - start).min(MARK_BLOCK as u64) as usize;
                         let result = reader.digests(start, n).and_then(|digests| {
                             for d in &digests {
-                                if ds.chunks().mark(d, cutoff)? == Marked::Missing {
+                                if ds.chunks().mark(d, *class, cutoff)? == Marked::Missing {
                                     missing.fetch_add(1, Ordering::Relaxed);
                                 }
                             }

@@ -108,6 +108,10 @@ pub struct Manifest {
     /// Set by `hoard protect`: prune never removes the snapshot.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub protected: bool,
+    /// Written by a client that encrypts (a session with feature
+    /// ENCRYPTION): its chunks are encrypted ones (`DIGEST.e`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub encrypted: bool,
     /// Set by a client that encrypts (SealSnapshot).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub seal: Option<Seal>,
@@ -122,7 +126,17 @@ impl Manifest {
             files: Vec::new(),
             verification: None,
             protected: false,
+            encrypted: false,
             seal: None,
+        }
+    }
+
+    /// The class of the chunks the snapshot's indexes name.
+    pub fn chunk_class(&self) -> crate::ChunkClass {
+        if self.encrypted || self.seal.is_some() {
+            crate::ChunkClass::Encrypted
+        } else {
+            crate::ChunkClass::Plain
         }
     }
 

@@ -125,8 +125,8 @@ struct GoodIndex {
     snapshot: usize,
     name: String,
     kind: FileKind,
-    /// Encrypted if the snapshot is sealed by an encrypting client: its
-    /// chunks must all be of this class.
+    /// The class of the snapshot's chunks (encrypted ones have their own
+    /// names).
     class: ChunkClass,
 }
 
@@ -136,10 +136,6 @@ struct Seen {
     expected: u64,
     /// Some reference expects another size.
     conflict: bool,
-    /// Some reference is from an encrypted (sealed) snapshot.
-    sealed_ref: bool,
-    /// Some reference is from an unencrypted one.
-    plain_ref: bool,
     /// Plain size and encoding as stored, or why it is unusable; set by
     /// the check.
     result: Option<std::result::Result<Checked, ChunkProblem>>,
@@ -188,11 +184,7 @@ pub fn verify(
                         snapshot: idx,
                         name: file.name.clone(),
                         kind: file.kind,
-                        class: if info.manifest.seal.is_some() {
-                            ChunkClass::Encrypted
-                        } else {
-                            ChunkClass::Plain
-                        },
+                        class: info.manifest.chunk_class(),
                     });
                 }
                 Err(problem) => {
@@ -217,41 +209,32 @@ pub fn verify(
     });
 
     let passes = references.div_ceil(PASS_DIGESTS).max(1) as usize;
-    let mut bad: BTreeMap<Digest, (ChunkProblem, BTreeSet<String>)> = BTreeMap::new();
+    let mut bad: BTreeMap<(Digest, ChunkClass), (ChunkProblem, BTreeSet<String>)> = BTreeMap::new();
     for pass in 0..passes.min(256) {
         let lo = pass * 256 / passes.min(256);
         let hi = (pass + 1) * 256 / passes.min(256);
         let in_range = |d: &Digest| (lo..hi).contains(&(d.0[0] as usize));
 
-        let mut seen: HashMap<Digest, Seen> = HashMap::new();
+        let mut seen: HashMap<(Digest, ChunkClass), Seen> = HashMap::new();
         for g in &good {
             for_each_ref(ds, &chosen, g, &mut |d, size| {
                 if in_range(&d) {
-                    let e = seen.entry(d).or_insert(Seen {
+                    let e = seen.entry((d, g.class)).or_insert(Seen {
                         expected: size,
                         conflict: false,
-                        sealed_ref: false,
-                        plain_ref: false,
                         result: None,
                     });
                     e.conflict |= e.expected != size;
-                    e.sealed_ref |= g.class == ChunkClass::Encrypted;
-                    e.plain_ref |= g.class == ChunkClass::Plain;
                 }
             })?;
         }
 
-        let digests: Vec<Digest> = seen.keys().copied().collect();
-        let results = check_chunks(ds, &digests, opts.threads, on_event, &mut report);
+        let chunks: Vec<(Digest, ChunkClass)> = seen.keys().copied().collect();
+        let results = check_chunks(ds, &chunks, opts.threads, on_event, &mut report);
         let mut suspicious = false;
-        for (d, r) in digests.iter().zip(results) {
-            let e = seen.get_mut(d).expect("collected above");
-            suspicious |= e.conflict
-                || r.as_ref().map_or(true, |c| {
-                    c.size != e.expected
-                        || (c.class == ChunkClass::Encrypted && e.plain_ref)
-                        || (c.class == ChunkClass::Plain && e.sealed_ref)
-                });
+        for (key, r) in chunks.iter().zip(results) {
+            let e = seen.get_mut(key).expect("collected above");
+            suspicious |= e.conflict || r.as_ref().map_or(true, |c| c.size != e.expected);
             e.result = Some(r);
         }
         if !suspicious {
@@ -262,22 +245,14 @@ pub fn verify(
         for g in &good {
             let snap = chosen[g.snapshot].to_string();
             for_each_ref(ds, &chosen, g, &mut |d, size| {
-                let Some(e) = seen.get(&d) else { return };
+                let Some(e) = seen.get(&(d, g.class)) else {
+                    return;
+                };
                 let problem = match e.result.as_ref().expect("checked above") {
-                    // An encrypted chunk in an unencrypted snapshot (or the
-                    // other way round) was planted or swapped: the snapshot
-                    // fails, the chunk stays for the snapshots it fits.
-                    Ok(c) if c.class != g.class => {
-                        if c.class == ChunkClass::Encrypted {
-                            "an encrypted chunk in an unencrypted snapshot".to_string()
-                        } else {
-                            "an unencrypted chunk in an encrypted snapshot".to_string()
-                        }
-                    }
                     Ok(c) if c.size == size => return,
                     Ok(c) => format!("chunk has {} bytes, the index expects {size}", c.size),
                     Err(p) => {
-                        bad.entry(d)
+                        bad.entry((d, g.class))
                             .or_insert_with(|| (p.clone(), BTreeSet::new()))
                             .1
                             .insert(format!("{snap}/{}", g.name));
@@ -294,11 +269,11 @@ pub fn verify(
         }
     }
 
-    for (digest, (problem, used_by)) in bad {
+    for ((digest, class), (problem, used_by)) in bad {
         let moved_to = match problem {
             ChunkProblem::Corrupt(_) | ChunkProblem::ZeroLength => ds
                 .chunks()
-                .quarantine(&digest)?
+                .quarantine(&digest, class)?
                 .map(|p| p.display().to_string()),
             // Nothing to move, or an I/O error that may pass.
             ChunkProblem::Missing | ChunkProblem::Unreadable(_) => None,
@@ -451,7 +426,7 @@ fn read_refs(
 /// Reads and checks `digests` on `threads` threads.
 fn check_chunks(
     ds: &Datastore,
-    digests: &[Digest],
+    digests: &[(Digest, ChunkClass)],
     threads: usize,
     on_event: &(dyn Fn(&VerifyEvent) + Sync),
     report: &mut VerifyReport,
@@ -470,7 +445,8 @@ fn check_chunks(
                     if i >= digests.len() {
                         break;
                     }
-                    let r = ds.chunks().check(&digests[i]);
+                    let (digest, class) = digests[i];
+                    let r = ds.chunks().check(&digest, class);
                     if let Ok(c) = r {
                         bytes.fetch_add(c.size, Ordering::Relaxed);
                         if c.class == ChunkClass::Encrypted {

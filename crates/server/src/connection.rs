@@ -275,6 +275,10 @@ async fn authenticate<R: AsyncRead + Unpin>(
         );
         return refuse(ErrorId::Generic, msg).await;
     }
+    if features.contains(Features::ENCRYPTION) && !features.contains(Features::ENCODED_CHUNKS) {
+        let msg = "Authenticate asks for ENCRYPTION without ENCODED_CHUNKS".to_string();
+        return refuse(ErrorId::Generic, msg).await;
+    }
     let store = shared.tokens.clone();
     let checked = tokio::task::spawn_blocking(move || store.authenticate(&token.0)).await;
     let principal = match checked {

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hoard_datastore::Datastore;
+use hoard_datastore::{ChunkClass, Datastore};
 use hoard_protocol::consts::{CHUNK_PACKET_OVERHEAD, MAX_PACKET_SIZE};
 use hoard_protocol::{DigestList, ErrorId, Features, Message};
 use hoard_types::MAX_CHUNK_SIZE;
@@ -26,7 +26,15 @@ impl Connection {
             return Ok(());
         }
         let (ds, out, budget) = (self.ds.clone(), self.out.clone(), self.outgoing.clone());
-        let encoded = self.features.contains(Features::ENCODED_CHUNKS);
+        // An encoded session gets chunks as stored, of its class: an
+        // encrypting session's are its encrypted ones.
+        let encoded = self.features.contains(Features::ENCODED_CHUNKS).then(|| {
+            if self.features.contains(Features::ENCRYPTION) {
+                ChunkClass::Encrypted
+            } else {
+                ChunkClass::Plain
+            }
+        });
         self.spawn_stream_task(stream, TaskKind::Download, |done| {
             send_chunks(ds, out, budget, stream, list, encoded, done)
         });
@@ -40,7 +48,7 @@ async fn send_chunks(
     budget: Vec<Arc<Semaphore>>,
     stream: u8,
     list: DigestList,
-    encoded: bool,
+    encoded: Option<ChunkClass>,
     done: Arc<AtomicBool>,
 ) {
     let mut digests = list.iter();
@@ -67,12 +75,12 @@ async fn send_chunks(
             reads.push_back((
                 digest,
                 tokio::task::spawn_blocking(move || {
-                    let data = if encoded {
-                        ds.chunks()
-                            .load_blob(&digest)
-                            .and_then(|b| fits(&digest, b))
-                    } else {
-                        ds.chunks().load(&digest)
+                    let data = match encoded {
+                        Some(class) => ds
+                            .chunks()
+                            .load_blob(&digest, class)
+                            .and_then(|b| fits(&digest, b)),
+                        None => ds.chunks().load(&digest),
                     };
                     data.map(|data| reserved.attach(data))
                 }),
