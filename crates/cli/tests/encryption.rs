@@ -1126,3 +1126,75 @@ fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
     c.send(1, &common::fixed(&[(0, kd)]));
     c.expect_error(1, "is encrypted");
 }
+
+#[test]
+fn gc_keeps_and_removes_encrypted_chunks_like_plain_ones() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(work.path(), "key.json");
+    let env = [("HOARD_KEY", key.to_str().unwrap())];
+    let (img, tree) = sources(work.path());
+    backup(&server, &env, "2026-11-01T00:00:00Z", &[], &img, &tree);
+    let plain_img = work.path().join("plain.img");
+    std::fs::write(&plain_img, common::noise(300_000, 77)).unwrap();
+    let spec = format!("disk.img={}", plain_img.display());
+    ok(run(
+        &server,
+        &[],
+        &["backup", "--type", "vm", "--id", "2", "-q", &spec],
+    ));
+    let ds = server.datastore();
+    let gc = || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args([
+                "gc",
+                "--grace",
+                "0",
+                "--output-format",
+                "json",
+                "--datastore",
+            ])
+            .arg(&ds)
+            .output()
+            .unwrap();
+        json(out)
+    };
+    let encrypted = || {
+        chunk_files(&ds)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".e"))
+            .count()
+    };
+    let before = encrypted();
+    assert!(before > 0);
+    // Everything is referenced: GC keeps both classes.
+    let g = gc();
+    assert_eq!(g["removed_chunks"], 0, "{g}");
+    assert_eq!(encrypted(), before);
+    let out = tempfile::tempdir().unwrap();
+    let (a, b) = restore_both(&server, &env, "vm/1/2026-11-01T00:00:00Z", out.path());
+    ok(a);
+    ok(b);
+    // The encrypted snapshot gone, its chunks go; the plain ones stay.
+    std::fs::remove_dir_all(snapshot_dir(&ds, "vm/1/2026-11-01T00:00:00Z")).unwrap();
+    let g = gc();
+    assert_eq!(g["removed_chunks"].as_u64().unwrap(), before as u64, "{g}");
+    assert_eq!(encrypted(), 0);
+    let target = out.path().join("plain.img");
+    ok(run(
+        &server,
+        &[],
+        &[
+            "restore",
+            "vm/2/latest",
+            "disk.img",
+            target.to_str().unwrap(),
+            "-q",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        std::fs::read(&plain_img).unwrap()
+    );
+}
