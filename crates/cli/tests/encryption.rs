@@ -909,6 +909,16 @@ fn encoded_uploads_are_checked_by_the_server() {
     p.expect_ok(1);
     assert_eq!(&magic_of(&path), b"hoardCR1");
     assert_eq!(&magic_of(&epath), b"hoardCE1");
+    // Knowing a stored chunk's digest is not enough to pass an upload
+    // for it: the data is checked even though the chunk exists.
+    p.send(
+        3,
+        &Message::UploadChunk {
+            digest,
+            data: blob::encode_raw(b"not the data").into(),
+        },
+    );
+    p.expect_error(3, "digest");
     // The plain session downloads the plain data.
     p.send(
         2,

@@ -75,7 +75,9 @@ impl Listed {
         self.manifest.usable_as_base()
             && match self.seal {
                 SealState::Ours => keyed,
-                SealState::Plain => !keyed,
+                // An encrypting client's snapshot without its seal is no
+                // one's base.
+                SealState::Plain => !keyed && !self.manifest.encrypted,
                 SealState::Foreign { .. } | SealState::Broken { .. } => false,
             }
     }

@@ -267,11 +267,15 @@ impl ChunkStore {
                 .into(),
             });
         }
-        if self.exists(digest, class, since)? {
-            return Ok(Inserted::Existed);
-        }
+        // Plain data is checked first, also when a chunk of that name
+        // exists: only an upload proven to hold the data makes its digest
+        // "uploaded" for the connection (the known-chunks rule), so
+        // knowing a digest never lets anyone read its data.
         if class == ChunkClass::Plain {
             blob::decode_plain(digest, blob).map_err(corrupt)?;
+        }
+        if self.exists(digest, class, since)? {
+            return Ok(Inserted::Existed);
         }
         let payload = &blob[CHUNK_HEADER_SIZE..];
         self.store(digest, since, class, |f| write_blob(f, &header, payload))
