@@ -231,7 +231,7 @@ fn main() {
         "",
     );
     line(
-        "HMAC-SHA256 keyed digest (Key::digest)",
+        "BLAKE3 keyed digest (Key::digest)",
         rate(&chunks, |_, d| {
             black_box(key.digest(Kind::Chunk, d));
         }),

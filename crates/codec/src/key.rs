@@ -18,7 +18,7 @@
 //! AAD = blob magic `hoardCE1` || raw size (u32 LE) || key id || kind
 //! byte: the header fields a server could alter are authenticated, and a
 //! chunk encrypted as one [`Kind`] never opens as the other. The chunk's
-//! name is the keyed digest HMAC-SHA256(digest key, kind byte || data),
+//! name is the keyed digest BLAKE3-keyed(digest key, kind byte || data),
 //! checked after decryption, so a chunk stored under another name is
 //! refused too. The server sees sizes and the digest, never data.
 
@@ -27,7 +27,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, KeyInit};
 use hoard_types::Digest;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
@@ -48,7 +48,7 @@ pub const SECRET_SIZE: usize = 32;
 pub const FINGERPRINT_SIZE: usize = 16;
 pub const HKDF_SALT: &[u8] = b"hoard key v1";
 pub const INFO_AEAD: &[u8] = b"chunk aes-256-gcm";
-pub const INFO_DIGEST: &[u8] = b"chunk digest hmac-sha256";
+pub const INFO_DIGEST: &[u8] = b"chunk digest blake3";
 pub const INFO_SEAL: &[u8] = b"seal hmac-sha256";
 pub const INFO_FINGERPRINT: &[u8] = b"fingerprint";
 pub const INFO_CHUNKER: &[u8] = b"chunker gear";
@@ -152,7 +152,8 @@ pub struct Key {
     aead: LessSafeKey,
     /// HMAC states with the key already absorbed: cloning one costs a
     /// copy, not two SHA-256 blocks.
-    digest_mac: HmacSha256,
+    /// BLAKE3 with the digest key absorbed: cloning it costs a copy.
+    digest_hasher: blake3::Hasher,
     pub(crate) seal_mac: HmacSha256,
     fingerprint: KeyFingerprint,
     rng: SystemRandom,
@@ -211,7 +212,7 @@ impl Key {
             UnboundKey::new(&AES_256_GCM, &*sub).expect("AES-256 key of 32 bytes"),
         );
         hkdf_fill(&prk, INFO_DIGEST, &mut *sub);
-        let digest_mac = HmacSha256::new_from_slice(&*sub).expect("HMAC takes any key length");
+        let digest_hasher = blake3::Hasher::new_keyed(&sub);
         hkdf_fill(&prk, INFO_SEAL, &mut *sub);
         let seal_mac = HmacSha256::new_from_slice(&*sub).expect("HMAC takes any key length");
         let mut fingerprint = [0u8; FINGERPRINT_SIZE];
@@ -219,7 +220,7 @@ impl Key {
         Key {
             secret: Zeroizing::new(*secret),
             aead,
-            digest_mac,
+            digest_hasher,
             seal_mac,
             fingerprint: KeyFingerprint(fingerprint),
             rng: SystemRandom::new(),
@@ -257,14 +258,14 @@ impl Key {
         table
     }
 
-    /// The keyed digest of a chunk: HMAC-SHA256(digest key, kind || data).
-    /// Names the chunk in an encrypted backup; without the key nobody can
-    /// tell which known data a chunk holds.
+    /// The keyed digest of a chunk: BLAKE3 keyed with the digest key, of
+    /// kind || data. Names the chunk in an encrypted backup; without the
+    /// key nobody can tell which known data a chunk holds.
     pub fn digest(&self, kind: Kind, plain: &[u8]) -> Digest {
-        let mut mac = self.digest_mac.clone();
-        mac.update(&[kind as u8]);
-        mac.update(plain);
-        Digest(mac.finalize().into_bytes().into())
+        let mut h = self.digest_hasher.clone();
+        h.update(&[kind as u8]);
+        h.update(plain);
+        Digest(*h.finalize().as_bytes())
     }
 
     /// The keyed digest of `len` zero bytes, computed once per kind and
@@ -275,15 +276,15 @@ impl Key {
         if let Some(d) = cache().get(&(kind, len)) {
             return *d;
         }
-        let mut mac = self.digest_mac.clone();
-        mac.update(&[kind as u8]);
+        let mut h = self.digest_hasher.clone();
+        h.update(&[kind as u8]);
         let mut left = len;
         while left > 0 {
             let n = left.min(ZEROS.len());
-            mac.update(&ZEROS[..n]);
+            h.update(&ZEROS[..n]);
             left -= n;
         }
-        let d = Digest(mac.finalize().into_bytes().into());
+        let d = Digest(*h.finalize().as_bytes());
         cache().insert((kind, len), d);
         d
     }
@@ -463,16 +464,15 @@ mod tests {
         hkdf_fill(&prk, b"fingerprint", &mut fp);
         assert_eq!(k.fingerprint().0, fp);
         let mut dk = [0u8; 32];
-        hkdf_fill(&prk, b"chunk digest hmac-sha256", &mut dk);
-        let mut mac = HmacSha256::new_from_slice(&dk).unwrap();
-        mac.update(&[1]);
-        mac.update(b"abc");
-        let want: [u8; 32] = mac.finalize().into_bytes().into();
-        assert_eq!(k.digest(Kind::Chunk, b"abc").0, want);
+        hkdf_fill(&prk, b"chunk digest blake3", &mut dk);
+        let mut h = blake3::Hasher::new_keyed(&dk);
+        h.update(&[1]);
+        h.update(b"abc");
+        assert_eq!(k.digest(Kind::Chunk, b"abc").0, *h.finalize().as_bytes());
     }
 
     /// Values computed from docs/encryption.md by a separate program
-    /// (Python: hmac, hashlib, `cryptography`'s AESGCM) for the all-zero
+    /// (Python: hmac, hashlib, blake3, `cryptography`'s AESGCM) for the all-zero
     /// secret: a second implementation gets these or is wrong, and so is
     /// a change here.
     #[test]
@@ -485,11 +485,11 @@ mod tests {
         assert_eq!(k.key_id().to_string(), "2198:c6c4:6cfc:b8d4");
         assert_eq!(
             k.digest(Kind::Chunk, b"abc").to_hex(),
-            "3145d16dd23cc9cf0b7eba230bd53476c87927c6126bd7083d2c11e342f2bb17"
+            "2c9011820a02138d022fba92bc9e6a35b31cf54869ebe1ce02f572755948daff"
         );
         assert_eq!(
             k.digest(Kind::MetaChunk, b"abc").to_hex(),
-            "7455264a87bdc58b01bc5a8c416e796cd735a01d4f619d338110982475f2deda"
+            "2172b70bcff836de567687a7dc3d07ac9af3fea7034ae1d20f3f916226d70d86"
         );
         assert_eq!(
             hex::encode(k.seal(b"abc")),
