@@ -292,12 +292,7 @@ fn encrypted_backups_round_trip_and_leave_no_plaintext() {
     same_files(&tree, &out2.path().join("tree"));
 
     // The server's verify checks what it can and says so.
-    let v = ok(Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .args(["verify", "--output-format", "json", "--datastore"])
-        .arg(&ds)
-        .output()
-        .unwrap());
-    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    let v = common::maintenance_json(&ds, &["verify"]);
     assert_eq!(v["chunks_encrypted"], v["chunks_checked"], "{v}");
     assert!(v["chunks_encrypted"].as_u64().unwrap() > 0);
 }
@@ -770,6 +765,34 @@ fn paper_keys_and_master_key_recovery() {
     assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
 }
 
+/// Sends UploadChunk of `data` (a chunk file's bytes) under `digest`.
+fn upload_blob(
+    c: &mut common::Conn,
+    stream: u8,
+    digest: hoard_types::Digest,
+    data: impl Into<bytes::Bytes>,
+) {
+    c.send(
+        stream,
+        &Message::UploadChunk {
+            digest,
+            data: data.into(),
+        },
+    );
+}
+
+/// Sends a SealSnapshot with an empty body for vm/1/2026-11-01T00:00:00Z.
+fn send_empty_seal(c: &mut common::Conn, stream: u8) {
+    c.send(
+        stream,
+        &Message::SealSnapshot {
+            snapshot: "vm/1/2026-11-01T00:00:00Z".into(),
+            mac: [0; 32],
+            body: "{}".into(),
+        },
+    );
+}
+
 /// A raw version 2 connection asking for `features`.
 fn connect_with(server: &Server, features: Features) -> common::Conn {
     let mut c = common::Conn::connect_tls(&server.addr, &server.fingerprint, &[b"hoard/2"]);
@@ -828,35 +851,21 @@ fn encoded_uploads_are_checked_by_the_server() {
     );
     c.expect_error(1, "did not negotiate encryption");
     // A plain blob whose data does not hash to the digest.
-    c.send(
+    upload_blob(
+        &mut c,
         2,
-        &Message::UploadChunk {
-            digest: hoard_types::Digest::of(b"other"),
-            data: plain_blob.clone().into(),
-        },
+        hoard_types::Digest::of(b"other"),
+        plain_blob.clone(),
     );
     c.expect_error(2, "digest");
     // A blob with a broken CRC.
     let mut broken = plain_blob.clone();
     let n = broken.len();
     broken[n - 1] ^= 1;
-    c.send(
-        3,
-        &Message::UploadChunk {
-            digest,
-            data: broken.into(),
-        },
-    );
+    upload_blob(&mut c, 3, digest, broken);
     c.expect_error(3, "CRC");
     // SealSnapshot needs the encryption feature.
-    c.send(
-        4,
-        &Message::SealSnapshot {
-            snapshot: "vm/1/2026-11-01T00:00:00Z".into(),
-            mac: [0; 32],
-            body: "{}".into(),
-        },
-    );
+    send_empty_seal(&mut c, 4);
     c.expect_error(4, "encryption feature");
     drop(c);
 
@@ -865,59 +874,28 @@ fn encoded_uploads_are_checked_by_the_server() {
     // reveals the plain chunk, whose upload goes on as if it were absent.
     // A plain chunk is refused in the encrypting session.
     let mut c = connect_with(&server, Features::SUPPORTED);
-    c.send(
-        1,
-        &Message::UploadChunk {
-            digest,
-            data: enc_blob.into(),
-        },
-    );
+    upload_blob(&mut c, 1, digest, enc_blob);
     c.expect_ok(1);
     let path = chunk_path(&server.datastore(), &digest.to_hex());
     let epath = encrypted_chunk_path(&server.datastore(), &digest.to_hex());
     assert_eq!(&magic_of(&epath), b"hoardCE1");
     assert!(!path.exists());
-    c.send(
-        2,
-        &Message::UploadChunk {
-            digest,
-            data: plain_blob.clone().into(),
-        },
-    );
+    upload_blob(&mut c, 2, digest, plain_blob.clone());
     c.expect_error(2, "an unencrypted chunk, in an encrypting session");
     // SealSnapshot for a snapshot this connection does not write.
-    c.send(
-        3,
-        &Message::SealSnapshot {
-            snapshot: "vm/1/2026-11-01T00:00:00Z".into(),
-            mac: [0; 32],
-            body: "{}".into(),
-        },
-    );
+    send_empty_seal(&mut c, 3);
     c.expect_error(3, "does not write");
     let mut p = connect_with(
         &server,
         Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0),
     );
-    p.send(
-        1,
-        &Message::UploadChunk {
-            digest,
-            data: plain_blob.into(),
-        },
-    );
+    upload_blob(&mut p, 1, digest, plain_blob);
     p.expect_ok(1);
     assert_eq!(&magic_of(&path), b"hoardCR1");
     assert_eq!(&magic_of(&epath), b"hoardCE1");
     // Knowing a stored chunk's digest is not enough to pass an upload
     // for it: the data is checked even though the chunk exists.
-    p.send(
-        3,
-        &Message::UploadChunk {
-            digest,
-            data: blob::encode_raw(b"not the data").into(),
-        },
-    );
+    upload_blob(&mut p, 3, digest, blob::encode_raw(b"not the data"));
     p.expect_error(3, "digest");
     // The plain session downloads the plain data.
     p.send(
@@ -1017,13 +995,7 @@ fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
     // A file of encrypted chunks, and the connection ends without a seal:
     // the snapshot is not complete.
     let mut c = connect_with(&server, Features::SUPPORTED);
-    c.send(
-        1,
-        &Message::UploadChunk {
-            digest: kd,
-            data: blob.into(),
-        },
-    );
+    upload_blob(&mut c, 1, kd, blob);
     c.expect_ok(1);
     c.send(
         2,
@@ -1045,25 +1017,13 @@ fn an_encrypting_session_cannot_mix_chunk_kinds_and_must_seal() {
     // plain session cannot go into this encrypted snapshot.
     let plain = common::noise(10_000, 5);
     let pd = hoard_types::Digest::of(&plain);
-    c.send(
-        3,
-        &Message::UploadChunk {
-            digest: pd,
-            data: blob::encode_raw(&plain).into(),
-        },
-    );
+    upload_blob(&mut c, 3, pd, blob::encode_raw(&plain));
     c.expect_error(3, "an unencrypted chunk, in an encrypting session");
     let mut p = connect_with(
         &server,
         Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0),
     );
-    p.send(
-        1,
-        &Message::UploadChunk {
-            digest: pd,
-            data: blob::encode_raw(&plain).into(),
-        },
-    );
+    upload_blob(&mut p, 1, pd, blob::encode_raw(&plain));
     p.expect_ok(1);
     drop(p);
     c.send(
@@ -1156,19 +1116,7 @@ fn gc_keeps_and_removes_encrypted_chunks_like_plain_ones() {
     let ds = server.datastore();
     let gc = || {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .args([
-                "gc",
-                "--grace",
-                "0",
-                "--output-format",
-                "json",
-                "--datastore",
-            ])
-            .arg(&ds)
-            .output()
-            .unwrap();
-        json(out)
+        common::maintenance_json(&ds, &["gc", "--grace", "0"])
     };
     let encrypted = || {
         chunk_files(&ds)

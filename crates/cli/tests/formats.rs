@@ -59,13 +59,7 @@ fn restores(server: &Server, env: &[(&str, String)], snap: &str, src: &Path) {
 }
 
 fn verify(server: &Server) -> Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .args(["verify", "--output-format", "json", "--datastore"])
-        .arg(server.datastore())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
+    common::maintenance_json(&server.datastore(), &["verify"])
 }
 
 #[test]

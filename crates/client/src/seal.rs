@@ -52,16 +52,19 @@ impl SealedFile {
         }
     }
 
-    /// Whether the server's manifest entry says the same.
-    fn matches(&self, f: &ManifestFile) -> bool {
-        self.name == f.name
-            && self.kind == f.kind
-            && self.raw == f.raw
-            && self.file_size == f.file_size
-            && self.chunk_size == f.chunk_size
-            && self.chunk_count == f.chunk_count
-            && self.index_csum == f.index_csum
-            && self.source == f.source
+    /// A manifest entry as a seal records it (all but the server's
+    /// index id).
+    fn of(f: &ManifestFile) -> SealedFile {
+        SealedFile {
+            name: f.name.clone(),
+            kind: f.kind,
+            raw: f.raw,
+            file_size: f.file_size,
+            chunk_size: f.chunk_size,
+            chunk_count: f.chunk_count,
+            index_csum: f.index_csum.clone(),
+            source: f.source,
+        }
     }
 }
 
@@ -169,7 +172,7 @@ pub fn check(path: &SnapshotPath, manifest: &mut Manifest, key: Option<&Key>) ->
     }
     for sealed in &body.files {
         match manifest.file(&sealed.name) {
-            Some(f) if sealed.matches(f) => {}
+            Some(f) if *sealed == SealedFile::of(f) => {}
             Some(_) => {
                 return broken(format!(
                     "the manifest's entry for {} differs from the sealed one",

@@ -221,6 +221,24 @@ pub fn decode_plain(digest: &Digest, blob: &[u8]) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// [`decode_plain`]'s checks without keeping the data: a raw payload is
+/// hashed where it lies, not copied (the server's check of an upload,
+/// verify). Returns the header.
+pub fn verify_plain(digest: &Digest, blob: &[u8]) -> Result<BlobHeader> {
+    let h = check_structure(blob)?;
+    let payload = &blob[HEADER_SIZE..];
+    match h.encoding {
+        Encoding::Raw => check_digest(digest, payload)?,
+        Encoding::Zstd => check_digest(digest, &decompress(payload, h.raw_size as usize)?)?,
+        Encoding::Encrypted => {
+            return Err(Error::Encrypted {
+                key_id: encrypted_key_id(payload),
+            });
+        }
+    }
+    Ok(h)
+}
+
 /// The plain data of `payload`, read apart from its header (a server's
 /// pread of a chunk file): a raw payload is returned as it is, a zstd
 /// frame decompressed within the raw size. The payload must already have

@@ -272,7 +272,7 @@ impl ChunkStore {
         // "uploaded" for the connection (the known-chunks rule), so
         // knowing a digest never lets anyone read its data.
         if class == ChunkClass::Plain {
-            blob::decode_plain(digest, blob).map_err(corrupt)?;
+            blob::verify_plain(digest, blob).map_err(corrupt)?;
         }
         if self.exists(digest, class, since)? {
             return Ok(Inserted::Existed);
@@ -439,7 +439,7 @@ impl ChunkStore {
                 })?;
             let class = ChunkClass::of(header.encoding);
             if class == ChunkClass::Plain {
-                blob::decode_plain(digest, &blob).map_err(|e| Error::ChunkCorrupt {
+                blob::verify_plain(digest, &blob).map_err(|e| Error::ChunkCorrupt {
                     digest: *digest,
                     reason: match e {
                         hoard_codec::Error::DigestMismatch { .. } => {

@@ -183,7 +183,6 @@ impl Datastore {
             manifest,
             started: HashSet::new(),
             in_progress: HashSet::new(),
-            class: ChunkClass::Plain,
             _lock: lock,
         })
     }
@@ -724,9 +723,6 @@ pub struct SnapshotWriter {
     started: HashSet<String>,
     /// Stored names started and neither finished nor abandoned.
     in_progress: HashSet<String>,
-    /// Encrypted when written by a client that encrypts: every chunk must
-    /// be encrypted, and the snapshot is complete only once sealed.
-    class: ChunkClass,
     _lock: File,
 }
 
@@ -806,7 +802,7 @@ impl SnapshotWriter {
             chunk_size: (kind == FileKind::Fixed).then_some(chunk_size),
             source: None,
             index,
-            class: self.class,
+            class: self.manifest.chunk_class(),
         })
     }
 
@@ -827,7 +823,6 @@ impl SnapshotWriter {
     /// chunks, and it closes as complete only if sealed, so a backup cut
     /// off before its seal never passes for a plain snapshot.
     pub fn set_encrypted(&mut self) {
-        self.class = ChunkClass::Encrypted;
         self.manifest.encrypted = true;
     }
 
@@ -856,7 +851,7 @@ impl SnapshotWriter {
     /// is removed again.
     pub fn close(mut self) -> Result<SnapshotState> {
         let all_done = self.started.iter().all(|n| self.manifest.file(n).is_some())
-            && (self.class == ChunkClass::Plain || self.manifest.seal.is_some());
+            && (!self.manifest.encrypted || self.manifest.seal.is_some());
         if self.manifest.files.is_empty() {
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
             let _ = fs::remove_file(self.dir.join(LOCK_NAME));

@@ -386,6 +386,19 @@ pub fn hoard(addr: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs a maintenance command (`verify`, `gc`, …) on datastore `ds` with
+/// JSON output; panics unless it succeeds, and returns the report.
+pub fn maintenance_json(ds: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(args)
+        .args(["--output-format", "json", "--datastore"])
+        .arg(ds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
