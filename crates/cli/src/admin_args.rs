@@ -101,14 +101,15 @@ impl AdminArgs {
     }
 
     /// Prints a result: JSON on stdout, or the text lines.
-    pub fn emit(&self, json: &serde_json::Value, text: &[String]) {
+    pub fn emit(&self, json: &serde_json::Value, text: &[String]) -> anyhow::Result<()> {
         if self.json() {
-            println!("{json}");
+            outln!("{json}")?;
         } else if !self.quiet {
             for line in text {
-                println!("{line}");
+                outln!("{line}")?;
             }
         }
+        Ok(())
     }
 }
 

@@ -83,6 +83,6 @@ pub fn run(args: GcArgs) -> Result<()> {
             report.temp_files_removed
         ));
     }
-    args.admin.emit(&json, &text);
+    args.admin.emit(&json, &text)?;
     Ok(())
 }

@@ -89,7 +89,7 @@ pub fn run(args: KeyArgs) -> Result<()> {
             let key = Key::generate();
             let kf = KeyFile::create(&key, pass.as_deref(), Argon2Params::DEFAULT)?;
             write_new(&file, kf.to_json().as_bytes())?;
-            println!("{}", key.fingerprint());
+            outln!("{}", key.fingerprint())?;
             eprintln!(
                 "created key {} in {}{}; keep a copy apart from the backups (`hoard key paperkey`)",
                 key.fingerprint(),
@@ -99,24 +99,24 @@ pub fn run(args: KeyArgs) -> Result<()> {
         }
         KeyCommand::Info { file } => {
             let kf = read_key_file(&file)?;
-            println!("fingerprint: {}", kf.fingerprint());
-            println!("created: {}", kf.created());
-            println!(
+            outln!("fingerprint: {}", kf.fingerprint())?;
+            outln!("created: {}", kf.created())?;
+            outln!(
                 "protection: {}",
                 if kf.needs_passphrase() {
                     "passphrase (argon2id)"
                 } else {
                     "none"
                 }
-            );
+            )?;
         }
         KeyCommand::Paperkey { file } => {
             let kf = read_key_file(&file)?;
             let text = hoard_codec::paper(&kf);
             if text.ends_with('\n') {
-                print!("{text}");
+                out!("{text}")?;
             } else {
-                println!("{text}");
+                outln!("{text}")?;
             }
         }
         KeyCommand::ImportPaper { text, file } => {
@@ -161,7 +161,7 @@ pub fn run(args: KeyArgs) -> Result<()> {
                 &pub_path,
                 public.to_text(Some("hoard master public key")).as_bytes(),
             )?;
-            println!("{}", public.fingerprint());
+            outln!("{}", public.fingerprint())?;
             eprintln!(
                 "master key {}: public part {} (for clients), secret {} (keep it offline)",
                 public.fingerprint(),
@@ -323,7 +323,7 @@ fn recover(
     }
     let kf = KeyFile::create(&key, new_pass.as_deref(), Argon2Params::DEFAULT)?;
     write_new(out, kf.to_json().as_bytes())?;
-    println!("{}", key.fingerprint());
+    outln!("{}", key.fingerprint())?;
     eprintln!("recovered key {} into {}", key.fingerprint(), out.display());
     Ok(())
 }

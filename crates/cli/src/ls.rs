@@ -43,12 +43,11 @@ pub fn run(args: LsArgs) -> Result<()> {
     if args.client.output_format == OutputFormat::Json {
         return print_json(&listing);
     }
-    print_text(&listing);
-    Ok(())
+    print_text(&listing)
 }
 
 /// `ls -l` columns: mode, owner/group ids, size, mtime (UTC), name.
-fn print_text(l: &Listing) {
+fn print_text(l: &Listing) -> anyhow::Result<()> {
     let owner_width = l
         .entries
         .iter()
@@ -72,9 +71,11 @@ fn print_text(l: &Listing) {
             ("hardlink", Some(t)) => name = format!("{name} => {t}"),
             _ => {}
         }
-        println!(
+        outln!(
             "{} {owner:>owner_width$} {:>size_width$} {when} {name}",
-            e.mode, e.size
-        );
+            e.mode,
+            e.size
+        )?;
     }
+    Ok(())
 }

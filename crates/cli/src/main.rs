@@ -1,5 +1,8 @@
 //! The `hoard` command: the server and the client subcommands.
 
+// First: its macros are in scope for the modules after it.
+#[macro_use]
+mod out;
 mod admin_args;
 mod backup;
 mod client_args;
@@ -123,6 +126,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): not a failure.
+        Err(e) if out::closed(&e) => ExitCode::SUCCESS,
         // Client errors carry their kind's exit code (README) and name
         // their cause in their own message.
         Err(e) => match e.downcast_ref::<hoard_client::Error>() {

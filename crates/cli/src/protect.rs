@@ -34,6 +34,6 @@ pub fn run(args: ProtectArgs, protect: bool) -> Result<()> {
     args.admin.emit(
         &serde_json::json!({ "snapshot": snap.to_string(), "protected": protect, "changed": was != protect }),
         &[line],
-    );
+    )?;
     Ok(())
 }

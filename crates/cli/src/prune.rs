@@ -98,6 +98,6 @@ pub fn run(args: PruneArgs) -> Result<()> {
             "snapshots": decisions,
         }),
         &text,
-    );
+    )?;
     Ok(())
 }

@@ -123,25 +123,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
             None => None,
         };
         // Scripts and tests read these lines; the last names the address.
-        println!(
+        outln!(
             "hoard: certificate {} SHA-256 fingerprint {}",
             identity.cert_path.display(),
             identity.fingerprint
-        );
+        )?;
         if let Some((l, p)) = &v1 {
             let paths = if p.scopes.is_empty() {
                 "everything".to_string()
             } else {
                 p.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
             };
-            println!(
+            outln!(
                 "hoard: protocol version 1 without TLS on {} (anonymous sessions: role {}, paths {paths})",
                 l.local_addr()?,
                 p.role
-            );
+            )?;
             tracing::warn!("protocol version 1 without TLS or tokens is on: anyone reaching it acts as role {}", p.role);
         }
-        println!("hoard: serving datastore {} on {addr}", dir.display());
+        outln!("hoard: serving datastore {} on {addr}", dir.display())?;
         std::io::stdout().flush()?;
         tracing::info!(fingerprint = %identity.fingerprint, "TLS on {addr}");
         let listeners = Listeners { main, v1 };

@@ -127,10 +127,12 @@ pub fn run(args: SnapshotsArgs) -> Result<()> {
         .max()
         .unwrap_or(8)
         .max(8);
-    println!(
+    outln!(
         "{:width$}  {:10}  {:>11}  FILE",
-        "SNAPSHOT", "STATE", "SIZE"
-    );
+        "SNAPSHOT",
+        "STATE",
+        "SIZE"
+    )?;
     for s in list {
         let mut state = format!("{:?}", s.manifest.state).to_lowercase();
         if let Some(v) = &s.manifest.verification
@@ -160,14 +162,14 @@ pub fn run(args: SnapshotsArgs) -> Result<()> {
             };
             let st = if first { state.as_str() } else { "" };
             let note = if first { note.as_str() } else { "" };
-            println!(
+            outln!(
                 "{snap:width$}  {st:10}  {:>11}  {name}{note}",
                 bytes(f.file_size)
-            );
+            )?;
             first = false;
         }
         if first {
-            println!("{:width$}  {state:10}  {:>11}  -", s.path.to_string(), "");
+            outln!("{:width$}  {state:10}  {:>11}  -", s.path.to_string(), "")?;
         }
     }
     Ok(())

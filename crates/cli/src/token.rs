@@ -61,7 +61,7 @@ pub fn run(args: TokenArgs) -> Result<()> {
                     &serde_json::json!({ "name": name, "token": token }),
                 )?;
             } else {
-                println!("{token}");
+                outln!("{token}")?;
                 if !args.admin.quiet {
                     eprintln!(
                         "Token {name} (role {role}) created. Keep the line above: its secret is shown only this once."
@@ -82,14 +82,14 @@ pub fn run(args: TokenArgs) -> Result<()> {
                     format!("{:<24} {:<7} {:<30} {}", t.name, t.role, paths, t.created)
                 })
                 .collect();
-            args.admin.emit(&serde_json::to_value(&list)?, &lines);
+            args.admin.emit(&serde_json::to_value(&list)?, &lines)?;
         }
         TokenCommand::Revoke { name } => {
             store.revoke(&name).map_err(auth_error)?;
             args.admin.emit(
                 &serde_json::json!({ "revoked": name }),
                 &[format!("token {name} revoked")],
-            );
+            )?;
         }
     }
     Ok(())
@@ -115,7 +115,7 @@ pub fn run_cert(args: CertArgs) -> Result<()> {
     let dir = args.admin.state()?;
     let identity = hoard_transport::tls::load_or_create_identity(&dir)
         .map_err(|e| AdminError::fail(1, e.to_string()))?;
-    println!("{}", identity.fingerprint);
+    outln!("{}", identity.fingerprint)?;
     Ok(())
 }
 
@@ -147,7 +147,7 @@ pub fn run_owner(args: OwnerArgs) -> Result<()> {
             args.admin.emit(
                 &serde_json::json!({ "group": group.to_string(), "owner": owner }),
                 &[format!("{group} now belongs to {owner}")],
-            );
+            )?;
         }
         None => {
             let owner = ds.group_owner(&group).map_err(ds_error)?;
@@ -158,7 +158,7 @@ pub fn run_owner(args: OwnerArgs) -> Result<()> {
             args.admin.emit(
                 &serde_json::json!({ "group": group.to_string(), "owner": owner }),
                 &[line],
-            );
+            )?;
         }
     }
     Ok(())

@@ -103,7 +103,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         report.chunks_checked,
         mib(report.bytes_checked),
     ));
-    args.admin.emit(&json, &text);
+    args.admin.emit(&json, &text)?;
     if failed > 0 {
         return Err(AdminError::fail(
             8,

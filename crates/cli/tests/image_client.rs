@@ -291,6 +291,41 @@ fn restore_to_stdout() {
 }
 
 #[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    // `hoard snapshots | head -1`: the reader is gone before the output.
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.raw");
+    make_image(&a, 64 * K64, 7, &[]);
+    backup(&server, "1000", &[], &[("d.img", &a)]);
+    let commands: [&[&str]; 3] = [
+        &["snapshots"],
+        &["snapshots", "--output-format", "json"],
+        &["restore", "vm/100/latest", "d.img", "-"],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .envs(common::client_env(&server.addr))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        if args[0] == "snapshots" {
+            assert!(err.is_empty(), "{args:?}: {err}");
+        }
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn base_is_never_incomplete_or_damaged() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();

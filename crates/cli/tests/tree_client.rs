@@ -1067,3 +1067,33 @@ fn a_damaged_base_is_read_around() {
         assert_same_tree(&src, &restored);
     }
 }
+
+#[test]
+fn a_full_disk_fails_a_tree_backup_with_the_servers_error() {
+    // The data stream fills the disk while the walker still runs (the
+    // metadata stream is then left unfinished: that is not the error to
+    // report), and a metadata stream of incompressible names fills it.
+    let cases: [(&str, usize, usize); 2] = [("3m", 40, 1 << 20), ("1m", 12000, 0)];
+    for (size, files, file_len) in cases {
+        let server = Server::start_on_small_disk(size);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir(&root).unwrap();
+        for i in 0..files {
+            let name: String = noise(200, i as u64)
+                .iter()
+                .map(|b| char::from(b'a' + b % 26))
+                .collect();
+            std::fs::write(root.join(name), noise(file_len, i as u64)).unwrap();
+        }
+        let spec = format!("t.hmeta={}", root.display());
+        let out = hoard(
+            &server.addr,
+            &["backup", "--type", "host", "--id", "full", "-q", &spec],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{size}, {files} files: {err}");
+        assert!(err.contains("No space left"), "{err}");
+        assert!(!err.contains("stopped before its end"), "{err}");
+    }
+}

@@ -57,6 +57,10 @@ pub enum Error {
     /// The encryption key is missing, wrong, or will not unlock.
     #[error("{0}")]
     Key(String),
+    /// A stream given up because another part of the same backup failed:
+    /// a consequence, never shown while its cause is known.
+    #[error("{0}")]
+    Abandoned(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,7 +70,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
-            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Protocol(_) => 3,
+            Error::Connect { .. }
+            | Error::ConnectionLost(_)
+            | Error::Protocol(_)
+            | Error::Abandoned(_) => 3,
             Error::NotFound(_) => 4,
             Error::Server { .. } => 5,
             Error::Source { .. } => 6,
@@ -76,6 +83,14 @@ impl Error {
             Error::Denied(_) => 10,
             Error::Key(_) => 11,
         }
+    }
+
+    /// The error to report of several that ended one operation: the
+    /// first that is not a mere consequence of another.
+    pub(crate) fn first_cause(errors: impl IntoIterator<Item = Error>) -> Option<Error> {
+        errors
+            .into_iter()
+            .min_by_key(|e| matches!(e, Error::Abandoned(_)))
     }
 
     pub(crate) fn source_io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

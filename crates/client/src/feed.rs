@@ -187,8 +187,8 @@ pub(crate) async fn upload_stream(
     }
     if !ended {
         // Dropped unfinished: the server discards the file.
-        return Err(Error::Protocol(format!(
-            "{} stopped before its end (see the cause above)",
+        return Err(Error::Abandoned(format!(
+            "{} stopped before its end",
             up.what()
         )));
     }

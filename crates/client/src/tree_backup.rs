@@ -273,10 +273,14 @@ pub(crate) async fn backup_tree(
     let data_r = joined(data_up.await, "upload");
     let mut report = match walked? {
         Ok(r) => r,
+        // One uploader failed, so the walker stopped and left the other
+        // unfinished: report the failure, not that consequence.
         Err(FeedClosed) => {
-            meta_r??;
-            data_r??;
-            return Err(Error::Protocol("an upload stopped early".into()));
+            let errors = [meta_r.and_then(|r| r), data_r.and_then(|r| r)]
+                .into_iter()
+                .filter_map(Result::err);
+            return Err(Error::first_cause(errors)
+                .unwrap_or_else(|| Error::Protocol("an upload stopped early".into())));
         }
     };
     let (meta, meta_csum) = meta_r??;
