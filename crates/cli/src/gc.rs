@@ -77,6 +77,16 @@ pub fn run(args: GcArgs) -> Result<()> {
             report.missing_chunks
         ));
     }
+    for snap in &report.snapshots_made_incomplete {
+        text.push(format!(
+            "gc: {snap} was left unfinished by a dead writer: now incomplete"
+        ));
+    }
+    for snap in &report.snapshots_removed_empty {
+        text.push(format!(
+            "gc: {snap} was left empty by a dead writer: removed"
+        ));
+    }
     if report.temp_files_removed > 0 {
         text.push(format!(
             "gc: removed {} temporary files left by a crash",

@@ -85,6 +85,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let ds = Datastore::open_or_create(&dir)
         .with_context(|| format!("opening datastore {}", dir.display()))?;
+    // What a killed server left: settled before anyone lists it.
+    let recovered = ds
+        .recover()
+        .with_context(|| format!("recovering datastore {}", dir.display()))?;
+    for snap in &recovered.snapshots_incomplete {
+        tracing::warn!(%snap, "left unfinished by a dead writer: now incomplete");
+    }
+    for snap in &recovered.snapshots_removed {
+        tracing::info!(%snap, "left empty by a dead writer: removed");
+    }
+    if recovered.temp_files_removed > 0 {
+        tracing::info!(
+            files = recovered.temp_files_removed,
+            "removed temp files of dead processes"
+        );
+    }
     let state = args.state_dir.clone().unwrap_or_else(|| state_dir(&dir));
     let identity = hoard_transport::tls::load_or_create_identity(&state)
         .with_context(|| format!("loading the TLS certificate in {}", state.display()))?;

@@ -291,3 +291,101 @@ fn one_gc_runs_at_a_time_and_its_lock_goes_with_it() {
     // The lock went with the GC.
     gc(&ds, &|_| {});
 }
+
+#[test]
+fn a_killed_servers_unfinished_snapshots_are_settled_on_restart_and_by_gc() {
+    let server = Server::start();
+    let root = server.datastore();
+    let ds = Datastore::open(&root).unwrap();
+    // vm/1: one file finished, a second started; vm/2: a file started.
+    let mut a = server.connect();
+    a.send(
+        1,
+        &create(BackupType::Vm, "1", T0, 0x01, "disk", CS, CS as u64),
+    );
+    expect_created(&mut a, 1);
+    let data = chunk(1);
+    let d = upload(&mut a, 1, &data);
+    a.send(1, &fixed(&[(0, d)]));
+    a.send(1, &Message::BackupFinished);
+    a.expect_ok(1);
+    a.send(
+        2,
+        &create(BackupType::Vm, "1", T0, 0x01, "more", CS, CS as u64),
+    );
+    expect_created(&mut a, 2);
+    let mut b = server.connect();
+    b.send(
+        1,
+        &create(BackupType::Vm, "2", T0, 0x01, "disk", CS, CS as u64),
+    );
+    expect_created(&mut b, 1);
+    let one: SnapshotPath = format!("vm/1/{}", stamp(T0)).parse().unwrap();
+    let two: SnapshotPath = format!("vm/2/{}", stamp(T0)).parse().unwrap();
+
+    // What a killed process leaves in `.tmp/`.
+    let dead = root.join(".tmp/proc.00000000000000dd");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("chunk.0000000000000001"), b"half").unwrap();
+
+    // GC beside the live writers: it settles nothing of theirs.
+    let report = gc(&ds, &|_| {});
+    assert!(report.snapshots_made_incomplete.is_empty(), "{report:?}");
+    assert!(report.snapshots_removed_empty.is_empty(), "{report:?}");
+    assert_eq!(report.temp_files_removed, 1, "{report:?}");
+    let listed = hoard(&server.addr, &["snapshots", "--output-format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "writing")
+    );
+
+    // The server dies; the manifests still say writing.
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("chunk.0000000000000002"), b"half").unwrap();
+    let server = server.kill_and_restart();
+    assert_eq!(
+        server.temp_files(),
+        0,
+        "dead processes' temp files go on start"
+    );
+    let m = ds.load_manifest(&one).unwrap();
+    assert_eq!(m.state, hoard_datastore::SnapshotState::Incomplete);
+    assert_eq!(m.files.len(), 1);
+    assert!(!ds.snapshot_dir(&two).exists());
+    let listed = hoard(&server.addr, &["snapshots", "--output-format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["state"], "incomplete");
+    // Its finished file restores; the next backup of each group works.
+    let mut r = server.connect();
+    let digests = hash_list(&mut r, 1, &format!("{one}/disk.fidx"));
+    assert_eq!(download(&mut r, 2, &digests), data);
+    snapshot(&server, T0 + 10, &[chunk(2)]);
+    let mut c = server.connect();
+    c.send(
+        1,
+        &create(BackupType::Vm, "2", T0 + 10, 0x01, "disk", CS, 0),
+    );
+    expect_created(&mut c, 1);
+    c.send(1, &fixed(&[]));
+    c.send(1, &Message::BackupFinished);
+    c.expect_ok(1);
+    close(c);
+
+    // A writer that dies while the server lives (its connection drops
+    // mid-file): the server closes the snapshot itself.
+    let mut w = server.connect();
+    w.send(
+        1,
+        &create(BackupType::Vm, "1", T0 + 20, 0x01, "disk", CS, CS as u64),
+    );
+    expect_created(&mut w, 1);
+    close(w);
+    let three: SnapshotPath = format!("vm/1/{}", stamp(T0 + 20)).parse().unwrap();
+    assert!(!ds.snapshot_dir(&three).exists());
+}

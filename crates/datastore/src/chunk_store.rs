@@ -24,6 +24,7 @@ use hoard_types::{Digest, MAX_CHUNK_SIZE};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{TempFile, fsync_dir, open_nofollow};
 use crate::locks::{FsTime, Locks, touch};
+use crate::recovery::ProcessTemp;
 use hoard_codec::Compression;
 use hoard_codec::blob::{self, BlobHeader, Encoding, HEADER_SIZE as CHUNK_HEADER_SIZE};
 
@@ -59,7 +60,7 @@ pub enum Inserted {
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     base: PathBuf,
-    tmp: PathBuf,
+    tmp: Arc<ProcessTemp>,
     /// Where verify moves damaged chunks (`.bad/`).
     bad: PathBuf,
     locks: Arc<Locks>,
@@ -148,7 +149,12 @@ const SPARSE_BLOCK: usize = 4096;
 pub const PREFIX_DIGITS: usize = 2;
 
 impl ChunkStore {
-    pub(crate) fn new(base: PathBuf, tmp: PathBuf, bad: PathBuf, locks: Arc<Locks>) -> Self {
+    pub(crate) fn new(
+        base: PathBuf,
+        tmp: Arc<ProcessTemp>,
+        bad: PathBuf,
+        locks: Arc<Locks>,
+    ) -> Self {
         ChunkStore {
             base,
             tmp,
@@ -300,7 +306,7 @@ impl ChunkStore {
     ) -> Result<Inserted> {
         // Written and synced outside the prefix lock, so a GC waiting to
         // sweep this prefix never waits for a disk flush.
-        let tmp = TempFile::create(&self.tmp, "chunk")?;
+        let tmp = TempFile::create(self.tmp.path(), "chunk")?;
         write(&tmp.file).ctx(|| format!("writing chunk {digest}"))?;
         tmp.sync()?;
         let path = self.path_of(digest, class);
@@ -644,7 +650,7 @@ mod tests {
         let locks = Arc::new(Locks::open(dir.path()).unwrap());
         let s = ChunkStore::new(
             dir.path().join("chunks"),
-            dir.path().join("tmp"),
+            Arc::new(ProcessTemp::create(&dir.path().join("tmp")).unwrap()),
             dir.path().join("bad"),
             locks,
         );
@@ -774,8 +780,9 @@ mod tests {
             Err(Error::ChunkSize { .. })
         ));
         assert!(!s.chunk_path(&dg).exists());
-        // No temp file left behind.
-        assert_eq!(fs::read_dir(_d.path().join("tmp")).unwrap().count(), 0);
+        // No temp file left behind: the process's temp directory holds
+        // its lock only.
+        assert_eq!(fs::read_dir(s.tmp.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::fsutil::{create_dir_durable, fsync_dir, open_nofollow, refuse_symlink
 use crate::index_file::IndexSummary;
 use crate::locks::{FsTime, Locks, SnapshotPin, WriterRegistration, try_exclusive};
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, Seal, SnapshotState};
+use crate::recovery::{ProcessTemp, Recovery, Settled, sweep_dead_temp_dirs};
 
 const MARKER_NAME: &str = ".hoard-datastore";
 const MARKER_CONTENT: &str = "hoard-datastore 2\n";
@@ -39,7 +40,8 @@ pub(crate) const BAD_DIR: &str = ".bad";
 #[derive(Debug, Clone)]
 pub struct Datastore {
     root: PathBuf,
-    tmp: PathBuf,
+    /// This process's directory under `.tmp/` (see `recovery`).
+    temp: Arc<ProcessTemp>,
     chunks: ChunkStore,
     locks: Arc<Locks>,
 }
@@ -91,18 +93,24 @@ impl Datastore {
         ChunkStore::refuse_linked_prefixes(&root.join(".chunks"))?;
         let tmp = root.join(".tmp");
         create_dir_durable(&tmp)?;
+        let temp = Arc::new(ProcessTemp::create(&tmp)?);
         let locks = Arc::new(Locks::open(root)?);
         Ok(Datastore {
             root: root.to_path_buf(),
             chunks: ChunkStore::new(
                 root.join(".chunks"),
-                tmp.clone(),
+                temp.clone(),
                 root.join(BAD_DIR),
                 locks.clone(),
             ),
-            tmp,
+            temp,
             locks,
         })
+    }
+
+    /// Where this process writes files before they become visible.
+    pub(crate) fn tmp(&self) -> &Path {
+        self.temp.path()
     }
 
     pub fn root(&self) -> &Path {
@@ -175,7 +183,7 @@ impl Datastore {
         let manifest_path = dir.join(MANIFEST_NAME);
         let mut manifest = Manifest::new(snap.to_string());
         manifest.state = SnapshotState::Writing;
-        manifest.store(&self.tmp, &manifest_path)?;
+        manifest.store(self.tmp(), &manifest_path)?;
         Ok(SnapshotWriter {
             ds: self.clone(),
             snap: snap.clone(),
@@ -257,7 +265,7 @@ impl Datastore {
         refuse_symlinks(&self.root, &[group.ty.as_str(), group.id.as_str()])?;
         let dir = self.group_dir(group);
         create_dir_durable(&dir)?;
-        let mut tmp = crate::fsutil::TempFile::create(&self.tmp, "owner")?;
+        let mut tmp = crate::fsutil::TempFile::create(self.tmp(), "owner")?;
         std::io::Write::write_all(&mut tmp.file, format!("{owner}\n").as_bytes())
             .ctx(|| format!("writing the owner of {group}"))?;
         tmp.sync()?;
@@ -293,7 +301,7 @@ impl Datastore {
             });
         }
         write_atomic(
-            &self.tmp,
+            self.tmp(),
             &dir.join(OWNER_NAME),
             format!("{owner}\n").as_bytes(),
         )
@@ -349,7 +357,7 @@ impl Datastore {
         let path = dir.join(MANIFEST_NAME);
         let mut manifest = Manifest::load(&path, &snap.to_string())?;
         let out = f(&mut manifest);
-        manifest.store(&self.tmp, &path)?;
+        manifest.store(self.tmp(), &path)?;
         Ok(out)
     }
 
@@ -405,7 +413,71 @@ impl Datastore {
         Ok(!try_exclusive(&lock, &format!("snapshot {snap}"))?)
     }
 
-    /// What would keep [`Datastore::remove_snapshot`] from removing the
+    /// Settles a snapshot whose writer died: `writing` becomes
+    /// `incomplete`, keeping the files it finished, or the snapshot is
+    /// removed if it finished none (`recovery` has the argument). A
+    /// snapshot with a live writer, or already settled, is untouched.
+    pub fn settle_snapshot(&self, snap: &SnapshotPath) -> Result<Settled> {
+        let outcome = self.update_manifest(snap, |m| {
+            if m.state != SnapshotState::Writing {
+                Settled::Untouched
+            } else if m.files.is_empty() {
+                Settled::Removed
+            } else {
+                m.state = SnapshotState::Incomplete;
+                Settled::MadeIncomplete
+            }
+        });
+        match outcome {
+            Ok(Settled::Removed) => {}
+            Ok(other) => return Ok(other),
+            Err(Error::SnapshotBusy(_) | Error::SnapshotNotFound(_)) => {
+                return Ok(Settled::Untouched);
+            }
+            Err(e) => return Err(e),
+        }
+        // Still `writing` with no file, and nobody can write it again: its
+        // directory makes a new writer of that name fail.
+        match self.remove_snapshot(snap)? {
+            Removal::Removed => {
+                let dir = self.snapshot_dir(snap);
+                // The group directory too, if this was its only snapshot.
+                if let Some(group) = dir.parent()
+                    && fs::remove_dir(group).is_ok()
+                {
+                    fsync_dir(group.parent().unwrap_or(&self.root))?;
+                }
+                Ok(Settled::Removed)
+            }
+            _ => Ok(Settled::Untouched),
+        }
+    }
+
+    /// Puts right what dead processes left: their temp files, and the
+    /// snapshots their writers never finished (see `recovery`). Safe at
+    /// any time beside live servers and maintenance; the server runs it
+    /// on start and GC on every run.
+    pub fn recover(&self) -> Result<Recovery> {
+        let mut report = Recovery {
+            temp_files_removed: sweep_dead_temp_dirs(&self.root.join(".tmp"))?,
+            ..Recovery::default()
+        };
+        // A manifest that cannot be read is verify's business, not ours.
+        let listed = self.list_with(&mut |_| true, &mut |_, _| Ok(()))?;
+        for s in listed {
+            if s.manifest.state != SnapshotState::Writing {
+                continue;
+            }
+            match self.settle_snapshot(&s.path)? {
+                Settled::Untouched => {}
+                Settled::MadeIncomplete => report.snapshots_incomplete.push(s.path.to_string()),
+                Settled::Removed => report.snapshots_removed.push(s.path.to_string()),
+            }
+        }
+        Ok(report)
+    }
+
+    /// What [`Datastore::remove_snapshot`] would keep from removing the
     /// snapshot right now, if anything (for a dry run).
     pub fn removal_blocker(&self, snap: &SnapshotPath) -> Result<Option<Removal>> {
         let dir = self.checked_snapshot_dir(snap)?;
@@ -434,10 +506,34 @@ impl Datastore {
         mut keep: impl FnMut(&BackupGroup) -> bool,
         mut skipped: impl FnMut(&SnapshotPath, Error),
     ) -> Result<Vec<SnapshotInfo>> {
-        self.list_with(&mut keep, &mut |path, e| {
+        let mut listed = self.list_with(&mut keep, &mut |path, e| {
             skipped(path, e);
             Ok(())
-        })
+        })?;
+        // Shown as they are: a snapshot whose writer died is incomplete,
+        // or gone if it had no file, even before `recover` writes that.
+        listed.retain_mut(|s| {
+            if s.manifest.state != SnapshotState::Writing
+                || self.writer_active(&s.path).unwrap_or(true)
+            {
+                return true;
+            }
+            // The writer may have finished since the manifest was read.
+            match self.load_manifest(&s.path) {
+                Ok(m) if m.state != SnapshotState::Writing => {
+                    s.manifest = m;
+                    true
+                }
+                Ok(m) if m.files.is_empty() => false,
+                Ok(m) => {
+                    s.manifest = m;
+                    s.manifest.state = SnapshotState::Incomplete;
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        Ok(listed)
     }
 
     /// Every snapshot with a manifest, sorted by group then time.
@@ -781,7 +877,7 @@ impl SnapshotWriter {
         }
         let index = match kind {
             FileKind::Fixed => FileIndexWriter::Fixed(FixedIndexWriter::create(
-                &self.ds.tmp,
+                self.ds.tmp(),
                 file_size,
                 chunk_size,
             )?),
@@ -789,7 +885,7 @@ impl SnapshotWriter {
                 if file_size != 0 {
                     return Err(Error::DynamicFileSize(file_size));
                 }
-                FileIndexWriter::Dynamic(DynamicIndexWriter::create(&self.ds.tmp)?)
+                FileIndexWriter::Dynamic(DynamicIndexWriter::create(self.ds.tmp())?)
             }
         };
         self.started.insert(stored_name.clone());
@@ -843,7 +939,7 @@ impl SnapshotWriter {
 
     fn store_manifest(&self) -> Result<()> {
         self.manifest
-            .store(&self.ds.tmp, &self.dir.join(MANIFEST_NAME))
+            .store(self.ds.tmp(), &self.dir.join(MANIFEST_NAME))
     }
 
     /// Releases the snapshot. It is complete if every file started under

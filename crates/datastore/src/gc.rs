@@ -96,7 +96,12 @@ pub struct GcReport {
     pub removed_bytes: u64,
     pub kept_chunks: u64,
     pub kept_bytes: u64,
+    /// Temp files removed: those of dead processes, and loose ones older
+    /// than an hour past the cutoff (written by earlier versions).
     pub temp_files_removed: u64,
+    /// Snapshots whose writer died, settled before marking.
+    pub snapshots_made_incomplete: Vec<String>,
+    pub snapshots_removed_empty: Vec<String>,
 }
 
 /// Runs a garbage collection; `on_event` sees its progress (from any of
@@ -115,6 +120,11 @@ pub fn collect_garbage(
         oldest_writer: oldest.map(FsTime::as_second),
         ..GcReport::default()
     };
+    // Settled first, so that the listing below sees what is really there.
+    let recovered = ds.recover()?;
+    report.temp_files_removed = recovered.temp_files_removed;
+    report.snapshots_made_incomplete = recovered.snapshots_incomplete;
+    report.snapshots_removed_empty = recovered.snapshots_removed;
 
     let snapshots = ds.list_snapshots()?;
     let indexes: Vec<(SnapshotPath, String, ChunkClass)> = snapshots
@@ -238,7 +248,7 @@ pub fn collect_garbage(
     report.kept_bytes = totals.kept_bytes;
     on_event(&GcEvent::Swept);
 
-    report.temp_files_removed = remove_old_temp_files(ds, cutoff.minus(TEMP_FILE_AGE))?;
+    report.temp_files_removed += remove_old_temp_files(ds, cutoff.minus(TEMP_FILE_AGE))?;
     Ok(report)
 }
 

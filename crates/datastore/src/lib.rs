@@ -10,7 +10,7 @@
 //! DATASTORE/
 //!   .hoard-datastore            marker: format name and version
 //!   .chunks/ab/abcd…(64 hex)    one file per chunk, named by its digest
-//!   .tmp/                       files being written; never visible elsewhere
+//!   .tmp/proc.RAND/             each process's files being written (recovery.rs)
 //!   .server/                    the server's TLS key, certificate and tokens (not this crate's)
 //!   vm/100/owner                the group's owner (a token name)
 //!   vm/100/2019-04-23T12:23:36Z/
@@ -33,7 +33,8 @@
 //! refers to complete, durable contents. A chunk is durable before the
 //! Ok that acknowledges it; an index is durable before the manifest names
 //! it; the manifest is durable before the client's BackupFinished is
-//! answered. A crash leaves at most files under `.tmp/`.
+//! answered. A crash leaves at most files under `.tmp/` and snapshots
+//! still marked `writing`; the next start or GC settles both.
 
 mod chunk_store;
 mod datastore;
@@ -46,6 +47,7 @@ mod index_file;
 mod locks;
 mod manifest;
 pub mod prune;
+mod recovery;
 pub mod verify;
 
 pub use chunk_store::{
@@ -67,6 +69,7 @@ pub use manifest::{
     FileKind, MANIFEST_MAGIC, MANIFEST_NAME, Manifest, ManifestFile, Seal, SnapshotState,
     Verification, VerifyState,
 };
+pub use recovery::{Recovery, Settled};
 
 /// Index files start with this many header bytes, entries follow.
 pub const INDEX_HEADER_SIZE: usize = 128;

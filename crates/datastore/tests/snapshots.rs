@@ -254,10 +254,132 @@ fn abandoned_file_makes_snapshot_incomplete_and_empty_snapshot_vanishes() {
     assert_eq!(m.state, SnapshotState::Incomplete);
     assert_eq!(m.files.len(), 1);
     // No temp files remain.
+    assert_eq!(temp_files(dir.path()), 0);
+}
+
+/// Temp files under `.tmp/`, loose or in processes' directories (their
+/// `lock` files aside).
+fn temp_files(root: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(root.join(".tmp")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += std::fs::read_dir(e.path())
+                .unwrap()
+                .filter(|f| f.as_ref().unwrap().file_name() != "lock")
+                .count();
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn snapshots_of_a_dead_writer_are_shown_and_settled_truthfully() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Datastore::open_or_create(dir.path()).unwrap();
+    let c = store_chunk(&ds, b"0123456789");
+    let with_file = snap("host/a/2021-05-05T05:05:05Z");
+    let empty = snap("host/b/2021-05-05T05:05:05Z");
+    let alive = snap("host/c/2021-05-05T05:05:05Z");
+
+    // A writer that dies (dropped unclosed: its lock goes, its manifest
+    // still says writing) after one finished file and one started...
+    let mut w = ds.begin_snapshot(&with_file).unwrap();
+    let mut f = w
+        .start_file(&name("root"), FileKind::Dynamic, false, 0, 0)
+        .unwrap();
+    f.add_dynamic(ds.chunks(), 0, &c, T0).unwrap();
+    w.record(f.finish().unwrap()).unwrap();
+    let _started = w
+        .start_file(&name("other"), FileKind::Dynamic, false, 0, 0)
+        .unwrap();
+    drop(_started);
+    drop(w);
+    // ...one that dies before finishing any...
+    drop(ds.begin_snapshot(&empty).unwrap());
+    // ...and one that lives.
+    let live = ds.begin_snapshot(&alive).unwrap();
+    for p in [&with_file, &empty, &alive] {
+        assert_eq!(ds.load_manifest(p).unwrap().state, SnapshotState::Writing);
+    }
+
+    // Listings show the truth before anything is written.
+    let shown = ds.list_snapshots_where(|_| true, |_, _| {}).unwrap();
+    let states: Vec<_> = shown
+        .iter()
+        .map(|s| (s.path.to_string(), s.manifest.state))
+        .collect();
     assert_eq!(
-        std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
-        0
+        states,
+        [
+            (with_file.to_string(), SnapshotState::Incomplete),
+            (alive.to_string(), SnapshotState::Writing),
+        ]
     );
+
+    let r = ds.recover().unwrap();
+    assert_eq!(r.snapshots_incomplete, [with_file.to_string()]);
+    assert_eq!(r.snapshots_removed, [empty.to_string()]);
+    let m = ds.load_manifest(&with_file).unwrap();
+    assert_eq!(m.state, SnapshotState::Incomplete);
+    assert_eq!(m.files.len(), 1);
+    assert!(!ds.snapshot_dir(&empty).exists());
+    assert!(!dir.path().join("host/b").exists());
+    assert_eq!(
+        ds.load_manifest(&alive).unwrap().state,
+        SnapshotState::Writing
+    );
+    // Settled once: a second pass finds nothing.
+    assert!(ds.recover().unwrap().is_empty());
+    drop(live);
+}
+
+#[test]
+fn temp_files_of_dead_processes_go_and_those_of_live_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Datastore::open_or_create(dir.path()).unwrap();
+    let tmp = dir.path().join(".tmp");
+    // What a killed process leaves: its directory, an unlocked lock, a
+    // half-written chunk; and one killed while setting its directory up.
+    std::fs::create_dir(tmp.join("proc.00000000000000aa")).unwrap();
+    std::fs::write(tmp.join("proc.00000000000000aa/lock"), b"").unwrap();
+    std::fs::write(tmp.join("proc.00000000000000aa/chunk.1"), b"half").unwrap();
+    std::fs::write(tmp.join("proc.00000000000000aa/index.2"), b"half").unwrap();
+    // A live process: another open datastore, with a file in its
+    // directory (its temp files are not visible from here, so one is
+    // planted beside its lock).
+    let other = Datastore::open(dir.path()).unwrap();
+    let live: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("proc.")
+        })
+        .collect();
+    assert_eq!(live.len(), 3, "{live:?}");
+    for p in &live {
+        if !p.ends_with("proc.00000000000000aa") {
+            std::fs::write(p.join("chunk.live"), b"in flight").unwrap();
+        }
+    }
+    let r = ds.recover().unwrap();
+    assert_eq!(r.temp_files_removed, 2);
+    assert!(!tmp.join("proc.00000000000000aa").exists());
+    assert_eq!(temp_files(dir.path()), 2, "the live ones stay");
+    // A process's directory goes with it.
+    for p in &live {
+        let _ = std::fs::remove_file(p.join("chunk.live"));
+    }
+    drop(other);
+    drop(ds);
+    let names: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(names.is_empty(), "{names:?}");
 }
 
 #[test]

@@ -69,6 +69,26 @@ pub fn create_token(dir: &Path, name: &str, role: &str, paths: &[&str]) -> Strin
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// `hoard serve` on loopback for the datastore and state under `dir`.
+fn serve_command(dir: &Path, role: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-v1",
+        "127.0.0.1:0",
+        "--v1-role",
+        role,
+        "--datastore",
+    ])
+    .arg(dir.join("ds"))
+    .arg("--state-dir")
+    .arg(state_dir(dir))
+    .args(extra);
+    cmd
+}
+
 impl Server {
     pub fn start() -> Server {
         Self::start_with(&[])
@@ -86,21 +106,7 @@ impl Server {
 
     /// A server in `dir` (whose `state/` may hold a certificate already).
     pub fn start_in(dir: tempfile::TempDir, role: &str, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen-v1",
-            "127.0.0.1:0",
-            "--v1-role",
-            role,
-            "--datastore",
-        ])
-        .arg(dir.path().join("ds"))
-        .arg("--state-dir")
-        .arg(state_dir(dir.path()))
-        .args(extra);
+        let cmd = serve_command(dir.path(), role, extra);
         Self::spawn(cmd, dir)
     }
 
@@ -122,8 +128,24 @@ impl Server {
         Self::spawn(cmd, dir)
     }
 
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Server {
+    fn spawn(cmd: Command, dir: tempfile::TempDir) -> Server {
         let token = create_token(dir.path(), "test-admin", "admin", &[]);
+        Self::spawn_with_token(cmd, dir, token)
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is cleaned up) and
+    /// starts a new one on the same datastore and state directory.
+    pub fn kill_and_restart(mut self) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let token = self.token.clone();
+        drop(self);
+        let cmd = serve_command(dir.path(), "admin", &[]);
+        Self::spawn_with_token(cmd, dir, token)
+    }
+
+    fn spawn_with_token(mut cmd: Command, dir: tempfile::TempDir, token: String) -> Server {
         let mut child = cmd
             .env("RUST_LOG", "warn,hoard::serve=error")
             .stdout(Stdio::piped())
@@ -243,11 +265,10 @@ impl Server {
         self.child.wait().unwrap()
     }
 
-    /// Files left under the datastore's `.tmp/`.
+    /// Temp files left under the datastore's `.tmp/`: loose ones, and
+    /// those in processes' temp directories besides their locks.
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.datastore().join(".tmp"))
-            .unwrap()
-            .count()
+        temp_files(&self.datastore())
     }
 }
 
@@ -256,6 +277,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Temp files under datastore `ds`'s `.tmp/` (see [`Server::temp_files`]).
+pub fn temp_files(ds: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(ds.join(".tmp")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            n += std::fs::read_dir(entry.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name() != "lock")
+                .count();
+        } else {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// A byte stream a raw connection runs on: TCP, or TLS over TCP.
