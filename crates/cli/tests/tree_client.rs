@@ -583,6 +583,47 @@ fn partial_restores_read_only_the_chunks_they_need() {
 }
 
 #[test]
+fn hard_links_out_of_a_partial_restore_are_one_copy_linked() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    let big = noise(1 << 20, 5);
+    std::fs::write(src.join("a/f"), &big).unwrap();
+    std::fs::write(src.join("a/small"), b"tiny").unwrap();
+    for l in ["l1", "l2", "l3"] {
+        std::fs::hard_link(src.join("a/f"), src.join("b").join(l)).unwrap();
+    }
+    std::fs::hard_link(src.join("a/small"), src.join("b/s1")).unwrap();
+    std::fs::hard_link(src.join("a/small"), src.join("b/s2")).unwrap();
+    let spec = [format!("root={}", src.display())];
+    backup(&server, "h", "2026-01-01T00:00:00Z", &spec, &[]);
+    let snap = "host/h/2026-01-01T00:00:00Z";
+
+    // b alone: its links' target is outside, so the first of each
+    // becomes a copy and the others link to it; the data comes once.
+    let sub = dir.path().join("sub");
+    let rr = restore(&server, snap, &sub, &["--path", "b"]);
+    let ino = |p: &str| std::fs::metadata(sub.join(p)).unwrap();
+    assert_eq!(std::fs::read(sub.join("l3")).unwrap(), big);
+    assert_eq!(std::fs::read(sub.join("s2")).unwrap(), b"tiny");
+    assert_eq!(ino("l1").ino(), ino("l3").ino());
+    assert_eq!(ino("l1").nlink(), 3);
+    assert_eq!(ino("s1").ino(), ino("s2").ino());
+    let got = rr["data_bytes_downloaded"].as_u64().unwrap();
+    assert!(got < 2 * big.len() as u64, "{rr}");
+
+    // The whole tree: one inode for a/f and its three links.
+    let all = dir.path().join("all");
+    restore(&server, snap, &all, &[]);
+    let m = std::fs::metadata(all.join("b/l2")).unwrap();
+    assert_eq!(m.ino(), std::fs::metadata(all.join("a/f")).unwrap().ino());
+    assert_eq!(m.nlink(), 4);
+}
+
+#[test]
 fn excludes_caches_and_other_file_systems() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
@@ -931,6 +972,54 @@ fn hostile_archives_are_refused() {
             },
             data.clone(),
             "does not lie before its parent",
+        ),
+        (
+            "one payload for two files",
+            meta_stream(&[], vec![file(b"a"), file(b"b")], 19),
+            data.clone(),
+            "a payload is referenced once",
+        ),
+        (
+            "one directory table for two directories",
+            {
+                let (mut w, _) = MetaWriter::start();
+                let (t, shared) = w.table(&[file(b"x")]);
+                assert_eq!(
+                    shared,
+                    Kind::Dir {
+                        table: 16,
+                        table_len: t.len() as u64
+                    }
+                );
+                meta_stream(
+                    &[(b"d", vec![file(b"x")])],
+                    vec![entry(b"e", shared, 0)],
+                    19,
+                )
+            },
+            data.clone(),
+            "a table is referenced once",
+        ),
+        (
+            "a table bomb: each level's two directories share the table below",
+            {
+                // 11 levels: 2,047 directories and 1,024 files from 11
+                // tables of two entries each.
+                let (mut w, head) = MetaWriter::start();
+                let mut out = head.to_vec();
+                let (t, mut below) = w.table(&[file(b"f")]);
+                out.extend_from_slice(&t);
+                for _ in 0..10 {
+                    let (t, kind) =
+                        w.table(&[entry(b"a", below.clone(), 0), entry(b"b", below, 0)]);
+                    out.extend_from_slice(&t);
+                    below = kind;
+                }
+                out.extend_from_slice(&w.finish(&entry(b"", below, 19)));
+                out
+            },
+            data.clone(),
+            "a table is referenced once",
         ),
     ];
     for (what, meta, data, needle) in cases {

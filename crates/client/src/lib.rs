@@ -11,6 +11,7 @@
 //!
 //! Errors are sorted by what the user has to do ([`Error::exit_code`]).
 
+mod archive_refs;
 pub mod backup;
 pub mod conn;
 mod dir_writer;

@@ -35,6 +35,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::archive_refs::{FIRST_FLOOR, Outside, Refs};
 use crate::conn::Connection;
 use crate::dir_writer::{Batch, DirState, FileWork, Writers, set_metadata, times};
 use crate::error::{Error, Result};
@@ -250,8 +251,9 @@ pub async fn restore_tree(
                 needs: Vec::new(),
                 bytes: 0,
                 recent: Recent::new(),
+                refs: Refs::default(),
             };
-            plan.entry(&mut archive, &entry, path.as_bytes(), 0)
+            plan.entry(&mut archive, &entry, path.as_bytes(), 0, FIRST_FLOOR)
                 .map_err(|e| plan_error(e, &mut archive))?;
             let (needs, bytes) = (plan.needs, plan.bytes);
             Ok::<_, Error>((archive, entry, (needs, bytes)))
@@ -325,6 +327,7 @@ pub async fn restore_tree(
             let as_root = rustix::process::geteuid().is_root();
             let mut r = Restorer {
                 writers: None,
+                refs: Refs::default(),
                 archive,
                 cursor,
                 root,
@@ -378,6 +381,12 @@ enum PlanError {
     Client(Error),
 }
 
+impl From<Error> for PlanError {
+    fn from(e: Error) -> Self {
+        PlanError::Client(e)
+    }
+}
+
 impl From<hoard_archive::ArchiveError> for PlanError {
     fn from(e: hoard_archive::ArchiveError) -> Self {
         PlanError::Archive(e)
@@ -392,6 +401,9 @@ struct Plan<'a> {
     bytes: u64,
     /// What the cursor will hold when it needs each chunk.
     recent: Recent<()>,
+    /// Tables and payloads are referenced once; checked here, before
+    /// anything is written.
+    refs: Refs,
 }
 
 /// Chunks held for reuse while restoring, by digest, the oldest dropped
@@ -435,12 +447,15 @@ fn inside(prefix: &[u8], target: &[u8]) -> bool {
 }
 
 impl Plan<'_> {
+    /// Plans entry `e` at archive path `rel`, a directory's subtree
+    /// tables lying at or after `floor` (see `archive_refs`).
     fn entry(
         &mut self,
         archive: &mut Archive<RemoteFile>,
         e: &Entry,
         rel: &[u8],
         depth: usize,
+        floor: u64,
     ) -> std::result::Result<(), PlanError> {
         match &e.kind {
             Kind::Dir { .. } => {
@@ -450,14 +465,26 @@ impl Plan<'_> {
                         String::from_utf8_lossy(rel)
                     ))));
                 }
-                for child in archive.read_dir(e)? {
+                let children = archive.read_dir(e)?;
+                let floors = Refs::child_floors(&children, floor, rel)?;
+                for (child, floor) in children.iter().zip(floors) {
                     let child_rel = join(rel, &child.name);
-                    self.entry(archive, &child, &child_rel, depth + 1)?;
+                    self.entry(archive, child, &child_rel, depth + 1, floor)?;
                 }
             }
             Kind::Hardlink { target, .. } if depth > 0 && inside(&self.prefix, target) => {}
+            Kind::Hardlink { .. } if depth > 0 => {
+                let (at, len, _) = e.payload().expect("hard links have payloads");
+                if self.refs.outside_link(rel, at, len)? == Outside::Copy {
+                    self.payload(at, len);
+                    self.bytes += e.size;
+                }
+            }
             _ => {
                 if let Some((at, len, _)) = e.payload() {
+                    if matches!(e.kind, Kind::File { .. }) {
+                        self.refs.file_payload(rel, at, len)?;
+                    }
                     self.payload(at, len);
                     self.bytes += e.size;
                 }
@@ -672,6 +699,8 @@ struct Restorer {
     what: String,
     /// Writer threads for the files of a tree restore.
     writers: Option<Writers>,
+    /// The copies made for hard links out of the subtree.
+    refs: Refs,
 }
 
 /// Files up to this size go to the writer threads (their content held
@@ -748,10 +777,23 @@ impl Restorer {
         for child in &children {
             let child_path = dir.path.join(os(&child.name));
             let child_rel = join(rel, &child.name);
+            // A hard link out of the subtree is a copy, once per payload
+            // (archive_refs); the plan made the same choice.
+            let mut link_to_copy = None;
+            if let Kind::Hardlink { target, .. } = &child.kind
+                && !inside(&self.prefix, target)
+            {
+                let (at, len, _) = child.payload().expect("hard links have payloads");
+                if let Outside::LinkTo(copy) = self.refs.outside_link(&child_rel, at, len)? {
+                    link_to_copy = Some(copy);
+                }
+            }
             let pooled = match &child.kind {
                 Kind::File { .. } => child.size <= POOLED_FILE,
                 Kind::Hardlink { target, .. } => {
-                    !inside(&self.prefix, target) && child.size <= POOLED_FILE
+                    !inside(&self.prefix, target)
+                        && link_to_copy.is_none()
+                        && child.size <= POOLED_FILE
                 }
                 _ => false,
             };
@@ -782,7 +824,12 @@ impl Restorer {
                 self.writers()
                     .submit(std::mem::replace(&mut batch, new_batch()))?;
             }
-            if child.is_dir() {
+            if let Some(copy) = link_to_copy {
+                // The copy may still be with a writer.
+                self.writers().drain()?;
+                self.link(&dir.fd, os(&child.name), &child_path, &copy)?;
+                self.counts.links += 1;
+            } else if child.is_dir() {
                 let name = os(&child.name);
                 let target_io = |err: Errno| Error::Target {
                     path: child_path.clone(),
@@ -1152,6 +1199,7 @@ mod tests {
             needs: Vec::new(),
             bytes: 0,
             recent: Recent::new(),
+            refs: Refs::default(),
         };
         plan.payload(0, 25);
         plan.payload(25, 15);
