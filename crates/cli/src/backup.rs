@@ -217,6 +217,12 @@ fn summary(r: &BackupReport) -> String {
             "; {}: {} files ({} unchanged, not read), {} dirs",
             t.name, t.files, t.files_unchanged, t.dirs
         ));
+        if t.files_reread > 0 {
+            trees.push_str(&format!(
+                ", {} unchanged read again to drop dead bytes of earlier runs",
+                t.files_reread
+            ));
+        }
         if t.skipped > 0 {
             trees.push_str(&format!(
                 ", {} entries skipped (unreadable, see above)",

@@ -59,6 +59,11 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 const WALKER_STACK: usize = 64 << 20;
 /// Read buffer for file contents.
 const READ_BUF: usize = 1 << 20;
+/// Dead bytes the data stream may carry in reused chunks, as a share of
+/// the bytes its files refer to. At 0.1 an archive stays within about
+/// 1.1x its payloads (plus at most a chunk per run's tail), however many
+/// incrementals it descends from.
+const MAX_PADDING: f64 = 0.1;
 
 /// One tree to back up.
 #[derive(Debug, Clone)]
@@ -93,6 +98,12 @@ pub struct TreeReport {
     pub files_read: u64,
     /// Files whose chunks were reused without reading them.
     pub files_unchanged: u64,
+    /// Unchanged files read anyway: reusing their chunks would have
+    /// carried more dead bytes than the padding budget allows.
+    pub files_reread: u64,
+    /// Bytes of reused chunks that no file of this archive refers to
+    /// (parts of changed or deleted files), in the data stream.
+    pub padding_bytes: u64,
     pub bytes_read: u64,
     /// Content bytes of all files (read or reused).
     pub bytes_total: u64,
@@ -254,6 +265,7 @@ pub(crate) async fn backup_tree(
         report,
         progress,
         buf: vec![0u8; READ_BUF],
+        live: 0,
         large_file: opts.avg_chunk as u64,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -343,8 +355,28 @@ type WalkResult<T> = std::result::Result<T, FeedClosed>;
 struct SpliceRun {
     first: usize,
     last: usize,
+    /// Offset in the previous data stream where the last payload spliced
+    /// into this run ends.
+    cursor: u64,
     /// Where chunk `first` lands in the new data stream.
     new_start: u64,
+}
+
+/// What splicing one payload would do (see `Walker::splice_step`).
+struct SpliceStep {
+    /// The previous stream's chunks that hold the payload.
+    first: usize,
+    last: usize,
+    /// It continues the current run.
+    extends: bool,
+    /// Dead bytes before it: since the run's last payload, or in its
+    /// first chunk when it starts a new run.
+    gap: u64,
+    /// Bytes after the current run's last payload, dead if this payload
+    /// closes the run.
+    run_tail: u64,
+    /// Bytes of its last chunk after it.
+    tail: u64,
 }
 
 /// The first name under which a multiply-linked file was stored.
@@ -369,6 +401,9 @@ struct Walker {
     known: KnownChunks,
     links: HashMap<(u64, u64), LinkTarget>,
     run: Option<SpliceRun>,
+    /// Payload bytes the data stream's entries refer to so far (the
+    /// padding budget's base).
+    live: u64,
     report: TreeReport,
     progress: Arc<Progress>,
     buf: Vec<u8>,
@@ -627,8 +662,9 @@ impl Walker {
                 && o.ctime_ns == ctime_ns(m)
                 && o.inode == m.ino()
         });
-        let kind = match unchanged.and_then(|o| o.payload()) {
-            Some((at, len, sparse)) => {
+        let reuse = unchanged.and_then(|o| o.payload());
+        let kind = match reuse {
+            Some((at, len, sparse)) if self.splice_pays(at, len) => {
                 let payload = self.splice(at, len)?;
                 self.report.files_unchanged += 1;
                 Kind::File {
@@ -637,8 +673,16 @@ impl Walker {
                     sparse,
                 }
             }
-            None => match self.read_file(path, m)? {
-                Some(kind) => kind,
+            _ => match self.read_file(path, m)? {
+                Some(kind) => {
+                    if reuse.is_some() {
+                        self.report.files_reread += 1;
+                    }
+                    if let Some((_, len, _)) = kind_payload(&kind) {
+                        self.live += len;
+                    }
+                    kind
+                }
                 None => return Ok(None),
             },
         };
@@ -664,22 +708,70 @@ impl Walker {
         Ok(Some(e))
     }
 
-    /// Splices the previous payload `at .. at + len` into the data stream;
-    /// returns where it lands.
-    fn splice(&mut self, at: u64, len: u64) -> WalkResult<u64> {
+    /// Where splicing the previous payload `at .. at + len` would put it:
+    /// into the current run, or at the start of a new one.
+    fn splice_step(&self, at: u64, len: u64) -> SpliceStep {
         let prev = &self.previous.as_ref().expect("splicing needs a base").data;
         let range = prev.covering(at, len.max(1));
         let (first, last) = (*range.start(), *range.end());
+        let (extends, gap, run_tail) = match &self.run {
+            Some(run) if first >= run.first && first <= run.last + 1 && at >= run.cursor => {
+                (true, at - run.cursor, 0)
+            }
+            Some(run) => (
+                false,
+                at - prev.start(first),
+                prev.ends[run.last].saturating_sub(run.cursor),
+            ),
+            None => (false, at - prev.start(first), 0),
+        };
+        SpliceStep {
+            first,
+            last,
+            extends,
+            gap,
+            run_tail,
+            tail: prev.ends[last].saturating_sub(at + len),
+        }
+    }
+
+    /// Whether to reuse an unchanged file's chunks rather than read it.
+    ///
+    /// Reusing whole chunks drags along the parts of changed and deleted
+    /// files around the unchanged one; unbounded, that grows with every
+    /// incremental. So, as PBS's metadata mode does, a file is read again
+    /// when its reuse would carry too many dead bytes. It is reused if
+    /// the dead bytes it may add (the gap before it, the rest of its last
+    /// chunk, and the end of the run it closes) are within
+    /// [`MAX_PADDING`] of its own size, or if the stream's dead bytes so
+    /// far plus its gap stay within [`MAX_PADDING`] of the payload bytes
+    /// the stream refers to.
+    fn splice_pays(&self, at: u64, len: u64) -> bool {
+        let step = self.splice_step(at, len);
+        let own = (step.gap + step.tail + step.run_tail) as f64 <= MAX_PADDING * len as f64;
+        let stream =
+            (self.report.padding_bytes + step.gap) as f64 <= MAX_PADDING * (self.live + len) as f64;
+        own || stream
+    }
+
+    /// Splices the previous payload `at .. at + len` into the data stream;
+    /// returns where it lands.
+    fn splice(&mut self, at: u64, len: u64) -> WalkResult<u64> {
+        let step = self.splice_step(at, len);
+        self.report.padding_bytes += step.gap;
+        self.live += len;
         match &mut self.run {
-            Some(run) if first >= run.first && first <= run.last + 1 => {
-                run.last = run.last.max(last);
+            Some(run) if step.extends => {
+                run.last = run.last.max(step.last);
+                run.cursor = at + len;
             }
             _ => {
                 self.flush_run()?;
                 self.data.cut()?;
                 self.run = Some(SpliceRun {
-                    first,
-                    last,
+                    first: step.first,
+                    last: step.last,
+                    cursor: at + len,
                     new_start: self.data.offset(),
                 });
             }
@@ -693,6 +785,8 @@ impl Walker {
     fn flush_run(&mut self) -> WalkResult<()> {
         if let Some(run) = self.run.take() {
             let prev = &self.previous.as_ref().expect("a run needs a base").data;
+            // The bytes after its last payload are dead too.
+            self.report.padding_bytes += prev.ends[run.last].saturating_sub(run.cursor);
             let pieces: Vec<(Digest, u64)> = (run.first..=run.last)
                 .map(|i| (prev.digests[i], prev.ends[i] - prev.start(i)))
                 .collect();
