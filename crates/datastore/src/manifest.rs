@@ -154,11 +154,9 @@ impl Manifest {
                 .is_none_or(|v| v.state != VerifyState::Failed)
     }
 
+    /// Reads and decodes `manifest.json` at `path`; `display` names it
+    /// in errors. A file larger than any manifest is refused unread.
     pub fn load(path: &Path, display: &str) -> Result<Self> {
-        let bad = |reason: String| Error::Manifest {
-            path: display.to_string(),
-            reason,
-        };
         let mut file =
             crate::fsutil::open_nofollow(path).ctx(|| format!("reading manifest {display}"))?;
         let len = file
@@ -166,19 +164,40 @@ impl Manifest {
             .ctx(|| format!("reading manifest {display}"))?
             .len();
         if len > MAX_MANIFEST_BYTES {
-            return Err(bad(format!("{len} bytes is larger than any manifest")));
+            return Err(Error::Manifest {
+                path: display.to_string(),
+                reason: format!("{len} bytes is larger than any manifest"),
+            });
         }
         let mut raw = Vec::with_capacity(len as usize);
         std::io::Read::read_to_end(&mut file, &mut raw)
             .ctx(|| format!("reading manifest {display}"))?;
-        let m: Manifest = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+        Self::decode(&raw, display)
+    }
+
+    /// Decodes the bytes of a `manifest.json` (untrusted: they come off
+    /// disk; fuzzed by `fuzz/manifest`); `display` names it in errors.
+    pub fn decode(raw: &[u8], display: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Manifest {
+            path: display.to_string(),
+            reason,
+        };
+        if raw.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(bad(format!(
+                "{} bytes is larger than any manifest",
+                raw.len()
+            )));
+        }
+        let m: Manifest = serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
         if m.magic != MANIFEST_MAGIC {
             return Err(bad(format!("unknown magic {:?}", m.magic)));
         }
         Ok(m)
     }
 
-    pub fn store(&self, tmp_dir: &Path, path: &Path) -> Result<()> {
+    /// The bytes [`Manifest::store`] writes: pretty JSON and a newline,
+    /// refused if larger than [`Manifest::decode`] accepts.
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut raw = serde_json::to_vec_pretty(self).map_err(|e| Error::Manifest {
             path: self.snapshot.clone(),
             reason: e.to_string(),
@@ -190,6 +209,74 @@ impl Manifest {
                 reason: format!("{} bytes is larger than a manifest may be", raw.len()),
             });
         }
-        write_atomic(tmp_dir, path, &raw)
+        Ok(raw)
+    }
+
+    pub fn store(&self, tmp_dir: &Path, path: &Path) -> Result<()> {
+        write_atomic(tmp_dir, path, &self.encode()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::new("vm/1/2026-11-01T00:00:00Z".into());
+        m.state = SnapshotState::Complete;
+        m.files.push(ManifestFile {
+            name: "disk.img.fidx".into(),
+            kind: FileKind::Fixed,
+            raw: true,
+            file_size: 10_000,
+            chunk_size: Some(4096),
+            chunk_count: 3,
+            index_csum: "ab".repeat(32),
+            index_uuid: "cd".repeat(16),
+            source: Some(SourceAttributes {
+                mtime_ns: -1,
+                ctime_ns: i64::MAX,
+                inode: u64::MAX,
+            }),
+        });
+        m.verification = Some(Verification {
+            state: VerifyState::Failed,
+            time: -5,
+        });
+        m.protected = true;
+        m
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let m = sample();
+        let raw = m.encode().unwrap();
+        assert_eq!(raw.last(), Some(&b'\n'));
+        assert_eq!(Manifest::decode(&raw, "x").unwrap(), m);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_NAME);
+        m.store(dir.path(), &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), raw);
+        assert_eq!(Manifest::load(&path, "x").unwrap(), m);
+    }
+
+    #[test]
+    fn decode_refuses_foreign_and_damaged_bytes() {
+        let raw = sample().encode().unwrap();
+        let bad = |b: &[u8]| {
+            let e = Manifest::decode(b, "s").unwrap_err();
+            matches!(e, Error::Manifest { ref path, .. } if path == "s")
+        };
+        assert!(bad(&raw[..raw.len() / 2]));
+        assert!(bad(b""));
+        assert!(bad(b"\xff"));
+        let text = String::from_utf8(raw).unwrap();
+        assert!(bad(text
+            .replace(MANIFEST_MAGIC, "hoard-manifest-2")
+            .as_bytes()));
+        assert!(bad(text.replace("\"fixed\"", "\"sparse\"").as_bytes()));
+        let mut huge = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+        huge[..2].copy_from_slice(b"{}");
+        assert!(bad(&huge));
     }
 }
