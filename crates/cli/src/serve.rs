@@ -86,9 +86,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let ds = Datastore::open_or_create(&dir)
         .with_context(|| format!("opening datastore {}", dir.display()))?;
     // What a killed server left: settled before anyone lists it.
-    let recovered = ds
-        .recover()
-        .with_context(|| format!("recovering datastore {}", dir.display()))?;
+    // Best effort: what cannot be settled now is left for GC.
+    let recovered = ds.recover().unwrap_or_else(|e| {
+        tracing::warn!("recovering datastore {}: {e}", dir.display());
+        hoard_datastore::Recovery::default()
+    });
     for snap in &recovered.snapshots_incomplete {
         tracing::warn!(%snap, "left unfinished by a dead writer: now incomplete");
     }

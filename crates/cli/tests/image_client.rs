@@ -533,6 +533,128 @@ fn server_error_mid_backup_fails_cleanly() {
     assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
 }
 
+/// Runs `hoard ARGS --output-format json --datastore DS` inside the mount
+/// namespace of the small-disk server `server` (its file system is only
+/// visible there).
+fn maintenance_in(server: &Server, ds: &str, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .args([
+            "--target",
+            &server.child.id().to_string(),
+            "--user",
+            "--mount",
+        ])
+        .args(["--preserve-credentials", env!("CARGO_BIN_EXE_hoard")])
+        .args(args)
+        .args(["--output-format", "json", "--datastore", ds])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn gc_and_verify_on_a_full_disk_fail_cleanly_and_lose_nothing() {
+    let server = Server::start_on_small_disk("4m");
+    let ds = format!("{}/mnt/ds", server.dir.path().display());
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.raw");
+    let first = make_image(&a, 16 * K64, 1, &[]);
+    backup(&server, "1000", &[], &[("d.img", &a)]);
+    // A second backup fills the disk and fails; its chunks stay behind.
+    make_image(&a, 64 * K64, 2, &[]);
+    let spec = format!("d.img={}", a.display());
+    let args = [
+        "backup",
+        "--type",
+        "vm",
+        "--id",
+        "100",
+        "--time",
+        "2000",
+        "--chunk-size",
+        "64K",
+        &spec,
+    ];
+    let out = hoard(&server.addr, &args);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    // The server removes the failed snapshot when the connection ends;
+    // then a file takes what is left.
+    let in_ns = |script: &str| {
+        Command::new("nsenter")
+            .args([
+                "--target",
+                &server.child.id().to_string(),
+                "--user",
+                "--mount",
+            ])
+            .args(["--preserve-credentials", "sh", "-c", script])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let failed = format!("{ds}/vm/100/1970-01-01T00:33:20Z");
+    let mut waited = 0;
+    while in_ns(&format!("test -e {failed}")) {
+        assert!(waited < 100, "the failed snapshot stays");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    let fill = Command::new("nsenter")
+        .args([
+            "--target",
+            &server.child.id().to_string(),
+            "--user",
+            "--mount",
+        ])
+        .args(["--preserve-credentials", "sh", "-c"])
+        .arg(format!("cat /dev/zero > {ds}/../filler"))
+        .output()
+        .unwrap();
+    assert!(!fill.status.success(), "the disk should be full");
+
+    // Verify checks everything but cannot record its result: it says so.
+    let out = maintenance_in(&server, &ds, &["verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["findings"].as_array().unwrap().is_empty(), "{v}");
+    let verdict = &v["snapshots"][0];
+    assert_eq!(verdict["result"], "ok", "{v}");
+    assert_eq!(verdict["recorded"], false, "{v}");
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{v}"
+    );
+    // GC needs no space and frees the failed backup's chunks.
+    let out = maintenance_in(&server, &ds, &["gc", "--grace", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(gc["removed_chunks"].as_u64().unwrap() > 0, "{gc}");
+    // Nothing was lost: the snapshot restores, and with the space back
+    // verify records its result and the next backup works.
+    let target = dir.path().join("restored.img");
+    restore(&server, "vm/100/1970-01-01T00:16:40Z", "d.img", &target);
+    assert!(std::fs::read(&target).unwrap() == first);
+    let rm = Command::new("nsenter")
+        .args([
+            "--target",
+            &server.child.id().to_string(),
+            "--user",
+            "--mount",
+        ])
+        .args(["--preserve-credentials", "rm"])
+        .arg(format!("{ds}/../filler"))
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    let out = maintenance_in(&server, &ds, &["verify"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["snapshots"][0]["recorded"], true, "{v}");
+    make_image(&a, 16 * K64, 3, &[]);
+    backup(&server, "3000", &[], &[("d.img", &a)]);
+}
+
 #[test]
 fn damaged_chunk_fails_the_restore_and_leaves_no_target() {
     let server = Server::start();

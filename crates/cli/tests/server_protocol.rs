@@ -876,3 +876,91 @@ fn extension_list_snapshots_and_file_attributes() {
     let all = list(&mut c, 1, SnapshotFilter::default());
     assert!(all.iter().all(|s| s["state"] == "complete"), "{all:?}");
 }
+
+#[test]
+fn close_snapshot_answers_once_the_snapshot_is_stored_complete() {
+    let server = Server::start();
+    let close = |c: &mut Conn, stream: u8, snap: &str| {
+        c.send(
+            stream,
+            &Message::CloseSnapshot {
+                snapshot: snap.into(),
+            },
+        )
+    };
+    let manifest = |snap: &str| -> serde_json::Value {
+        let raw = std::fs::read(server.datastore().join(snap).join("manifest.json")).unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    };
+    let chosen = Features(Features::EXTENSIONS.0 | Features::CLOSE_SNAPSHOT.0);
+    let mut c = server.connect_v2_with(&server.token, chosen);
+    let snap = "vm/100/2019-04-23T12:23:36Z";
+    // Not a snapshot, and one this connection does not write.
+    close(&mut c, 1, "vm/100");
+    c.expect_error(1, "not a snapshot");
+    close(&mut c, 1, snap);
+    c.expect_error(1, "does not write");
+    // A file open: refused, and the file goes on.
+    c.send(
+        2,
+        &create(
+            BackupType::Vm,
+            "100",
+            T0,
+            BackupFlags::RAW,
+            "d.img",
+            4096,
+            4096,
+        ),
+    );
+    expect_created(&mut c, 2);
+    close(&mut c, 1, snap);
+    c.expect_error(1, "has a file open on stream 2");
+    let d = upload(&mut c, 2, &[7u8; 4096]);
+    c.send(2, &fixed(&[(0, d)]));
+    c.send(2, &Message::BackupFinished);
+    c.expect_ok(2);
+    assert_eq!(manifest(snap)["state"], "writing");
+    // Closed: complete on disk while the connection is still open, and
+    // it takes no more files.
+    close(&mut c, 1, snap);
+    c.expect_ok(1);
+    assert_eq!(manifest(snap)["state"], "complete");
+    close(&mut c, 1, snap);
+    c.expect_error(1, "does not write");
+    c.send(
+        3,
+        &create(
+            BackupType::Vm,
+            "100",
+            T0,
+            BackupFlags::RAW,
+            "e.img",
+            4096,
+            0,
+        ),
+    );
+    c.expect_error(3, "exists");
+    // A snapshot whose file was started and abandoned is not complete.
+    c.send(
+        4,
+        &create(
+            BackupType::Vm,
+            "101",
+            T0,
+            BackupFlags::RAW,
+            "d.img",
+            4096,
+            4096,
+        ),
+    );
+    expect_created(&mut c, 4);
+    c.send(4, &Message::BackupFinished);
+    c.expect_error(4, "");
+    close(&mut c, 1, "vm/101/2019-04-23T12:23:36Z");
+    c.expect_error(1, "is not complete");
+    // A session that did not choose the feature may not send it.
+    let mut plain = server.connect_v2(&server.token);
+    close(&mut plain, 1, snap);
+    plain.expect_error(1, "close-snapshot feature");
+}

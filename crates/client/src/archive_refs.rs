@@ -23,7 +23,8 @@
 //!   later links to that payload link to the copy; copies may not overlap
 //!   one another.
 //!
-//! Memory is the nesting depth, plus one record per outside target.
+//! Memory is the nesting depth, plus one record per outside target (their
+//! paths bounded by `MAX_OUTSIDE_PATH_BYTES`).
 
 use std::collections::BTreeMap;
 
@@ -43,7 +44,15 @@ pub(crate) struct Refs {
     /// Copies made for hard links whose target is outside the restored
     /// subtree, by payload offset: payload end, archive path of the copy.
     outside: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Bytes of the paths `outside` holds.
+    outside_path_bytes: usize,
 }
+
+/// The paths of copies made for hard links out of the restored subtree
+/// are kept to link the later ones to; a hostile archive could make them
+/// long (2,048 levels of 255-byte names) and many. This bounds them: a
+/// real tree reaches it with about half a million such links.
+const MAX_OUTSIDE_PATH_BYTES: usize = 64 << 20;
 
 /// What to do with a hard link whose target is outside the subtree.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,6 +130,16 @@ impl Refs {
             return Err(hostile(
                 rel,
                 format!("its payload at {at} overlaps another hard link's"),
+            ));
+        }
+        self.outside_path_bytes += rel.len();
+        if self.outside_path_bytes > MAX_OUTSIDE_PATH_BYTES {
+            return Err(hostile(
+                rel,
+                format!(
+                    "more than {} MiB of paths of hard links out of the restored subtree",
+                    MAX_OUTSIDE_PATH_BYTES >> 20
+                ),
             ));
         }
         self.outside.insert(at, (end, rel.to_vec()));

@@ -212,6 +212,9 @@ pub async fn backup(
             .collect();
         seal_snapshot(&conn, key, &opts.snapshot, files, opts.recovery.clone()).await?;
     }
+    if conn.features().contains(Features::CLOSE_SNAPSHOT) {
+        close_snapshot(&conn, &opts.snapshot).await?;
+    }
     Ok(BackupReport {
         snapshot: opts.snapshot.to_string(),
         key: key.map(|k| k.fingerprint().to_string()),
@@ -240,6 +243,22 @@ async fn seal_snapshot(
         })
         .await?;
     stream.recv_ok(&format!("the seal of {snapshot}")).await?;
+    stream.finish();
+    Ok(())
+}
+
+/// Closes `snapshot` and waits for the server to answer that it is stored
+/// complete: only then is the backup done (a server that crashed before
+/// the connection's end closed it would leave it incomplete). Servers
+/// without the feature close it when the connection ends.
+async fn close_snapshot(conn: &Connection, snapshot: &SnapshotPath) -> Result<()> {
+    let mut stream = conn.open_stream(1)?;
+    stream
+        .send(Message::CloseSnapshot {
+            snapshot: snapshot.to_string(),
+        })
+        .await?;
+    stream.recv_ok(&format!("closing {snapshot}")).await?;
     stream.finish();
     Ok(())
 }

@@ -14,7 +14,7 @@ use hoard_codec::{ChunkCodec, Compression};
 use hoard_protocol::consts::{ALPN_V2, HELLO_STREAM, MAX_TOKEN_LEN, PROTOCOL_VERSION_2};
 use hoard_protocol::{ErrorId, Features, Message, Secret};
 use hoard_transport::tls::{self, Trust};
-use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, writer};
+use hoard_transport::{FrameReader, OUTBOX_DEPTH, Outbox, ReadError, writer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -83,6 +83,28 @@ impl Connection {
     /// Connects over TLS, checks the server's certificate against
     /// `opts.trust`, and authenticates with protocol version 2.
     pub async fn connect(opts: &ConnectOptions) -> Result<Connection> {
+        // A server at its cap of handshakes in progress drops one at
+        // random (admission.rs): fifty clients behind one address that
+        // start together lose a few openings. Those, and a Busy answer,
+        // are tried again after a pause with jitter; anything else fails
+        // at once.
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match Self::connect_once(opts).await {
+                Err(e) if attempt < CONNECT_ATTEMPTS && opening_dropped(&e) => {
+                    tracing::debug!("{}: attempt {attempt}: {e}; trying again", opts.server);
+                    let jitter = rand::random_range(0..=pause.as_millis() as u64);
+                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(opts: &ConnectOptions) -> Result<Connection> {
         let server = opts.server.as_str();
         if opts.token.len() > MAX_TOKEN_LEN {
             return Err(Error::Usage(format!(
@@ -303,6 +325,21 @@ impl Connection {
     }
 }
 
+/// Openings tried at most (see [`Connection::connect`]).
+const CONNECT_ATTEMPTS: u32 = 6;
+
+/// Whether `e` is an opening the server dropped (reset or closed before
+/// it answered Authenticate, a handshake evicted under load) or refused
+/// as busy: worth another try, unlike a certificate, a token or a
+/// protocol problem.
+fn opening_dropped(e: &Error) -> bool {
+    match e {
+        Error::Opening(_) => true,
+        Error::Server { busy, .. } => *busy,
+        _ => false,
+    }
+}
+
 /// One packet of the opening exchange (stream 0), under the connect
 /// timeout.
 async fn next_handshake_packet<R: AsyncRead + Unpin>(
@@ -319,8 +356,11 @@ async fn next_handshake_packet<R: AsyncRead + Unpin>(
         Ok(Some(_)) => Err(Error::Protocol(format!(
             "{server} is not a hoard server (a packet on a stream other than 0 first)"
         ))),
-        Ok(None) => Err(Error::ConnectionLost(format!(
+        Ok(None) => Err(Error::Opening(format!(
             "{server} closed the connection during the opening"
+        ))),
+        Err(ReadError::Io(e)) if is_drop(&e) => Err(Error::Opening(format!(
+            "{server} dropped the connection during the opening: {e}"
         ))),
         Err(e) => Err(Error::Protocol(format!("{server}: {e}"))),
     }
@@ -346,8 +386,21 @@ fn handshake_error(
                 fingerprint: seen.to_string(),
             }
         }
+        _ if is_drop(&e) => Error::Opening(format!(
+            "{}: the server dropped the TLS handshake: {e}",
+            opts.server
+        )),
         _ => Error::Protocol(format!("{}: TLS handshake failed: {e}", opts.server)),
     }
+}
+
+/// An I/O error that means the peer went away, not that it misbehaved.
+fn is_drop(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe
+    )
 }
 
 async fn route_packets<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, shared: Arc<Shared>) {

@@ -29,6 +29,10 @@ pub enum Error {
     Denied(String),
     #[error("connection to the server lost: {0}")]
     ConnectionLost(String),
+    /// The server dropped the connection before the session began (a
+    /// handshake evicted under load): tried again by `connect`.
+    #[error("connection to the server lost: {0}")]
+    Opening(String),
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
     /// The server answered an Error packet.
@@ -72,6 +76,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Connect { .. }
             | Error::ConnectionLost(_)
+            | Error::Opening(_)
             | Error::Protocol(_)
             | Error::Abandoned(_) => 3,
             Error::NotFound(_) => 4,

@@ -372,9 +372,6 @@ struct SpliceStep {
     /// Dead bytes before it: since the run's last payload, or in its
     /// first chunk when it starts a new run.
     gap: u64,
-    /// Bytes after the current run's last payload, dead if this payload
-    /// closes the run.
-    run_tail: u64,
     /// Bytes of its last chunk after it.
     tail: u64,
 }
@@ -663,8 +660,12 @@ impl Walker {
                 && o.inode == m.ino()
         });
         let reuse = unchanged.and_then(|o| o.payload());
+        // Reading it again is for tidiness only: a file that cannot be
+        // opened now keeps its previous copy rather than being left out.
+        let must_reuse =
+            |w: &Self, at: u64, len: u64| w.splice_pays(at, len) || open_noatime(path).is_err();
         let kind = match reuse {
-            Some((at, len, sparse)) if self.splice_pays(at, len) => {
+            Some((at, len, sparse)) if must_reuse(self, at, len) => {
                 let payload = self.splice(at, len)?;
                 self.report.files_unchanged += 1;
                 Kind::File {
@@ -714,23 +715,17 @@ impl Walker {
         let prev = &self.previous.as_ref().expect("splicing needs a base").data;
         let range = prev.covering(at, len.max(1));
         let (first, last) = (*range.start(), *range.end());
-        let (extends, gap, run_tail) = match &self.run {
+        let (extends, gap) = match &self.run {
             Some(run) if first >= run.first && first <= run.last + 1 && at >= run.cursor => {
-                (true, at - run.cursor, 0)
+                (true, at - run.cursor)
             }
-            Some(run) => (
-                false,
-                at - prev.start(first),
-                prev.ends[run.last].saturating_sub(run.cursor),
-            ),
-            None => (false, at - prev.start(first), 0),
+            _ => (false, at - prev.start(first)),
         };
         SpliceStep {
             first,
             last,
             extends,
             gap,
-            run_tail,
             tail: prev.ends[last].saturating_sub(at + len),
         }
     }
@@ -741,14 +736,16 @@ impl Walker {
     /// files around the unchanged one; unbounded, that grows with every
     /// incremental. So, as PBS's metadata mode does, a file is read again
     /// when its reuse would carry too many dead bytes. It is reused if
-    /// the dead bytes it may add (the gap before it, the rest of its last
-    /// chunk, and the end of the run it closes) are within
+    /// the dead bytes it may add (the gap before it and the rest of its
+    /// last chunk) are within
     /// [`MAX_PADDING`] of its own size, or if the stream's dead bytes so
     /// far plus its gap stay within [`MAX_PADDING`] of the payload bytes
     /// the stream refers to.
     fn splice_pays(&self, at: u64, len: u64) -> bool {
         let step = self.splice_step(at, len);
-        let own = (step.gap + step.tail + step.run_tail) as f64 <= MAX_PADDING * len as f64;
+        // The current run's tail is not counted: reading the file instead
+        // ends the run too.
+        let own = (step.gap + step.tail) as f64 <= MAX_PADDING * len as f64;
         let stream =
             (self.report.padding_bytes + step.gap) as f64 <= MAX_PADDING * (self.live + len) as f64;
         own || stream

@@ -318,6 +318,7 @@ impl ChunkStore {
             // The new file's mtime is its write time, after `since`.
             tmp.rename(&path)?;
         }
+        crate::failpoint::hit("chunk", "renamed");
         fsync_dir(path.parent().unwrap_or(&self.base))?;
         Ok(Inserted::New)
     }

@@ -468,10 +468,13 @@ impl Datastore {
             if s.manifest.state != SnapshotState::Writing {
                 continue;
             }
-            match self.settle_snapshot(&s.path)? {
-                Settled::Untouched => {}
-                Settled::MadeIncomplete => report.snapshots_incomplete.push(s.path.to_string()),
-                Settled::Removed => report.snapshots_removed.push(s.path.to_string()),
+            // One snapshot that cannot be settled now (a full disk, a
+            // race with prune) waits for the next run; the rest go on.
+            match self.settle_snapshot(&s.path) {
+                Ok(Settled::Untouched) => {}
+                Ok(Settled::MadeIncomplete) => report.snapshots_incomplete.push(s.path.to_string()),
+                Ok(Settled::Removed) => report.snapshots_removed.push(s.path.to_string()),
+                Err(e) => tracing::warn!("snapshot {} not settled: {e}", s.path),
             }
         }
         Ok(report)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 
 use crate::error::{IoContext, Result};
+use crate::failpoint;
 
 /// Opens a file for reading without following a symbolic link in its
 /// last component: a link planted in the datastore is refused (ELOOP),
@@ -69,6 +70,8 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
 pub(crate) struct TempFile {
     pub file: File,
     path: PathBuf,
+    /// What it will be (`chunk`, `fidx`, …), for the crash points.
+    kind: String,
     persisted: bool,
 }
 
@@ -85,6 +88,7 @@ impl TempFile {
         Ok(TempFile {
             file,
             path,
+            kind: hint.to_string(),
             persisted: false,
         })
     }
@@ -96,11 +100,14 @@ impl TempFile {
     /// fsync, rename to `dest`, fsync `dest`'s directory.
     pub fn persist(self, dest: &Path) -> Result<()> {
         self.sync()?;
+        let kind = self.kind.clone();
         self.rename(dest)?;
+        failpoint::hit(&kind, "renamed");
         fsync_dir(dest.parent().unwrap_or(Path::new(".")))
     }
 
     pub fn sync(&self) -> Result<()> {
+        failpoint::hit(&self.kind, "sync");
         self.file
             .sync_all()
             .ctx(|| format!("syncing {}", self.path.display()))
@@ -109,6 +116,7 @@ impl TempFile {
     /// Renames to `dest`; the caller has synced the file and syncs the
     /// directory.
     pub fn rename(mut self, dest: &Path) -> Result<()> {
+        failpoint::hit(&self.kind, "rename");
         fs::rename(&self.path, dest).ctx(|| format!("renaming to {}", dest.display()))?;
         self.persisted = true;
         Ok(())
@@ -125,7 +133,11 @@ impl Drop for TempFile {
 
 /// Writes `data` to `dest` atomically and durably via a temp file.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
-    let mut t = TempFile::create(tmp_dir, "atomic")?;
+    let kind = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("atomic");
+    let mut t = TempFile::create(tmp_dir, kind)?;
     t.file
         .write_all(data)
         .ctx(|| format!("writing {}", dest.display()))?;

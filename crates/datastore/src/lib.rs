@@ -40,6 +40,7 @@ mod chunk_store;
 mod datastore;
 mod dynamic_index;
 mod error;
+mod failpoint;
 mod fixed_index;
 mod fsutil;
 pub mod gc;

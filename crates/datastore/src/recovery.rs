@@ -79,7 +79,10 @@ impl Drop for ProcessTemp {
 }
 
 /// Removes the temp directories of dead processes under `tmp_root`;
-/// returns how many temp files they held.
+/// returns how many temp files they held. Best effort: a directory that
+/// cannot be swept (another sweeper took it, a file owned by another
+/// user) is reported and left for the next sweep, never an error that
+/// keeps a server from starting.
 pub(crate) fn sweep_dead_temp_dirs(tmp_root: &Path) -> Result<u64> {
     let mut removed = 0;
     let listing = fs::read_dir(tmp_root).ctx(|| format!("listing {}", tmp_root.display()))?;
@@ -87,63 +90,110 @@ pub(crate) fn sweep_dead_temp_dirs(tmp_root: &Path) -> Result<u64> {
         let entry = entry.ctx(|| format!("listing {}", tmp_root.display()))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Ok(kind) = entry.file_type() else {
+        let being_set_up = if name.starts_with(PROC_PREFIX) {
+            false
+        } else if name.starts_with(NEW_PREFIX) {
+            true
+        } else {
             continue;
         };
-        if !kind.is_dir() {
-            continue;
-        }
-        let dir = entry.path();
-        if name.starts_with(PROC_PREFIX) {
-            removed += sweep_if_dead(&dir, false)?;
-        } else if name.starts_with(NEW_PREFIX) {
-            removed += sweep_if_dead(&dir, true)?;
+        match sweep_if_dead(tmp_root, name, being_set_up) {
+            Ok(n) => removed += n,
+            Err(e) => tracing::warn!("temp directory {name} not swept: {e}"),
         }
     }
     Ok(removed)
 }
 
-/// Removes `dir` with its files if its lock is free (or missing): its
-/// owner is dead. A `new.*` directory must also be past its setup time.
-fn sweep_if_dead(dir: &Path, being_set_up: bool) -> Result<u64> {
+/// Removes `tmp_root/name` with its files if its lock is free (or
+/// missing): its owner is dead. A `new.*` directory must also be past
+/// its setup time. Everything is opened relative to the directory's own
+/// descriptor without following links, and the lock without blocking, so
+/// a link or FIFO planted in `.tmp/` can neither redirect the removal nor
+/// stall it.
+fn sweep_if_dead(tmp_root: &Path, name: &str, being_set_up: bool) -> std::io::Result<u64> {
+    use rustix::fs::{AtFlags, Mode, OFlags, openat, statat, unlinkat};
+    use rustix::io::Errno;
+    let gone = |e: Errno| e == Errno::NOENT;
+    let root = openat(
+        rustix::fs::CWD,
+        tmp_root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let dir = match openat(
+        &root,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) if gone(e) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
     if being_set_up {
-        let old = fs::metadata(dir)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > SETUP_GRACE);
+        let stat = rustix::fs::fstat(&dir)?;
+        let modified = std::time::UNIX_EPOCH + Duration::from_secs(stat.st_mtime.max(0) as u64);
+        let old = SystemTime::now()
+            .duration_since(modified)
+            .is_ok_and(|age| age > SETUP_GRACE);
         if !old {
             return Ok(0);
         }
     }
     // Held for the whole removal: a lock that is ours cannot be anyone's.
-    let _lock = match File::open(dir.join(LOCK_NAME)) {
-        Ok(lock) => {
-            if !try_exclusive(&lock, &format!("temp directory {}", dir.display()))? {
+    let _lock = match openat(
+        &dir,
+        LOCK_NAME,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            if !rustix::fs::fstat(&fd)
+                .is_ok_and(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_file())
+            {
+                return Err(std::io::Error::other("its lock is not a regular file"));
+            }
+            let lock = File::from(fd);
+            if !try_exclusive(&lock, name).map_err(std::io::Error::other)? {
                 return Ok(0);
             }
             Some(lock)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).ctx(|| format!("opening the lock of {}", dir.display())),
+        Err(e) if gone(e) => None,
+        Err(e) => return Err(e.into()),
     };
     let mut removed = 0;
-    for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
-        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-        if entry.file_name() == LOCK_NAME {
-            continue;
-        }
-        match fs::remove_file(entry.path()) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).ctx(|| format!("removing {}", entry.path().display())),
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." && n != LOCK_NAME.as_bytes() {
+            names.push(entry.file_name().to_owned());
         }
     }
-    let _ = fs::remove_file(dir.join(LOCK_NAME));
-    match fs::remove_dir(dir) {
+    for n in names {
+        // Only files: a directory planted here is left alone.
+        match statat(&dir, &n, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => continue,
+            Err(e) if gone(e) => continue,
+            _ => {}
+        }
+        match unlinkat(&dir, &n, AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(e) if gone(e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match unlinkat(&dir, LOCK_NAME, AtFlags::empty()) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).ctx(|| format!("removing {}", dir.display())),
+        Err(e) if gone(e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match unlinkat(&root, name, AtFlags::REMOVEDIR) {
+        Ok(()) => {}
+        Err(e) if gone(e) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(removed)
 }

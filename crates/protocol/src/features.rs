@@ -19,9 +19,17 @@ impl Features {
     /// keyed digests it cannot check, and SealSnapshot. Needs
     /// [`Features::ENCODED_CHUNKS`].
     pub const ENCRYPTION: Features = Features(1 << 2);
+    /// CloseSnapshot: the client closes each snapshot it wrote and hears
+    /// its final state, durable, before it reports the backup done; without
+    /// it the connection's end closes them, unanswered.
+    pub const CLOSE_SNAPSHOT: Features = Features(1 << 3);
     /// What this version of hoard implements.
-    pub const SUPPORTED: Features =
-        Features(Features::EXTENSIONS.0 | Features::ENCODED_CHUNKS.0 | Features::ENCRYPTION.0);
+    pub const SUPPORTED: Features = Features(
+        Features::EXTENSIONS.0
+            | Features::ENCODED_CHUNKS.0
+            | Features::ENCRYPTION.0
+            | Features::CLOSE_SNAPSHOT.0,
+    );
     pub const NONE: Features = Features(0);
 
     pub fn contains(self, other: Features) -> bool {

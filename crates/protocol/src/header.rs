@@ -29,6 +29,9 @@ pub enum PacketType {
     Authenticate = 69,
     /// Version 2, feature ENCRYPTION: a snapshot's manifest seal.
     SealSnapshot = 70,
+    /// Version 2, feature CLOSE_SNAPSHOT: the client's last word on a
+    /// snapshot, answered once its final state is durable.
+    CloseSnapshot = 71,
 }
 
 /// Which side of a connection may send a packet type.
@@ -62,6 +65,7 @@ impl PacketType {
             68 => IndexPart,
             69 => Authenticate,
             70 => SealSnapshot,
+            71 => CloseSnapshot,
             _ => return None,
         })
     }
@@ -83,7 +87,7 @@ impl PacketType {
             | IndexPart => Sender::Server,
             GetHashList | DownloadChunks | UploadChunk | CreateBackup | BackupDataFixed
             | BackupDataDynamic | BackupFinished | ListSnapshots | FileAttributes | GetIndex
-            | Authenticate | SealSnapshot => Sender::Client,
+            | Authenticate | SealSnapshot | CloseSnapshot => Sender::Client,
         }
     }
 }
@@ -150,7 +154,7 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_and_others_are_unknown() {
-        let known: Vec<u8> = (0..=12u8).chain(64..=70).collect();
+        let known: Vec<u8> = (0..=12u8).chain(64..=71).collect();
         for v in 0..=255u8 {
             match PacketType::from_u8(v) {
                 Some(t) => {

@@ -91,6 +91,12 @@ pub enum Message {
         mac: [u8; SEAL_MAC_SIZE],
         body: Bytes,
     },
+    /// Version 2, feature CLOSE_SNAPSHOT: closes a snapshot this
+    /// connection writes; the server answers Ok once it is stored
+    /// complete, or Error naming why it is not.
+    CloseSnapshot {
+        snapshot: String,
+    },
 }
 
 /// A credential on the wire; its `Debug` never shows it, so no log line
@@ -360,6 +366,7 @@ impl Message {
             IndexPart(_) => PacketType::IndexPart,
             Authenticate { .. } => PacketType::Authenticate,
             SealSnapshot { .. } => PacketType::SealSnapshot,
+            CloseSnapshot { .. } => PacketType::CloseSnapshot,
         }
     }
 
@@ -377,6 +384,9 @@ impl Message {
             PacketType::Hello => decode_hello(p)?,
             PacketType::Authenticate => decode_authenticate(p)?,
             PacketType::SealSnapshot => decode_seal(&mut payload)?,
+            PacketType::CloseSnapshot => Message::CloseSnapshot {
+                snapshot: decode_path("CloseSnapshot", p)?,
+            },
             PacketType::Ok => {
                 exact("Ok", "0 bytes", 0, p)?;
                 Message::Ok
@@ -497,7 +507,8 @@ impl Message {
             Message::Error { message, .. } => 1 + message.len(),
             Message::GetHashList { path }
             | Message::BackupCreated { path }
-            | Message::GetIndex { path } => 2 + path.len(),
+            | Message::GetIndex { path }
+            | Message::CloseSnapshot { snapshot: path } => 2 + path.len(),
             Message::Chunk { .. } => 8 + DIGEST_SIZE,
             Message::UploadChunk { .. } => DIGEST_SIZE,
             Message::CreateBackup(c) => c.encoded_len(),
@@ -551,7 +562,8 @@ impl Message {
             }
             Message::GetHashList { path }
             | Message::BackupCreated { path }
-            | Message::GetIndex { path } => {
+            | Message::GetIndex { path }
+            | Message::CloseSnapshot { snapshot: path } => {
                 let len = u16::try_from(path.len()).expect("path longer than 65535 bytes");
                 out.put_u16_le(len);
                 out.put_slice(path.as_bytes());

@@ -84,6 +84,17 @@ fn authenticate() {
 }
 
 #[test]
+fn close_snapshot() {
+    golden(
+        3,
+        Message::CloseSnapshot {
+            snapshot: "vm/1/x".into(),
+        },
+        "03 47 0e000000 0600 766d2f312f78",
+    );
+}
+
+#[test]
 fn seal_snapshot() {
     let mac = [0xabu8; 32];
     golden(

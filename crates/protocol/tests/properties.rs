@@ -61,6 +61,7 @@ fn message() -> impl Strategy<Value = Message> {
                 body,
             }
         }),
+        ".{0,60}".prop_map(|snapshot| Message::CloseSnapshot { snapshot }),
         Just(Message::Ok),
         (any::<bool>(), ".{0,100}").prop_map(|(busy, message)| Message::Error {
             id: if busy {

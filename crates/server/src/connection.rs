@@ -426,6 +426,15 @@ impl Connection {
                 )
                 .await;
         }
+        if ty == PacketType::CloseSnapshot && !self.features.contains(Features::CLOSE_SNAPSHOT) {
+            return self
+                .fail(
+                    stream,
+                    "CloseSnapshot needs the close-snapshot feature, which this session did not ask for"
+                        .into(),
+                )
+                .await;
+        }
         if let Err(denied) = self.authorize(&msg) {
             return self
                 .fail_with(stream, ErrorId::Denied, denied.to_string())
@@ -449,6 +458,7 @@ impl Connection {
                 mac,
                 body,
             } => self.seal_snapshot(stream, snapshot, mac, body).await,
+            Message::CloseSnapshot { snapshot } => self.close_snapshot(stream, snapshot).await,
             Message::Authenticate { .. } => {
                 self.fail(stream, "the session is authenticated already".into())
                     .await

@@ -135,13 +135,22 @@ impl Server {
 
     /// Kills the server with SIGKILL (a crash: nothing is cleaned up) and
     /// starts a new one on the same datastore and state directory.
-    pub fn kill_and_restart(mut self) -> Server {
-        self.child.kill().unwrap();
+    pub fn kill_and_restart(self) -> Server {
+        self.restart_with(&[])
+    }
+
+    /// Kills the server with SIGKILL if it still runs, and starts a new
+    /// one on the same datastore and state directory with `env` set.
+    pub fn restart_with(mut self, env: &[(&str, String)]) -> Server {
+        let _ = self.child.kill();
         self.child.wait().unwrap();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let token = self.token.clone();
         drop(self);
-        let cmd = serve_command(dir.path(), "admin", &[]);
+        let mut cmd = serve_command(dir.path(), "admin", &[]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         Self::spawn_with_token(cmd, dir, token)
     }
 
@@ -215,7 +224,12 @@ impl Server {
     /// A raw version 2 connection on the TLS listener, authenticated
     /// with `token`; panics unless the server answers Ok.
     pub fn connect_v2(&self, token: &str) -> Conn {
-        let mut c = self.try_connect_v2(token);
+        self.connect_v2_with(token, Features::EXTENSIONS)
+    }
+
+    /// An authenticated version 2 connection that chose `features`.
+    pub fn connect_v2_with(&self, token: &str, features: Features) -> Conn {
+        let mut c = self.try_connect_v2_with(token, features);
         match c.recv() {
             (0, Message::Ok) => c,
             other => panic!("authentication failed: {other:?}"),
@@ -225,6 +239,10 @@ impl Server {
     /// A version 2 connection that has sent Authenticate with `token`;
     /// the caller reads the answer.
     pub fn try_connect_v2(&self, token: &str) -> Conn {
+        self.try_connect_v2_with(token, Features::EXTENSIONS)
+    }
+
+    fn try_connect_v2_with(&self, token: &str, chosen: Features) -> Conn {
         let mut c = Conn::connect_tls(&self.addr, &self.fingerprint, &[b"hoard/2"]);
         match c.recv() {
             (
@@ -241,7 +259,7 @@ impl Server {
         c.send(
             0,
             &Message::Authenticate {
-                features: Features::EXTENSIONS,
+                features: chosen,
                 token: Secret(token.into()),
             },
         );

@@ -1,7 +1,7 @@
 //! CreateBackup, BackupDataFixed, BackupDataDynamic, BackupFinished: one
 //! file of a snapshot, written on its own stream.
 
-use hoard_datastore::{ChunkStore, FileKind, FileWriter, FsTime};
+use hoard_datastore::{ChunkStore, FileKind, FileWriter, FsTime, SnapshotState};
 use hoard_protocol::{CreateBackup, DynamicEntryList, ErrorId, FixedEntryList, Message};
 use hoard_types::{BackupGroup, Digest, SnapshotPath, SourceAttributes};
 use tokio::task::block_in_place;
@@ -133,6 +133,51 @@ impl Connection {
         };
         match block_in_place(|| open.writer.seal(seal)) {
             Ok(()) => self.send(stream, Message::Ok).await,
+            Err(e) => self.fail_ds(stream, e).await,
+        }
+    }
+
+    /// CloseSnapshot: closes a snapshot this connection writes, once none
+    /// of its files is open on a stream, and answers Ok only once it is
+    /// stored complete. A client that heard that Ok may report the backup
+    /// done: no crash can make the snapshot incomplete any more.
+    pub(crate) async fn close_snapshot(&mut self, stream: u8, snapshot: String) -> Flow {
+        let Ok(path) = snapshot.parse::<SnapshotPath>() else {
+            return self
+                .fail(
+                    stream,
+                    format!("CloseSnapshot names {snapshot:?}, not a snapshot"),
+                )
+                .await;
+        };
+        if !self.snapshots.contains_key(&path) {
+            return self
+                .fail(
+                    stream,
+                    format!("CloseSnapshot for {path}, which this connection does not write"),
+                )
+                .await;
+        }
+        let busy = self.streams.iter().find_map(|(s, st)| match st {
+            Stream::Backup(b) if b.snapshot == path => Some(*s),
+            _ => None,
+        });
+        if let Some(s) = busy {
+            return self
+                .fail(
+                    stream,
+                    format!("{path} has a file open on stream {s}: finish it first"),
+                )
+                .await;
+        }
+        let open = self.snapshots.remove(&path).expect("checked above");
+        match block_in_place(|| open.writer.close()) {
+            Ok(SnapshotState::Complete) => self.send(stream, Message::Ok).await,
+            Ok(_) => {
+                let why = "it has no file, a file of it was started and not finished, or it is encrypted and not sealed";
+                self.fail(stream, format!("{path} is not complete: {why}"))
+                    .await
+            }
             Err(e) => self.fail_ds(stream, e).await,
         }
     }
