@@ -318,7 +318,8 @@ impl ChunkStore {
             // The new file's mtime is its write time, after `since`.
             tmp.rename(&path)?;
         }
-        crate::failpoint::hit("chunk", "renamed");
+        crate::failpoint::write_step("chunk", "renamed")
+            .ctx(|| format!("syncing the directory of chunk {digest}"))?;
         fsync_dir(path.parent().unwrap_or(&self.base))?;
         Ok(Inserted::New)
     }
@@ -612,6 +613,7 @@ fn read_file(file: &File, digest: &Digest) -> Result<Vec<u8>> {
     let mut f = file;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))
         .and_then(|_| std::io::Read::take(f, len as u64).read_to_end(&mut data))
+        .and_then(|_| crate::failpoint::read_step("chunk", &mut data))
         .ctx(|| format!("reading chunk {digest}"))?;
     if data.len() != len {
         return Err(Error::ChunkCorrupt {

@@ -102,12 +102,14 @@ impl TempFile {
         self.sync()?;
         let kind = self.kind.clone();
         self.rename(dest)?;
-        failpoint::hit(&kind, "renamed");
+        failpoint::write_step(&kind, "renamed")
+            .ctx(|| format!("syncing the directory of {}", dest.display()))?;
         fsync_dir(dest.parent().unwrap_or(Path::new(".")))
     }
 
     pub fn sync(&self) -> Result<()> {
-        failpoint::hit(&self.kind, "sync");
+        failpoint::write_step(&self.kind, "sync")
+            .ctx(|| format!("syncing {}", self.path.display()))?;
         self.file
             .sync_all()
             .ctx(|| format!("syncing {}", self.path.display()))
@@ -116,7 +118,8 @@ impl TempFile {
     /// Renames to `dest`; the caller has synced the file and syncs the
     /// directory.
     pub fn rename(mut self, dest: &Path) -> Result<()> {
-        failpoint::hit(&self.kind, "rename");
+        failpoint::write_step(&self.kind, "rename")
+            .ctx(|| format!("renaming to {}", dest.display()))?;
         fs::rename(&self.path, dest).ctx(|| format!("renaming to {}", dest.display()))?;
         self.persisted = true;
         Ok(())

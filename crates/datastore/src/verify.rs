@@ -434,6 +434,7 @@ fn check_chunks(
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let encrypted = AtomicU64::new(0);
+    let transient: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let results: Mutex<Vec<Option<std::result::Result<Checked, ChunkProblem>>>> =
         Mutex::new(vec![None; digests.len()]);
     std::thread::scope(|s| {
@@ -446,7 +447,20 @@ fn check_chunks(
                         break;
                     }
                     let (digest, class) = digests[i];
-                    let r = ds.chunks().check(&digest, class);
+                    let mut r = ds.chunks().check(&digest, class);
+                    // Read again before condemning: a read that failed
+                    // or came back wrong once (a flaky cable, a transient
+                    // I/O error) is no damage if the next one is right.
+                    if let Err(first @ (ChunkProblem::Corrupt(_) | ChunkProblem::Unreadable(_))) = &r
+                    {
+                        let again = ds.chunks().check(&digest, class);
+                        if again.is_ok() {
+                            transient.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
+                                "chunk {digest}: {first} on a first read, right on the second: a transient read error"
+                            ));
+                            r = again;
+                        }
+                    }
                     if let Ok(c) = r {
                         bytes.fetch_add(c.size, Ordering::Relaxed);
                         if c.class == ChunkClass::Encrypted {
@@ -466,6 +480,9 @@ fn check_chunks(
     report.chunks_checked += digests.len() as u64;
     report.bytes_checked += bytes.into_inner();
     report.chunks_encrypted += encrypted.into_inner();
+    report
+        .notes
+        .extend(transient.into_inner().unwrap_or_else(|p| p.into_inner()));
     results
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
