@@ -959,6 +959,33 @@ fn close_snapshot_answers_once_the_snapshot_is_stored_complete() {
     c.expect_error(4, "");
     close(&mut c, 1, "vm/101/2019-04-23T12:23:36Z");
     c.expect_error(1, "is not complete");
+    // A session that chose the feature and ends without closing a
+    // snapshot leaves it incomplete, though its one file is finished: it
+    // may have meant to add more.
+    let mut cut = server.connect_v2_with(&server.token, chosen);
+    cut.send(
+        1,
+        &create(
+            BackupType::Vm,
+            "102",
+            T0,
+            BackupFlags::RAW,
+            "d.img",
+            4096,
+            4096,
+        ),
+    );
+    expect_created(&mut cut, 1);
+    let d = upload(&mut cut, 1, &[8u8; 4096]);
+    cut.send(1, &fixed(&[(0, d)]));
+    cut.send(1, &Message::BackupFinished);
+    cut.expect_ok(1);
+    cut.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(cut.closed());
+    assert_eq!(
+        manifest("vm/102/2019-04-23T12:23:36Z")["state"],
+        "incomplete"
+    );
     // A session that did not choose the feature may not send it.
     let mut plain = server.connect_v2(&server.token);
     close(&mut plain, 1, snap);

@@ -948,8 +948,21 @@ impl SnapshotWriter {
     /// Releases the snapshot. It is complete if every file started under
     /// this lock was finished. A snapshot that ends with no file at all
     /// is removed again.
-    pub fn close(mut self) -> Result<SnapshotState> {
-        let all_done = self.started.iter().all(|n| self.manifest.file(n).is_some())
+    pub fn close(self) -> Result<SnapshotState> {
+        self.close_as(true)
+    }
+
+    /// Releases a snapshot whose writer promised to confirm its end and
+    /// did not (a version 2 session with CloseSnapshot that went away):
+    /// whatever it finished, it may have meant to add more, so it is
+    /// incomplete, never a complete snapshot missing files.
+    pub fn close_unconfirmed(self) -> Result<SnapshotState> {
+        self.close_as(false)
+    }
+
+    fn close_as(mut self, may_complete: bool) -> Result<SnapshotState> {
+        let all_done = may_complete
+            && self.started.iter().all(|n| self.manifest.file(n).is_some())
             && (!self.manifest.encrypted || self.manifest.seal.is_some());
         if self.manifest.files.is_empty() {
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));

@@ -649,10 +649,18 @@ impl Connection {
         }
         let snapshots: Vec<OpenSnapshot> = self.snapshots.drain().map(|(_, s)| s).collect();
         let peer = self.peer;
+        // A session that chose CloseSnapshot closes what it finished; one
+        // still open here was cut off, whatever its files say.
+        let confirms = self.features.contains(Features::CLOSE_SNAPSHOT);
         let closed = tokio::task::spawn_blocking(move || {
             for s in snapshots {
                 let path = s.writer.path().clone();
-                match s.writer.close() {
+                let closed = if confirms {
+                    s.writer.close_unconfirmed()
+                } else {
+                    s.writer.close()
+                };
+                match closed {
                     Ok(state) => info!(%peer, "snapshot {path} closed: {state:?}"),
                     Err(e) => warn!(%peer, "closing snapshot {path}: {e}"),
                 }
