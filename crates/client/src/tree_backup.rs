@@ -59,11 +59,14 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 const WALKER_STACK: usize = 64 << 20;
 /// Read buffer for file contents.
 const READ_BUF: usize = 1 << 20;
-/// Dead bytes the data stream may carry in reused chunks, as a share of
-/// the bytes its files refer to. At 0.1 an archive stays within about
-/// 1.1x its payloads (plus at most a chunk per run's tail), however many
-/// incrementals it descends from.
-const MAX_PADDING: f64 = 0.1;
+/// Bytes the data stream may carry beyond its payloads (dead bytes in
+/// reused chunks, and chunks spliced twice at a seam), as a share of the
+/// bytes its files refer to: an archive stays within about 1.2x its
+/// payloads however many incrementals it descends from.
+const MAX_PADDING: f64 = 0.2;
+/// Of those, the bytes a full restore downloads and throws away (a chunk
+/// spliced twice at a seam is downloaded once): at most about 0.1.
+const MAX_DEAD: f64 = 0.1;
 
 /// One tree to back up.
 #[derive(Debug, Clone)]
@@ -266,6 +269,8 @@ pub(crate) async fn backup_tree(
         progress,
         buf: vec![0u8; READ_BUF],
         live: 0,
+        dead: 0,
+        flushed: None,
         large_file: opts.avg_chunk as u64,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -374,6 +379,21 @@ struct SpliceStep {
     gap: u64,
     /// Bytes of its last chunk after it.
     tail: u64,
+    /// Dead bytes for a restore: the gap, and the end of the previous run
+    /// unless this one starts in that run's last chunk right after it
+    /// (a seam: the restore downloads that chunk once for both).
+    restore_gap: u64,
+}
+
+/// The end of the last run written: its last chunk, where its last
+/// payload ends there, the dead bytes after it, and where the run ended
+/// in the new stream.
+#[derive(Clone, Copy)]
+struct Flushed {
+    last: usize,
+    cursor: u64,
+    tail: u64,
+    end: u64,
 }
 
 /// The first name under which a multiply-linked file was stored.
@@ -401,6 +421,10 @@ struct Walker {
     /// Payload bytes the data stream's entries refer to so far (the
     /// padding budget's base).
     live: u64,
+    /// Bytes of reused chunks a full restore would download for nothing.
+    dead: u64,
+    /// The last run written, until the next run starts.
+    flushed: Option<Flushed>,
     report: TreeReport,
     progress: Arc<Progress>,
     buf: Vec<u8>,
@@ -721,12 +745,37 @@ impl Walker {
             }
             _ => (false, at - prev.start(first)),
         };
+        // The run this one follows: the current one (flushed when this
+        // starts, nothing between them) or the last one written.
+        let before = match &self.run {
+            Some(run) => Some(Flushed {
+                last: run.last,
+                cursor: run.cursor,
+                tail: prev.ends[run.last].saturating_sub(run.cursor),
+                end: self.data.offset(),
+            }),
+            None => self.flushed,
+        };
+        let restore_gap = match before {
+            _ if extends => gap,
+            // Near enough that the restore still holds that chunk.
+            Some(b)
+                if first == b.last
+                    && at >= b.cursor
+                    && self.data.offset() - b.end <= 2 * self.large_file =>
+            {
+                at - b.cursor
+            }
+            Some(b) => b.tail + gap,
+            None => gap,
+        };
         SpliceStep {
             first,
             last,
             extends,
             gap,
             tail: prev.ends[last].saturating_sub(at + len),
+            restore_gap,
         }
     }
 
@@ -745,10 +794,11 @@ impl Walker {
         let step = self.splice_step(at, len);
         // The current run's tail is not counted: reading the file instead
         // ends the run too.
-        let own = (step.gap + step.tail) as f64 <= MAX_PADDING * len as f64;
-        let stream =
-            (self.report.padding_bytes + step.gap) as f64 <= MAX_PADDING * (self.live + len) as f64;
-        own || stream
+        let own = (step.gap + step.tail) as f64 <= MAX_DEAD * len as f64;
+        let base = (self.live + len) as f64;
+        let stream = (self.report.padding_bytes + step.gap) as f64 <= MAX_PADDING * base;
+        let restore = (self.dead + step.restore_gap) as f64 <= MAX_DEAD * base;
+        own || (stream && restore)
     }
 
     /// Splices the previous payload `at .. at + len` into the data stream;
@@ -756,6 +806,7 @@ impl Walker {
     fn splice(&mut self, at: u64, len: u64) -> WalkResult<u64> {
         let step = self.splice_step(at, len);
         self.report.padding_bytes += step.gap;
+        self.dead += step.restore_gap;
         self.live += len;
         match &mut self.run {
             Some(run) if step.extends => {
@@ -771,6 +822,8 @@ impl Walker {
                     cursor: at + len,
                     new_start: self.data.offset(),
                 });
+                // The run before was accounted for in `restore_gap`.
+                self.flushed = None;
             }
         }
         let run = self.run.as_ref().expect("set above");
@@ -783,13 +836,20 @@ impl Walker {
         if let Some(run) = self.run.take() {
             let prev = &self.previous.as_ref().expect("a run needs a base").data;
             // The bytes after its last payload are dead too.
-            self.report.padding_bytes += prev.ends[run.last].saturating_sub(run.cursor);
+            let tail = prev.ends[run.last].saturating_sub(run.cursor);
+            self.report.padding_bytes += tail;
             let pieces: Vec<(Digest, u64)> = (run.first..=run.last)
                 .map(|i| (prev.digests[i], prev.ends[i] - prev.start(i)))
                 .collect();
             for (digest, size) in pieces {
                 self.data.splice(digest, size)?;
             }
+            self.flushed = Some(Flushed {
+                last: run.last,
+                cursor: run.cursor,
+                tail,
+                end: self.data.offset(),
+            });
         }
         Ok(())
     }
