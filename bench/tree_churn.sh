@@ -8,7 +8,8 @@
 #   bench/tree_churn.sh [DIR] [HOARD_BINARY]   (default: a new directory
 #                                                in /tmp, target/release/hoard)
 #
-# Prints one line per backup and the restore's line. A second binary
+# Prints one line per backup and the restore's line. CHUNK_SIZE=256K
+# backs up with that average chunk size instead of the default. A second binary
 # (an older build) run on a copy of the same DIR gives the figures before
 # a change.
 set -euo pipefail
@@ -36,6 +37,7 @@ for round in $(seq 0 10); do
     sync
     t0=$(date +%s.%N)
     "$hoard" backup -q --type host --id churn --time "2026-01-01T00:$(printf %02d "$round"):00Z" \
+        ${CHUNK_SIZE:+--chunk-size "$CHUNK_SIZE"} \
         --output-format json root="$dir/work/tree" >"$dir/hoard/report.json"
     secs=$(echo "$(date +%s.%N) - $t0" | bc)
     python3 - "$round" "$dir/hoard/report.json" "$secs" <<'EOF'
