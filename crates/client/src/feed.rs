@@ -81,6 +81,11 @@ impl ChunkFeed {
         }
     }
 
+    /// Bytes written since the last cut.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The stream offset the next byte will have.
     pub(crate) fn offset(&self) -> u64 {
         self.offset

@@ -870,7 +870,11 @@ impl Walker {
         let size = m.len();
         // A large file starts a chunk of its own, so its chunks are the
         // same wherever it lies in the tree (copies, moves, renames).
-        if size >= self.large_file {
+        // Small files share chunks of a quarter of the average, cut at a
+        // file's start: a changed one among them then costs its
+        // neighbours in a quarter-size chunk when reuse must drop the dead
+        // bytes (read again) or carry them, not in a full one.
+        if size >= self.large_file || self.data.pending_len() as u64 >= self.large_file / 4 {
             self.data.cut()?;
         }
         let extents = sparse_extents(&file, size, m);
