@@ -40,15 +40,9 @@ step "bupstash: first image backup" "$BUPSTASH_REPOSITORY" bupstash put image.ra
 # hoard: a server on a fresh datastore, an unprotected key.
 rm -rf "$dir/hoard"
 mkdir -p "$dir/hoard"
-token=$("$hoard" token create bench --role admin --state-dir "$dir/hoard/state")
 "$hoard" key create --no-passphrase "$dir/hoard/key.json" >/dev/null 2>&1
-"$hoard" serve --listen 127.0.0.1:0 --datastore "$dir/hoard/ds" --state-dir "$dir/hoard/state" \
-    >"$dir/hoard/log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q serving "$dir/hoard/log" && break; sleep 0.1; done
-export HOARD_SERVER=$(grep serving "$dir/hoard/log" | awk '{print $NF}')
-export HOARD_FINGERPRINT=$(grep -i fingerprint "$dir/hoard/log" | head -1 | awk '{print $NF}')
-export HOARD_TOKEN=$token HOARD_KEY="$dir/hoard/key.json"
+. "$here/hoard_server.sh"
+start_hoard_server "$hoard" "$dir/hoard"
+export HOARD_KEY="$dir/hoard/key.json"
 step "hoard: first tree backup" "$dir/hoard/ds" "$hoard" backup -q --type host --id tree root=tree
 step "hoard: first image backup" "$dir/hoard/ds" "$hoard" backup -q --type vm --id img image.raw=image.raw

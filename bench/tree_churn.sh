@@ -21,16 +21,8 @@ hoard=${2:-"$here/../target/release/hoard"}
 # The mutations are applied to a copy, so DIR can be reused.
 rm -rf "$dir/work" "$dir/hoard"
 cp -a "$dir/data" "$dir/work"
-mkdir -p "$dir/hoard"
-token=$("$hoard" token create bench --role admin --state-dir "$dir/hoard/state")
-"$hoard" serve --listen 127.0.0.1:0 --datastore "$dir/hoard/ds" --state-dir "$dir/hoard/state" \
-    >"$dir/hoard/log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q serving "$dir/hoard/log" && break; sleep 0.1; done
-export HOARD_SERVER=$(grep serving "$dir/hoard/log" | awk '{print $NF}')
-export HOARD_FINGERPRINT=$(grep -i fingerprint "$dir/hoard/log" | head -1 | awk '{print $NF}')
-export HOARD_TOKEN=$token
+. "$here/hoard_server.sh"
+start_hoard_server "$hoard" "$dir/hoard"
 
 for round in $(seq 0 10); do
     [ "$round" -gt 0 ] && python3 "$gen" mutate "$dir/work" --round "$round" >/dev/null 2>&1

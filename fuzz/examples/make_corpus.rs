@@ -181,20 +181,7 @@ fn dynamic_file(name: &str, file_size: u64, chunk_count: u64) -> ManifestFile {
 
 fn sealed(m: &mut Manifest, key: &Key, recovery: Option<Vec<u8>>) {
     let snap: SnapshotPath = m.snapshot.parse().expect("a snapshot path");
-    let files = m
-        .files
-        .iter()
-        .map(|f| SealedFile {
-            name: f.name.clone(),
-            kind: f.kind,
-            raw: f.raw,
-            file_size: f.file_size,
-            chunk_size: f.chunk_size,
-            chunk_count: f.chunk_count,
-            index_csum: f.index_csum.clone(),
-            source: f.source,
-        })
-        .collect();
+    let files = m.files.iter().map(SealedFile::of).collect();
     let (_, mac, body) = seal::make(key, &snap, files, recovery);
     m.encrypted = true;
     m.seal = Some(Seal {

@@ -54,7 +54,7 @@ impl SealedFile {
 
     /// A manifest entry as a seal records it (all but the server's
     /// index id).
-    fn of(f: &ManifestFile) -> SealedFile {
+    pub fn of(f: &ManifestFile) -> SealedFile {
         SealedFile {
             name: f.name.clone(),
             kind: f.kind,

@@ -473,10 +473,13 @@ impl Plan<'_> {
                 }
             }
             Kind::Hardlink { target, .. } if depth > 0 && inside(&self.prefix, target) => {}
-            Kind::Hardlink { .. } if depth > 0 => {
-                let (at, len, _) = e.payload().expect("hard links have payloads");
-                if self.refs.outside_link(rel, at, len)? == Outside::Copy {
-                    self.payload(at, len);
+            Kind::Hardlink {
+                payload: at,
+                payload_len: len,
+                ..
+            } if depth > 0 => {
+                if self.refs.outside_link(rel, *at, *len)? == Outside::Copy {
+                    self.payload(*at, *len);
                     self.bytes += e.size;
                 }
             }
@@ -780,13 +783,16 @@ impl Restorer {
             // A hard link out of the subtree is a copy, once per payload
             // (archive_refs); the plan made the same choice.
             let mut link_to_copy = None;
-            if let Kind::Hardlink { target, .. } = &child.kind
+            if let Kind::Hardlink {
+                target,
+                payload: at,
+                payload_len: len,
+                ..
+            } = &child.kind
                 && !inside(&self.prefix, target)
+                && let Outside::LinkTo(copy) = self.refs.outside_link(&child_rel, *at, *len)?
             {
-                let (at, len, _) = child.payload().expect("hard links have payloads");
-                if let Outside::LinkTo(copy) = self.refs.outside_link(&child_rel, at, len)? {
-                    link_to_copy = Some(copy);
-                }
+                link_to_copy = Some(copy);
             }
             let pooled = match &child.kind {
                 Kind::File { .. } => child.size <= POOLED_FILE,

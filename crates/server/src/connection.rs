@@ -407,31 +407,20 @@ impl Connection {
             );
             return self.fail_with(stream, ErrorId::Busy, msg).await;
         }
-        if ty.is_extension() && !self.features.contains(Features::EXTENSIONS) {
+        // Packets a session may send only with the feature it chose.
+        let needs = match ty {
+            PacketType::SealSnapshot => Some((Features::ENCRYPTION, "encryption")),
+            PacketType::CloseSnapshot => Some((Features::CLOSE_SNAPSHOT, "close-snapshot")),
+            _ if ty.is_extension() => Some((Features::EXTENSIONS, "extensions")),
+            _ => None,
+        };
+        if let Some((feature, name)) = needs
+            && !self.features.contains(feature)
+        {
             return self
                 .fail(
                     stream,
-                    format!(
-                        "{ty:?} needs the extensions feature, which this session did not ask for"
-                    ),
-                )
-                .await;
-        }
-        if ty == PacketType::SealSnapshot && !self.features.contains(Features::ENCRYPTION) {
-            return self
-                .fail(
-                    stream,
-                    "SealSnapshot needs the encryption feature, which this session did not ask for"
-                        .into(),
-                )
-                .await;
-        }
-        if ty == PacketType::CloseSnapshot && !self.features.contains(Features::CLOSE_SNAPSHOT) {
-            return self
-                .fail(
-                    stream,
-                    "CloseSnapshot needs the close-snapshot feature, which this session did not ask for"
-                        .into(),
+                    format!("{ty:?} needs the {name} feature, which this session did not ask for"),
                 )
                 .await;
         }

@@ -106,27 +106,18 @@ impl Connection {
         mac: [u8; 32],
         body: bytes::Bytes,
     ) -> Flow {
-        let Ok(path) = snapshot.parse::<SnapshotPath>() else {
-            return self
-                .fail(
-                    stream,
-                    format!("SealSnapshot names {snapshot:?}, not a snapshot"),
-                )
-                .await;
+        let Some(path) = self.own_snapshot(stream, "SealSnapshot", &snapshot).await? else {
+            return Ok(());
         };
         let Ok(body) = String::from_utf8(body.to_vec()) else {
             return self
                 .fail(stream, "SealSnapshot's body is not UTF-8".into())
                 .await;
         };
-        let Some(open) = self.snapshots.get_mut(&path) else {
-            return self
-                .fail(
-                    stream,
-                    format!("SealSnapshot for {path}, which this connection does not write"),
-                )
-                .await;
-        };
+        let open = self
+            .snapshots
+            .get_mut(&path)
+            .expect("own_snapshot checked it");
         let seal = hoard_datastore::Seal {
             mac: hex::encode(mac),
             body,
@@ -142,22 +133,12 @@ impl Connection {
     /// stored complete. A client that heard that Ok may report the backup
     /// done: no crash can make the snapshot incomplete any more.
     pub(crate) async fn close_snapshot(&mut self, stream: u8, snapshot: String) -> Flow {
-        let Ok(path) = snapshot.parse::<SnapshotPath>() else {
-            return self
-                .fail(
-                    stream,
-                    format!("CloseSnapshot names {snapshot:?}, not a snapshot"),
-                )
-                .await;
+        let Some(path) = self
+            .own_snapshot(stream, "CloseSnapshot", &snapshot)
+            .await?
+        else {
+            return Ok(());
         };
-        if !self.snapshots.contains_key(&path) {
-            return self
-                .fail(
-                    stream,
-                    format!("CloseSnapshot for {path}, which this connection does not write"),
-                )
-                .await;
-        }
         let busy = self.streams.iter().find_map(|(s, st)| match st {
             Stream::Backup(b) if b.snapshot == path => Some(*s),
             _ => None,
@@ -170,7 +151,10 @@ impl Connection {
                 )
                 .await;
         }
-        let open = self.snapshots.remove(&path).expect("checked above");
+        let open = self
+            .snapshots
+            .remove(&path)
+            .expect("own_snapshot checked it");
         match block_in_place(|| open.writer.close()) {
             Ok(SnapshotState::Complete) => self.send(stream, Message::Ok).await,
             Ok(_) => {
@@ -180,6 +164,23 @@ impl Connection {
             }
             Err(e) => self.fail_ds(stream, e).await,
         }
+    }
+
+    /// The snapshot a `what` packet names, if this connection writes it;
+    /// answers Error and gives `None` if it names none, or another.
+    async fn own_snapshot(
+        &mut self,
+        stream: u8,
+        what: &str,
+        snapshot: &str,
+    ) -> Result<Option<SnapshotPath>, crate::connection::Closed> {
+        let problem = match snapshot.parse::<SnapshotPath>() {
+            Ok(path) if self.snapshots.contains_key(&path) => return Ok(Some(path)),
+            Ok(path) => format!("{what} for {path}, which this connection does not write"),
+            Err(_) => format!("{what} names {snapshot:?}, not a snapshot"),
+        };
+        self.fail(stream, problem).await?;
+        Ok(None)
     }
 
     /// Checks `stream` has a backup of `kind` open; answers Error if not.
