@@ -57,7 +57,7 @@ pub fn ds_error(e: hoard_datastore::Error) -> anyhow::Error {
     use hoard_datastore::Error as E;
     let code = match &e {
         E::NotADatastore(_) | E::NoDatastore(_) | E::SnapshotNotFound(_) | E::IndexNotFound(_) => 4,
-        E::Busy(_) | E::SnapshotBusy(_) => 5,
+        E::Busy(_) | E::SnapshotBusy(_) | E::InUse { .. } => 5,
         E::Unsafe(_) | E::IndexCorrupt { .. } | E::Manifest { .. } | E::ChunkCorrupt { .. } => 8,
         _ => 1,
     };

@@ -15,6 +15,7 @@ mod prune;
 mod restore;
 mod serve;
 mod snapshots;
+mod storage_args;
 mod token;
 mod verify;
 

@@ -54,6 +54,8 @@ pub struct ServeArgs {
     /// Seconds a packet may take to arrive whole.
     #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
     packet_timeout: f64,
+    #[command(flatten)]
+    storage: crate::storage_args::StorageArgs,
 }
 
 pub fn default_datastore() -> Result<PathBuf> {
@@ -83,7 +85,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(d) => d,
         None => default_datastore()?,
     };
-    let ds = Datastore::open_or_create(&dir)
+    let ds = Datastore::open_or_create_with(&dir, args.storage.backend())
         .with_context(|| format!("opening datastore {}", dir.display()))?;
     // What a killed server left: settled before anyone lists it.
     // Best effort: what cannot be settled now is left for GC.

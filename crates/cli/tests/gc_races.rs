@@ -72,7 +72,7 @@ fn stamp(t: u64) -> String {
 }
 
 fn exists(ds: &Datastore, d: &Digest) -> bool {
-    ds.chunks().chunk_path(d).exists()
+    stored::exists(ds, d)
 }
 
 fn keep_last(n: u32) -> KeepPolicy {

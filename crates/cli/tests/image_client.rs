@@ -662,19 +662,10 @@ fn damaged_chunk_fails_the_restore_and_leaves_no_target() {
     let a = dir.path().join("a.raw");
     make_image(&a, 4 * K64, 11, &[]);
     backup(&server, "1000", &[], &[("d.img", &a)]);
-    // Flip a byte in the payload of one stored chunk.
-    let chunk = common::walk(&server.datastore().join(".chunks"))
-        .into_iter()
-        .next()
-        .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&chunk)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    f.read_exact_at(&mut byte, 100).unwrap();
-    f.write_all_at(&[byte[0] ^ 1], 100).unwrap();
+    // Flip a bit in the payload of one stored chunk.
+    let ds = hoard_datastore::Datastore::open(&server.datastore()).unwrap();
+    let chunk = common::stored::digests(&ds)[0];
+    common::stored::damage(&ds, &chunk);
     let target = dir.path().join("out");
     let out = hoard(
         &server.addr,
@@ -686,7 +677,7 @@ fn damaged_chunk_fails_the_restore_and_leaves_no_target() {
         ],
     );
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    let name = chunk.file_name().unwrap().to_string_lossy().into_owned();
+    let name = chunk.to_hex();
     assert!(
         stderr(&out).contains(&name[..16]),
         "names the chunk: {}",

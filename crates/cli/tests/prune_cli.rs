@@ -43,7 +43,7 @@ fn row(s: &str, action: &str, reason: &str) -> (String, String, String) {
 #[test]
 fn dry_run_shows_every_decision_and_protect_keeps_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let ds = Datastore::open_or_create(&dir.path().join("ds")).unwrap();
+    let ds = common::new_datastore(&dir.path().join("ds"));
     let data = vec![5u8; 4096];
     // Two on Jan 1, one on Jan 2, two on Jan 3 (UTC).
     for t in [
@@ -123,7 +123,7 @@ fn dry_run_shows_every_decision_and_protect_keeps_a_snapshot() {
 #[test]
 fn refusals() {
     let dir = tempfile::tempdir().unwrap();
-    let ds = Datastore::open_or_create(&dir.path().join("ds")).unwrap();
+    let ds = common::new_datastore(&dir.path().join("ds"));
     make(&ds, 1_600_000_000, &[&[1u8; 4096]]);
     let (code, _, err) = run(&ds, &["prune"]);
     assert_eq!(code, 2);

@@ -1220,7 +1220,7 @@ fn a_damaged_base_is_read_around() {
             .open_index(&format!("host/h/{base}/root.hmeta.didx"))
             .unwrap();
         let lost = index.digests(chunk, 1).unwrap()[0];
-        std::fs::remove_file(ds.chunks().chunk_path(&lost)).unwrap();
+        common::stored::lose(&ds, &lost);
         let out = hoard(
             &server.addr,
             &[

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, hoard, make, stderr};
+use common::{Server, hoard, make, new_datastore, stderr, stored};
 use hoard_datastore::Datastore;
 use hoard_types::{Digest, SnapshotPath};
 use serde_json::Value;
@@ -34,7 +34,7 @@ struct Corpus {
 
 fn corpus() -> Corpus {
     let dir = tempfile::tempdir().unwrap();
-    let ds = Datastore::open_or_create(&dir.path().join("ds")).unwrap();
+    let ds = new_datastore(&dir.path().join("ds"));
     let (a, b, c) = (chunk(1), chunk(2), chunk(3));
     let s1 = make(&ds, T1, &[&a, &b]);
     let s2 = make(&ds, T2, &[&b, &c]);
@@ -56,10 +56,6 @@ impl Corpus {
 
     fn index(&self, s: &SnapshotPath) -> std::path::PathBuf {
         self.ds.snapshot_dir(s).join("disk.fidx")
-    }
-
-    fn chunk(&self, d: &Digest) -> std::path::PathBuf {
-        self.ds.chunks().chunk_path(d)
     }
 
     /// Runs verify; returns its exit code and JSON report.
@@ -154,7 +150,7 @@ fn a_clean_datastore_verifies_and_the_result_is_recorded() {
 #[test]
 fn missing_chunk() {
     let c = corpus();
-    std::fs::remove_file(c.chunk(&c.b)).unwrap();
+    stored::lose(&c.ds, &c.b);
     let (code, r) = c.verify(&[]);
     assert_eq!(code, 8);
     assert_eq!(
@@ -178,10 +174,9 @@ fn missing_chunk() {
 #[test]
 fn flipped_bit_in_a_chunk_is_moved_aside() {
     let c = corpus();
-    let p = c.chunk(&c.a);
-    let mut raw = std::fs::read(&p).unwrap();
+    let mut raw = stored::read(&c.ds, &c.a);
     raw[100] ^= 0x10;
-    std::fs::write(&p, raw).unwrap();
+    stored::write(&c.ds, &c.a, &raw);
     let (code, r) = c.verify(&[]);
     assert_eq!(code, 8);
     let found = findings(&r);
@@ -191,14 +186,14 @@ fn flipped_bit_in_a_chunk_is_moved_aside() {
     assert!(found[0].3.starts_with("chunk corrupt: "), "{found:?}");
     assert_eq!(results(&r), verdicts(&c, "failed", "ok"));
     let moved = r["bad_chunks"][0]["moved_to"].as_str().unwrap();
-    assert!(moved.contains("/.bad/") && Path::new(moved).exists());
-    assert!(!p.exists(), "moved, not copied");
+    assert!(stored::moved_aside(&c.ds, moved), "{moved}");
+    assert!(!stored::exists(&c.ds, &c.a), "moved, not copied");
 }
 
 #[test]
 fn zero_length_chunk() {
     let c = corpus();
-    std::fs::write(c.chunk(&c.c), b"").unwrap();
+    stored::write(&c.ds, &c.c, b"");
     let (code, r) = c.verify(&[]);
     assert_eq!(code, 8);
     assert_eq!(
@@ -274,7 +269,7 @@ fn index_referencing_a_foreign_digest() {
     // are sound, but its chunk lives elsewhere.
     let c = corpus();
     let other = tempfile::tempdir().unwrap();
-    let ods = Datastore::open_or_create(&other.path().join("ds")).unwrap();
+    let ods = new_datastore(&other.path().join("ds"));
     let x = chunk(9);
     let foreign = make(&ods, T2 + 100, &[&x]);
     let dest = c.ds.snapshot_dir(&foreign);
@@ -320,8 +315,8 @@ fn orphan_chunk_is_fine_for_verify_and_gone_after_gc() {
     let g: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(g["removed_chunks"], 1, "{g}");
     assert_eq!(g["kept_chunks"], 3, "{g}");
-    assert!(!c.chunk(&Digest::of(&orphan)).exists());
-    assert!(c.chunk(&c.a).exists() && c.chunk(&c.b).exists() && c.chunk(&c.c).exists());
+    assert!(!stored::exists(&c.ds, &Digest::of(&orphan)));
+    assert!([c.a, c.b, c.c].iter().all(|d| stored::exists(&c.ds, d)));
 }
 
 /// Corrupt a chunk, verify flags it and moves it aside, back up again
@@ -360,12 +355,8 @@ fn heal_path() {
     let first: SnapshotPath = "vm/7/2026-01-01T00:00:00Z".parse().unwrap();
     let index = ds.open_index(&format!("{first}/disk.fidx")).unwrap();
     let victim = index.digests(3, 1).unwrap()[0];
-    let p = ds.chunks().chunk_path(&victim);
-    let mut raw = std::fs::read(&p).unwrap();
     // Within the payload, whether the server stored it raw or compressed.
-    let at = raw.len() / 2;
-    raw[at] ^= 1;
-    std::fs::write(&p, raw).unwrap();
+    stored::damage(&ds, &victim);
 
     let root = server.datastore().to_str().unwrap().to_string();
     let verify = |extra: &[&str]| {
@@ -381,10 +372,13 @@ fn heal_path() {
     let (code, r) = verify(&[]);
     assert_eq!(code, 8);
     assert_eq!(r["bad_chunks"][0]["digest"], victim.to_hex());
-    assert!(!p.exists());
+    assert!(!stored::exists(&ds, &victim));
 
     backup("2026-01-02T00:00:00Z");
-    assert!(p.exists(), "the second backup uploaded the chunk again");
+    assert!(
+        stored::exists(&ds, &victim),
+        "the second backup uploaded the chunk again"
+    );
     let (code, r) = verify(&[]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(

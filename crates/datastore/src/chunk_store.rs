@@ -24,6 +24,7 @@ use hoard_types::{Digest, MAX_CHUNK_SIZE};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{TempFile, fsync_dir, open_nofollow};
 use crate::locks::{FsTime, Locks, touch};
+use crate::object_chunks::ObjectChunks;
 use crate::recovery::ProcessTemp;
 use hoard_codec::Compression;
 use hoard_codec::blob::{self, BlobHeader, Encoding, HEADER_SIZE as CHUNK_HEADER_SIZE};
@@ -42,7 +43,7 @@ pub enum ChunkClass {
 }
 
 impl ChunkClass {
-    fn of(encoding: Encoding) -> ChunkClass {
+    pub(crate) fn of(encoding: Encoding) -> ChunkClass {
         match encoding {
             Encoding::Raw | Encoding::Zstd => ChunkClass::Plain,
             Encoding::Encrypted => ChunkClass::Encrypted,
@@ -57,6 +58,10 @@ pub enum Inserted {
     Existed,
 }
 
+/// The chunks of a datastore: files under `.chunks/`, or objects in a
+/// bucket ([`ObjectChunks`]) with local stubs under `.chunks/`. Callers
+/// see one interface; only where chunks are kept, and how GC marks them,
+/// differ.
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     base: PathBuf,
@@ -64,6 +69,7 @@ pub struct ChunkStore {
     /// Where verify moves damaged chunks (`.bad/`).
     bad: PathBuf,
     locks: Arc<Locks>,
+    objects: Option<Arc<ObjectChunks>>,
 }
 
 /// What the sweep of one prefix directory found.
@@ -129,9 +135,17 @@ impl std::fmt::Display for ChunkProblem {
 
 /// A chunk file's name: 64 lower-case hex digits, with `.e` for an
 /// encrypted chunk.
-fn is_chunk_name(name: &str) -> bool {
+pub(crate) fn is_chunk_name(name: &str) -> bool {
     let hex = name.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(name);
     hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A chunk's file (and object) name.
+pub(crate) fn chunk_name(digest: &Digest, class: ChunkClass) -> String {
+    match class {
+        ChunkClass::Plain => digest.to_hex(),
+        ChunkClass::Encrypted => format!("{}{ENCRYPTED_SUFFIX}", digest.to_hex()),
+    }
 }
 
 /// The suffix of an encrypted chunk's file name.
@@ -160,7 +174,19 @@ impl ChunkStore {
             tmp,
             bad,
             locks,
+            objects: None,
         }
+    }
+
+    /// Keeps the chunks in object storage instead.
+    pub(crate) fn with_objects(mut self, objects: Arc<ObjectChunks>) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// On object storage: the bytes in the local chunk cache now.
+    pub fn cached_bytes(&self) -> Option<u64> {
+        self.objects.as_ref().map(|o| o.cache.bytes())
     }
 
     fn prefix(digest: &Digest) -> u8 {
@@ -172,14 +198,11 @@ impl ChunkStore {
         self.path_of(digest, ChunkClass::Plain)
     }
 
-    /// Where the chunk of `class` with this digest lives.
+    /// Where the chunk of `class` with this digest lives (on object
+    /// storage: its stub).
     pub fn path_of(&self, digest: &Digest, class: ChunkClass) -> PathBuf {
-        let hex = digest.to_hex();
-        let name = match class {
-            ChunkClass::Plain => hex.clone(),
-            ChunkClass::Encrypted => format!("{hex}{ENCRYPTED_SUFFIX}"),
-        };
-        self.base.join(&hex[..PREFIX_DIGITS]).join(name)
+        let name = chunk_name(digest, class);
+        self.base.join(&name[..PREFIX_DIGITS]).join(name)
     }
 
     /// Refuses a prefix directory under `base` that is a symbolic link.
@@ -232,6 +255,15 @@ impl ChunkStore {
         if self.exists(digest, ChunkClass::Plain, since)? {
             return Ok(Inserted::Existed);
         }
+        if let Some(o) = &self.objects {
+            let blob = blob::encode_plain(data, AT_REST);
+            let header =
+                BlobHeader::decode(&blob, blob.len() as u64).map_err(|e| Error::BlobRejected {
+                    digest: *digest,
+                    reason: e.to_string(),
+                })?;
+            return o.store(digest, ChunkClass::Plain, header, blob.into(), since);
+        }
         match AT_REST.compress(data) {
             Some(z) => {
                 let h = BlobHeader::zstd(data.len(), &z);
@@ -283,6 +315,10 @@ impl ChunkStore {
         if self.exists(digest, class, since)? {
             return Ok(Inserted::Existed);
         }
+        if let Some(o) = &self.objects {
+            let blob = bytes::Bytes::copy_from_slice(blob);
+            return o.store(digest, class, header, blob, since);
+        }
         let payload = &blob[CHUNK_HEADER_SIZE..];
         self.store(digest, since, class, |f| write_blob(f, &header, payload))
     }
@@ -290,6 +326,9 @@ impl ChunkStore {
     /// Under the prefix lock: whether a chunk of `class` is stored
     /// (stamping it as [`ChunkStore::existing`] does).
     fn exists(&self, digest: &Digest, class: ChunkClass, since: FsTime) -> Result<bool> {
+        if let Some(o) = &self.objects {
+            return o.exists(digest, class, since);
+        }
         let _shared = self.locks.share_prefix(Self::prefix(digest))?;
         self.existing(digest, class, since)
     }
@@ -347,6 +386,9 @@ impl ChunkStore {
     /// that no snapshot mixes the two): checks it is there, stamps it like
     /// [`ChunkStore::insert`] does, and returns its plain size.
     pub fn reference(&self, digest: &Digest, since: FsTime, class: ChunkClass) -> Result<u64> {
+        if let Some(o) = &self.objects {
+            return o.reference(digest, since, class);
+        }
         let _shared = self.locks.share_prefix(Self::prefix(digest))?;
         let (file, header) = self.open(digest, class)?;
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
@@ -360,6 +402,9 @@ impl ChunkStore {
     /// `cutoff` already. Needs no lock: only GC removes chunks, and a
     /// stamp can only make a chunk younger.
     pub fn mark(&self, digest: &Digest, class: ChunkClass, cutoff: FsTime) -> Result<Marked> {
+        if let Some(o) = &self.objects {
+            return o.mark(digest, class, cutoff);
+        }
         let path = self.path_of(digest, class);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
@@ -385,6 +430,9 @@ impl ChunkStore {
     /// removes every chunk file stamped before `cutoff`. Streams the
     /// directory; memory does not grow with its size.
     pub fn sweep_prefix(&self, prefix: u8, cutoff: FsTime) -> Result<SweepCounts> {
+        if let Some(o) = &self.objects {
+            return o.sweep_prefix(prefix, cutoff);
+        }
         let _excl = self.locks.exclusive_prefix(prefix)?;
         let dir = self.base.join(format!("{prefix:02x}"));
         let mut counts = SweepCounts::default();
@@ -439,7 +487,15 @@ impl ChunkStore {
         digest: &Digest,
         class: ChunkClass,
     ) -> std::result::Result<Checked, ChunkProblem> {
-        let checked = self.load_blob(digest, class).and_then(|blob| {
+        // On object storage the bucket's copy is checked, not the cache's.
+        let blob = match &self.objects {
+            Some(o) => match o.download(digest, class) {
+                Ok(b) if b.is_empty() => return Err(ChunkProblem::ZeroLength),
+                other => other,
+            },
+            None => self.load_blob(digest, class),
+        };
+        let checked = blob.and_then(|blob| {
             let header =
                 BlobHeader::decode(&blob, blob.len() as u64).map_err(|e| Error::ChunkCorrupt {
                     digest: *digest,
@@ -464,8 +520,9 @@ impl ChunkStore {
         });
         match checked {
             Ok(c) => Ok(c),
-            Err(Error::ChunkMissing(_)) => {
-                let zero_length = fs::symlink_metadata(self.path_of(digest, class)).is_ok();
+            Err(Error::ChunkMissing(_) | Error::ChunkEncrypted(_)) => {
+                let zero_length = self.objects.is_none()
+                    && fs::symlink_metadata(self.path_of(digest, class)).is_ok();
                 Err(if zero_length {
                     ChunkProblem::ZeroLength
                 } else {
@@ -481,8 +538,14 @@ impl ChunkStore {
     /// its data uploads it again. Under the prefix's exclusive lock the
     /// chunk is checked once more: a writer may have replaced a zero-length
     /// leftover meanwhile. Returns where it went, if it was moved.
-    pub fn quarantine(&self, digest: &Digest, class: ChunkClass) -> Result<Option<PathBuf>> {
+    pub fn quarantine(&self, digest: &Digest, class: ChunkClass) -> Result<Option<String>> {
         let _excl = self.locks.exclusive_prefix(Self::prefix(digest))?;
+        if let Some(o) = &self.objects {
+            if self.check(digest, class).is_ok() {
+                return Ok(None);
+            }
+            return o.quarantine(digest, class);
+        }
         let path = self.path_of(digest, class);
         if !path.exists() || self.check(digest, class).is_ok() {
             return Ok(None);
@@ -497,7 +560,7 @@ impl ChunkStore {
         fs::rename(&path, &dest).ctx(|| format!("moving chunk {digest} aside"))?;
         fsync_dir(path.parent().unwrap_or(&self.base))?;
         fsync_dir(&self.bad)?;
-        Ok(Some(dest))
+        Ok(Some(dest.display().to_string()))
     }
 
     /// Opens the chunk file of `class`; one whose header is of the other
@@ -551,17 +614,26 @@ impl ChunkStore {
     /// The length of the chunk's plain data, from its header only.
     /// Readers only; a writer uses [`ChunkStore::reference`].
     pub fn raw_size(&self, digest: &Digest) -> Result<u64> {
+        if let Some(o) = &self.objects {
+            return o.raw_size(digest, ChunkClass::Plain);
+        }
         Ok(self.open(digest, ChunkClass::Plain)?.1.raw_size as u64)
     }
 
     /// Whether a usable chunk with this digest is stored.
     pub fn contains(&self, digest: &Digest) -> bool {
+        if self.objects.is_some() {
+            return self.raw_size(digest).is_ok();
+        }
         self.open(digest, ChunkClass::Plain).is_ok()
     }
 
     /// A chunk file's bytes as stored (header and payload), its CRC
     /// checked: what an encoded session downloads.
     pub fn load_blob(&self, digest: &Digest, class: ChunkClass) -> Result<Vec<u8>> {
+        if let Some(o) = &self.objects {
+            return o.load_blob(digest, class).map(|(_, blob)| blob);
+        }
         let (file, header) = self.open(digest, class)?;
         let blob = read_file(&file, digest)?;
         header
@@ -576,6 +648,14 @@ impl ChunkStore {
     /// Reads a chunk's plain data, checking its CRC. An encrypted chunk
     /// has no plain data the server could give out.
     pub fn load(&self, digest: &Digest) -> Result<Vec<u8>> {
+        if let Some(o) = &self.objects {
+            let (header, mut blob) = o.load_blob(digest, ChunkClass::Plain)?;
+            let payload = blob.split_off(CHUNK_HEADER_SIZE);
+            return blob::decode_payload_plain(&header, payload).map_err(|e| Error::ChunkCorrupt {
+                digest: *digest,
+                reason: e.to_string(),
+            });
+        }
         let (file, header) = match self.open(digest, ChunkClass::Plain) {
             // Only an encrypted chunk by that name: say so (the caller
             // may download it, so it knows the name from an index).

@@ -11,6 +11,13 @@ use hoard_types::{
     SourceAttributes,
 };
 
+use hoard_storage::{S3Config, Storage};
+
+use crate::backend::{
+    BUCKET_MARKER_CONTENT, Backend, CONFIG_NAME, Mirror, ObjectOptions, StorageConfig,
+    check_conditional_writes, open_bucket, open_s3, pull_metadata,
+};
+use crate::chunk_cache::ChunkCache;
 use crate::chunk_store::ChunkClass;
 use crate::chunk_store::ChunkStore;
 use crate::dynamic_index::{DynamicIndexReader, DynamicIndexWriter};
@@ -20,10 +27,15 @@ use crate::fsutil::{create_dir_durable, fsync_dir, open_nofollow, refuse_symlink
 use crate::index_file::IndexSummary;
 use crate::locks::{FsTime, Locks, SnapshotPin, WriterRegistration, try_exclusive};
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, Seal, SnapshotState};
+use crate::object_chunks::ObjectChunks;
 use crate::recovery::{ProcessTemp, Recovery, Settled, sweep_dead_temp_dirs};
 
 const MARKER_NAME: &str = ".hoard-datastore";
 const MARKER_CONTENT: &str = "hoard-datastore 2\n";
+/// The marker of a datastore whose chunks are on object storage: the same
+/// format, but a hoard that predates object storage must not open it (it
+/// would take the stubs for chunks).
+const OBJECT_MARKER_CONTENT: &str = BUCKET_MARKER_CONTENT;
 const LOCK_NAME: &str = ".lock";
 /// In a group's directory: the name of the token that owns the group.
 const OWNER_NAME: &str = "owner";
@@ -44,50 +56,124 @@ pub struct Datastore {
     temp: Arc<ProcessTemp>,
     chunks: ChunkStore,
     locks: Arc<Locks>,
+    /// On object storage: where snapshot metadata is copied.
+    mirror: Option<Mirror>,
 }
 
 impl Datastore {
-    /// Opens the datastore at `root`, creating it if the directory is
-    /// missing or empty. A non-empty directory without the marker is
-    /// refused, so hoard never takes over a directory that is not its own.
+    /// Opens the datastore at `root`, creating it (on local disk) if the
+    /// directory is missing or empty. A non-empty directory without the
+    /// marker is refused, so hoard never takes over a directory that is
+    /// not its own. An existing datastore opens as whatever kind it is.
     pub fn open_or_create(root: &Path) -> Result<Self> {
+        Self::open_or_create_with(root, Backend::Local)
+    }
+
+    /// Opens the datastore at `root`, creating it with `backend` if the
+    /// directory is missing or empty. On object storage, a bucket that
+    /// holds a datastore already is attached: its snapshots' metadata is
+    /// copied into the new directory.
+    pub fn open_or_create_with(root: &Path, backend: Backend) -> Result<Self> {
         let marker = root.join(MARKER_NAME);
-        if !marker.exists() {
-            create_dir_durable(root)?;
-            let empty = fs::read_dir(root)
-                .ctx(|| format!("reading {}", root.display()))?
-                .next()
-                .is_none();
-            if !empty {
-                return Err(Error::NotADatastore(root.to_path_buf()));
-            }
-            create_dir_durable(&root.join(".tmp"))?;
-            create_dir_durable(&root.join(".chunks"))?;
-            ChunkStore::create_prefix_dirs(&root.join(".chunks"))?;
-            // The marker last: a datastore whose creation was cut short
-            // is still empty of it and is created again.
-            write_atomic(&root.join(".tmp"), &marker, MARKER_CONTENT.as_bytes())?;
+        if marker.exists() {
+            return Self::open_as(root, &backend);
         }
-        Self::open(root)
+        create_dir_durable(root)?;
+        let mut names = Vec::new();
+        for entry in fs::read_dir(root).ctx(|| format!("reading {}", root.display()))? {
+            let entry = entry.ctx(|| format!("reading {}", root.display()))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        // An object-storage datastore whose creation was cut short is set
+        // up again; any other content means the directory is not ours.
+        let resumable = names.iter().any(|n| n == CONFIG_NAME);
+        if !names.is_empty() && !resumable {
+            return Err(Error::NotADatastore(root.to_path_buf()));
+        }
+        create_dir_durable(&root.join(".tmp"))?;
+        create_dir_durable(&root.join(".chunks"))?;
+        ChunkStore::create_prefix_dirs(&root.join(".chunks"))?;
+        let content = match &backend {
+            Backend::Local => MARKER_CONTENT,
+            Backend::S3(o) => {
+                check_conditional_writes(&o.target)?;
+                Self::set_up_objects(root, open_s3(&o.target)?, Some(o.target.clone()), o)?;
+                OBJECT_MARKER_CONTENT
+            }
+            Backend::Storage(o) => {
+                Self::set_up_objects(root, o.target.clone(), None, o)?;
+                OBJECT_MARKER_CONTENT
+            }
+        };
+        // The marker last: a datastore whose creation was cut short is
+        // still empty of it and is created again.
+        write_atomic(&root.join(".tmp"), &marker, content.as_bytes())?;
+        Self::open_as(root, &backend)
+    }
+
+    /// The object-storage part of creating a datastore: its
+    /// configuration, the bucket's markers, and (a bucket that holds a
+    /// datastore) its snapshots' metadata.
+    fn set_up_objects<T>(
+        root: &Path,
+        storage: Arc<dyn Storage>,
+        s3: Option<S3Config>,
+        o: &ObjectOptions<T>,
+    ) -> Result<()> {
+        let id = match StorageConfig::load(root) {
+            Ok(c) => c.id,
+            Err(_) => format!("{:016x}", rand::random::<u64>()),
+        };
+        let config = StorageConfig {
+            id,
+            cache_bytes: o.cache_bytes,
+            s3,
+        };
+        config.store(root)?;
+        if open_bucket(storage.as_ref(), &config.id, o.take_over)? {
+            let n = pull_metadata(storage.as_ref(), root)?;
+            tracing::info!(
+                "attached {}: {n} metadata files copied into {}",
+                storage.describe(),
+                root.display()
+            );
+        }
+        Ok(())
     }
 
     /// Opens an existing datastore.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_as(root, &Backend::Local)
+    }
+
+    /// Opens an existing datastore; `backend` may change an object
+    /// datastore's connection settings (not which bucket it is).
+    fn open_as(root: &Path, backend: &Backend) -> Result<Self> {
         let marker = root.join(MARKER_NAME);
         if !root.is_dir() {
             return Err(Error::NoDatastore(root.to_path_buf()));
         }
         let found =
             fs::read_to_string(&marker).map_err(|_| Error::NotADatastore(root.to_path_buf()))?;
-        if found != MARKER_CONTENT {
-            return Err(Error::UnsupportedFormat {
-                path: root.to_path_buf(),
-                found: found.trim().to_string(),
-            });
+        let on_objects = match found.as_str() {
+            MARKER_CONTENT => false,
+            OBJECT_MARKER_CONTENT => true,
+            _ => {
+                return Err(Error::UnsupportedFormat {
+                    path: root.to_path_buf(),
+                    found: found.trim().to_string(),
+                });
+            }
+        };
+        if !on_objects && !matches!(backend, Backend::Local) {
+            return Err(Error::Unsafe(format!(
+                "{} is a datastore on local disk; it cannot move to object storage",
+                root.display()
+            )));
         }
         // The directories every write goes through must be real ones: a
         // link planted there would redirect chunks out of the datastore.
-        for dir in [".tmp", ".chunks", ".locks"] {
+        for dir in [".tmp", ".chunks", ".locks", ".cache"] {
             refuse_symlinks(root, &[dir])?;
         }
         ChunkStore::refuse_linked_prefixes(&root.join(".chunks"))?;
@@ -95,17 +181,82 @@ impl Datastore {
         create_dir_durable(&tmp)?;
         let temp = Arc::new(ProcessTemp::create(&tmp)?);
         let locks = Arc::new(Locks::open(root)?);
+        let mut chunks = ChunkStore::new(
+            root.join(".chunks"),
+            temp.clone(),
+            root.join(BAD_DIR),
+            locks.clone(),
+        );
+        let mut mirror = None;
+        if on_objects {
+            let (storage, cache_bytes) = Self::open_objects(root, backend)?;
+            let cache = ChunkCache::open(&root.join(".cache"), temp.path(), cache_bytes)?;
+            let objects = ObjectChunks::new(
+                storage.clone(),
+                root.join(".chunks"),
+                cache,
+                temp.clone(),
+                locks.clone(),
+            );
+            chunks = chunks.with_objects(Arc::new(objects));
+            mirror = Some(Mirror::new(storage, root));
+        }
         Ok(Datastore {
             root: root.to_path_buf(),
-            chunks: ChunkStore::new(
-                root.join(".chunks"),
-                temp.clone(),
-                root.join(BAD_DIR),
-                locks.clone(),
-            ),
+            chunks,
             temp,
             locks,
+            mirror,
         })
+    }
+
+    /// The storage of an object datastore and its cache size; the bucket
+    /// checked and marked in use.
+    fn open_objects(root: &Path, backend: &Backend) -> Result<(Arc<dyn Storage>, u64)> {
+        let mut config = StorageConfig::load(root)?;
+        let (storage, take_over) = match (backend, &config.s3) {
+            (Backend::S3(o), Some(stored)) => {
+                let same = |a: &S3Config, b: &S3Config| {
+                    (&a.endpoint, &a.bucket, &a.prefix) == (&b.endpoint, &b.bucket, &b.prefix)
+                };
+                if !same(&o.target, stored) {
+                    return Err(Error::Unsafe(format!(
+                        "{} is a datastore on bucket {} at {} (prefix {:?}); it cannot move to                          bucket {} at {} (prefix {:?})",
+                        root.display(),
+                        stored.bucket,
+                        stored.endpoint,
+                        stored.prefix,
+                        o.target.bucket,
+                        o.target.endpoint,
+                        o.target.prefix
+                    )));
+                }
+                if (&o.target, o.cache_bytes) != (stored, config.cache_bytes) {
+                    config.s3 = Some(o.target.clone());
+                    config.cache_bytes = o.cache_bytes;
+                    config.store(root)?;
+                }
+                (open_s3(&o.target)?, o.take_over)
+            }
+            (Backend::Local, Some(stored)) => (open_s3(stored)?, false),
+            (Backend::Storage(o), _) => {
+                config.cache_bytes = o.cache_bytes;
+                (o.target.clone(), o.take_over)
+            }
+            (_, None) => {
+                return Err(Error::Unsafe(format!(
+                    "{} is a datastore on a storage that only its creator can open",
+                    root.display()
+                )));
+            }
+        };
+        open_bucket(storage.as_ref(), &config.id, take_over)?;
+        Ok((storage, config.cache_bytes))
+    }
+
+    /// The object storage under the datastore, if it is on one.
+    pub fn object_storage(&self) -> Option<&Arc<dyn Storage>> {
+        self.mirror.as_ref().map(|m| &m.storage)
     }
 
     /// Where this process writes files before they become visible.
@@ -271,8 +422,12 @@ impl Datastore {
         tmp.sync()?;
         // link(2) creates the name only if it is absent: of two claims,
         // exactly one wins.
-        match fs::hard_link(tmp.path(), dir.join(OWNER_NAME)) {
-            Ok(()) => fsync_dir(&dir),
+        let path = dir.join(OWNER_NAME);
+        match fs::hard_link(tmp.path(), &path) {
+            Ok(()) => {
+                fsync_dir(&dir)?;
+                self.mirror_upload(&path)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 match self.group_owner(group)? {
                     Some(o) if o == owner => Ok(()),
@@ -300,11 +455,18 @@ impl Datastore {
                 reason: "no such group".into(),
             });
         }
-        write_atomic(
-            self.tmp(),
-            &dir.join(OWNER_NAME),
-            format!("{owner}\n").as_bytes(),
-        )
+        let path = dir.join(OWNER_NAME);
+        write_atomic(self.tmp(), &path, format!("{owner}\n").as_bytes())?;
+        self.mirror_upload(&path)
+    }
+
+    /// On object storage: copies a metadata file just written to the
+    /// bucket.
+    fn mirror_upload(&self, path: &Path) -> Result<()> {
+        match &self.mirror {
+            Some(m) => m.upload(path),
+            None => Ok(()),
+        }
     }
 
     pub fn load_manifest(&self, snap: &SnapshotPath) -> Result<Manifest> {
@@ -358,6 +520,7 @@ impl Datastore {
         let mut manifest = Manifest::load(&path, &snap.to_string())?;
         let out = f(&mut manifest);
         manifest.store(self.tmp(), &path)?;
+        self.mirror_upload(&path)?;
         Ok(out)
     }
 
@@ -389,6 +552,12 @@ impl Datastore {
         if Manifest::load(&manifest_path, &name)?.protected {
             return Ok(Removal::Protected);
         }
+        // On object storage the bucket's manifest goes first: a snapshot
+        // must never live on there after it is gone here (GC would take
+        // its chunks, and a rebuilt directory would bring it back).
+        if let Some(m) = &self.mirror {
+            m.remove(&manifest_path)?;
+        }
         fs::remove_file(&manifest_path).ctx(|| format!("removing the manifest of {name}"))?;
         fsync_dir(&dir)?;
         for entry in fs::read_dir(&dir).ctx(|| format!("listing {name}"))? {
@@ -398,6 +567,12 @@ impl Datastore {
         fs::remove_dir(&dir).ctx(|| format!("removing {name}"))?;
         if let Some(group) = dir.parent() {
             fsync_dir(group)?;
+        }
+        // Indexes no manifest names: garbage in the bucket if this fails.
+        if let Some(m) = &self.mirror
+            && let Err(e) = m.remove_all(&dir)
+        {
+            tracing::warn!("removing the indexes of {name} from the bucket: {e}");
         }
         Ok(Removal::Removed)
     }
@@ -843,6 +1018,7 @@ pub struct FileWriter {
     index: FileIndexWriter,
     /// The snapshot's kind of chunk.
     class: ChunkClass,
+    mirror: Option<Mirror>,
 }
 
 impl SnapshotWriter {
@@ -902,6 +1078,7 @@ impl SnapshotWriter {
             source: None,
             index,
             class: self.manifest.chunk_class(),
+            mirror: self.ds.mirror.clone(),
         })
     }
 
@@ -941,8 +1118,9 @@ impl SnapshotWriter {
     }
 
     fn store_manifest(&self) -> Result<()> {
-        self.manifest
-            .store(self.ds.tmp(), &self.dir.join(MANIFEST_NAME))
+        let path = self.dir.join(MANIFEST_NAME);
+        self.manifest.store(self.ds.tmp(), &path)?;
+        self.ds.mirror_upload(&path)
     }
 
     /// Releases the snapshot. It is complete if every file started under
@@ -965,6 +1143,12 @@ impl SnapshotWriter {
             && self.started.iter().all(|n| self.manifest.file(n).is_some())
             && (!self.manifest.encrypted || self.manifest.seal.is_some());
         if self.manifest.files.is_empty() {
+            // A seal may have put its manifest in the bucket.
+            if let Some(m) = &self.ds.mirror
+                && self.manifest.seal.is_some()
+            {
+                let _ = m.remove(&self.dir.join(MANIFEST_NAME));
+            }
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
             let _ = fs::remove_file(self.dir.join(LOCK_NAME));
             let _ = fs::remove_dir(&self.dir);
@@ -1060,6 +1244,9 @@ impl FileWriter {
             FileIndexWriter::Fixed(w) => (FileKind::Fixed, w.finish(&self.dest)?),
             FileIndexWriter::Dynamic(w) => (FileKind::Dynamic, w.finish(&self.dest)?),
         };
+        if let Some(m) = &self.mirror {
+            m.upload(&self.dest)?;
+        }
         Ok(ManifestFile {
             name: self.stored_name,
             kind,

@@ -112,6 +112,20 @@ pub enum Error {
     Busy(String),
     #[error("{0}")]
     Unsafe(String),
+    /// The object storage under the datastore failed a request (after its
+    /// retries) or is misconfigured.
+    #[error("object storage: {0}")]
+    Storage(#[from] hoard_storage::Error),
+    /// Another server uses the datastore's bucket.
+    #[error(
+        "{store} is in use by the datastore directory {other_id} on {host} (since {since}); two servers never share a bucket. If that server is gone for good, start this one with --take-over"
+    )]
+    InUse {
+        store: String,
+        other_id: String,
+        host: String,
+        since: String,
+    },
 }
 
 /// Adds "what was being done" to an I/O error.

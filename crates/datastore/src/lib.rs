@@ -36,6 +36,8 @@
 //! answered. A crash leaves at most files under `.tmp/` and snapshots
 //! still marked `writing`; the next start or GC settles both.
 
+mod backend;
+mod chunk_cache;
 mod chunk_store;
 mod datastore;
 mod dynamic_index;
@@ -47,10 +49,12 @@ pub mod gc;
 mod index_file;
 mod locks;
 mod manifest;
+mod object_chunks;
 pub mod prune;
 mod recovery;
 pub mod verify;
 
+pub use backend::{Backend, DEFAULT_CACHE_BYTES, ObjectOptions};
 pub use chunk_store::{
     Checked, ChunkClass, ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts,
 };
@@ -64,6 +68,7 @@ pub use fixed_index::{
     FIXED_INDEX_MAGIC, FixedIndexReader, FixedIndexWriter, MAX_FIXED_CHUNKS, MIN_FIXED_CHUNK_SIZE,
 };
 pub use hoard_codec::blob::{BlobHeader, HEADER_SIZE as CHUNK_HEADER_SIZE};
+pub use hoard_storage as storage;
 pub use index_file::IndexSummary;
 pub use locks::{FsTime, SnapshotPin, WriterRegistration};
 pub use manifest::{

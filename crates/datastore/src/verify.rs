@@ -271,10 +271,9 @@ pub fn verify(
 
     for ((digest, class), (problem, used_by)) in bad {
         let moved_to = match problem {
-            ChunkProblem::Corrupt(_) | ChunkProblem::ZeroLength => ds
-                .chunks()
-                .quarantine(&digest, class)?
-                .map(|p| p.display().to_string()),
+            ChunkProblem::Corrupt(_) | ChunkProblem::ZeroLength => {
+                ds.chunks().quarantine(&digest, class)?
+            }
             // Nothing to move, or an I/O error that may pass.
             ChunkProblem::Missing | ChunkProblem::Unreadable(_) => None,
         };

@@ -656,5 +656,12 @@ impl Connection {
             }
         });
         let _ = closed.await;
+        // The process's object-storage requests so far (benchmarks read
+        // them per backup).
+        if let Some(storage) = self.ds.object_storage() {
+            let r = storage.requests();
+            info!(%peer, "object storage requests so far: {} (put {}, get {}, head {}, list {}, delete {})",
+                r.total(), r.put, r.get, r.head, r.list, r.delete);
+        }
     }
 }

@@ -85,8 +85,221 @@ fn serve_command(dir: &Path, role: &str, extra: &[&str]) -> Command {
     .arg(dir.join("ds"))
     .arg("--state-dir")
     .arg(state_dir(dir))
+    .args(s3_serve_args(&dir.join("ds")))
     .args(extra);
     cmd
+}
+
+/// Whether the tests run against datastores on S3
+/// (`HOARD_TEST_DATASTORE=s3`: a SeaweedFS this test process starts) or
+/// on local disk (default). `.ci/run` runs the image, tree and
+/// maintenance tests both ways.
+pub fn on_s3() -> bool {
+    match std::env::var("HOARD_TEST_DATASTORE").as_deref() {
+        Ok("s3") => true,
+        Ok("local") | Err(_) => false,
+        Ok(other) => panic!("HOARD_TEST_DATASTORE={other}: use local or s3"),
+    }
+}
+
+/// The test bucket's configuration for the datastore directory `ds`:
+/// a prefix of its own, short retries (a stopped service fails fast).
+pub fn s3_config(ds: &Path) -> hoard_storage::S3Config {
+    // FNV-1a of the path: a key prefix unique to the directory.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ds.as_os_str().as_encoded_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut c = hoard_storage::seaweedfs::shared().config(&format!("t{h:016x}"));
+    c.retry_timeout_secs = 10;
+    c
+}
+
+/// `hoard serve ...` for the datastore `dir/ds` on `weed` under `prefix`.
+pub fn s3_serve_command_args(
+    dir: &Path,
+    weed: &hoard_storage::seaweedfs::SeaweedFs,
+    prefix: &str,
+) -> Vec<String> {
+    let c = weed.config(prefix);
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-v1",
+        "127.0.0.1:0",
+        "--v1-role",
+        "admin",
+        "--s3-endpoint",
+        &c.endpoint,
+        "--s3-bucket",
+        &c.bucket,
+        "--s3-prefix",
+        &c.prefix,
+        "--s3-retry-timeout",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, path) in [
+        ("--s3-credentials", c.credentials_file.unwrap()),
+        ("--datastore", dir.join("ds")),
+        ("--state-dir", state_dir(dir)),
+    ] {
+        args.push(flag.into());
+        args.push(path.display().to_string());
+    }
+    args
+}
+
+fn s3_serve_args(ds: &Path) -> Vec<String> {
+    if !on_s3() {
+        return Vec::new();
+    }
+    let c = s3_config(ds);
+    let mut args: Vec<String> = [
+        "--s3-endpoint",
+        &c.endpoint,
+        "--s3-bucket",
+        &c.bucket,
+        "--s3-prefix",
+        &c.prefix,
+        "--s3-retry-timeout",
+        "10",
+        "--cache-size",
+        "64M",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--s3-credentials".into());
+    args.push(c.credentials_file.unwrap().display().to_string());
+    args
+}
+
+/// A new datastore at `ds`, of the kind the tests run against.
+pub fn new_datastore(ds: &Path) -> hoard_datastore::Datastore {
+    if on_s3() {
+        let o = hoard_datastore::ObjectOptions::new(s3_config(ds));
+        hoard_datastore::Datastore::open_or_create_with(ds, hoard_datastore::Backend::S3(o))
+            .unwrap()
+    } else {
+        hoard_datastore::Datastore::open_or_create(ds).unwrap()
+    }
+}
+
+/// A stored chunk's bytes, wherever the datastore keeps them (a file,
+/// or an object; tests damage and lose chunks through these).
+pub mod stored {
+    use hoard_datastore::{ChunkClass, Datastore};
+    use hoard_types::Digest;
+
+    fn key(d: &Digest, class: ChunkClass) -> String {
+        let hex = d.to_hex();
+        let suffix = if class == ChunkClass::Encrypted {
+            ".e"
+        } else {
+            ""
+        };
+        format!("chunks/{}/{hex}{suffix}", &hex[..2])
+    }
+
+    /// Drops the chunk from the local cache (the server's and ours), so
+    /// that the next read sees the bucket.
+    fn uncache(ds: &Datastore, d: &Digest, class: ChunkClass) {
+        let suffix = if class == ChunkClass::Encrypted {
+            ".e"
+        } else {
+            ""
+        };
+        let _ = std::fs::remove_file(
+            ds.root()
+                .join(".cache")
+                .join(format!("{}{suffix}", d.to_hex())),
+        );
+    }
+
+    pub fn read_class(ds: &Datastore, d: &Digest, class: ChunkClass) -> Vec<u8> {
+        match ds.object_storage() {
+            Some(s) => s.get(&key(d, class)).unwrap().to_vec(),
+            None => std::fs::read(ds.chunks().path_of(d, class)).unwrap(),
+        }
+    }
+
+    pub fn write_class(ds: &Datastore, d: &Digest, class: ChunkClass, data: &[u8]) {
+        match ds.object_storage() {
+            Some(s) => {
+                s.put(&key(d, class), bytes::Bytes::copy_from_slice(data))
+                    .unwrap();
+                uncache(ds, d, class);
+            }
+            None => std::fs::write(ds.chunks().path_of(d, class), data).unwrap(),
+        }
+    }
+
+    /// Loses the chunk (a file deleted; an object deleted behind the
+    /// server's back, its local stub left as it was).
+    pub fn lose_class(ds: &Datastore, d: &Digest, class: ChunkClass) {
+        match ds.object_storage() {
+            Some(s) => {
+                s.delete(&[key(d, class)]).unwrap();
+                uncache(ds, d, class);
+            }
+            None => std::fs::remove_file(ds.chunks().path_of(d, class)).unwrap(),
+        }
+    }
+
+    pub fn exists_class(ds: &Datastore, d: &Digest, class: ChunkClass) -> bool {
+        match ds.object_storage() {
+            Some(s) => s.head(&key(d, class)).is_ok(),
+            None => ds.chunks().path_of(d, class).exists(),
+        }
+    }
+
+    pub fn read(ds: &Datastore, d: &Digest) -> Vec<u8> {
+        read_class(ds, d, ChunkClass::Plain)
+    }
+
+    pub fn write(ds: &Datastore, d: &Digest, data: &[u8]) {
+        write_class(ds, d, ChunkClass::Plain, data)
+    }
+
+    pub fn lose(ds: &Datastore, d: &Digest) {
+        lose_class(ds, d, ChunkClass::Plain)
+    }
+
+    pub fn exists(ds: &Datastore, d: &Digest) -> bool {
+        exists_class(ds, d, ChunkClass::Plain)
+    }
+
+    /// Flips a bit in the middle of the stored chunk.
+    pub fn damage(ds: &Datastore, d: &Digest) {
+        let mut raw = read(ds, d);
+        let at = raw.len() / 2;
+        raw[at] ^= 1;
+        write(ds, d, &raw);
+    }
+
+    /// Whether verify's report of where a bad chunk went names a place
+    /// that holds it.
+    pub fn moved_aside(ds: &Datastore, moved_to: &str) -> bool {
+        match ds.object_storage() {
+            Some(s) => moved_to
+                .rsplit(' ')
+                .next()
+                .is_some_and(|k| k.starts_with("bad/") && s.head(k).is_ok()),
+            None => moved_to.contains("/.bad/") && std::path::Path::new(moved_to).exists(),
+        }
+    }
+
+    /// The digests of the chunks stored (a file or a stub each).
+    pub fn digests(ds: &Datastore) -> Vec<Digest> {
+        super::walk(&ds.root().join(".chunks"))
+            .into_iter()
+            .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
+            .collect()
+    }
 }
 
 impl Server {
@@ -107,6 +320,20 @@ impl Server {
     /// A server in `dir` (whose `state/` may hold a certificate already).
     pub fn start_in(dir: tempfile::TempDir, role: &str, extra: &[&str]) -> Server {
         let cmd = serve_command(dir.path(), role, extra);
+        Self::spawn(cmd, dir)
+    }
+
+    /// A server whose datastore (`dir/ds`) keeps its chunks on the S3
+    /// service `weed`, under `prefix`, with `extra` arguments.
+    pub fn start_on_s3(
+        dir: tempfile::TempDir,
+        weed: &hoard_storage::seaweedfs::SeaweedFs,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+        cmd.args(s3_serve_command_args(dir.path(), weed, prefix))
+            .args(extra);
         Self::spawn(cmd, dir)
     }
 
@@ -136,6 +363,15 @@ impl Server {
     /// Kills the server with SIGKILL (a crash: nothing is cleaned up) and
     /// starts a new one on the same datastore and state directory.
     pub fn kill_and_restart(self) -> Server {
+        self.restart_with(&[])
+    }
+
+    /// Kills the server, does `between` to its datastore directory, and
+    /// starts a new one on it (which opens it as whatever kind it is).
+    pub fn stop_then_restart(mut self, between: impl FnOnce(&Path)) -> Server {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        between(&self.datastore());
         self.restart_with(&[])
     }
 
