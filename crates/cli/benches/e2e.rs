@@ -25,6 +25,11 @@
 //! downloaded, peak client RSS (from wait4) and peak server RSS (VmHWM,
 //! reset before each step through /proc/PID/clear_refs).
 //!
+//! With `HOARD_BENCH_S3=1` every datastore keeps its chunks on a local
+//! SeaweedFS (S3), and each step also reports the S3 requests the server
+//! sent; the datastore column is then the local directory (metadata,
+//! stubs, cache).
+//!
 //! Environment: `HOARD_BENCH_PART` = `image`, `tree` or `all` (default);
 //! `HOARD_BENCH_DIR` is where the datastore and the dataset
 //! go (default: the system temp dir; /dev/shm measures without the disk);
@@ -54,6 +59,13 @@ struct Step {
     server_rss_kib: u64,
     /// The datastore's size on disk after a backup step.
     datastore: Option<u64>,
+    /// Object-storage requests of the step (S3 runs).
+    requests: Option<u64>,
+}
+
+/// The S3 service of an S3 run (`HOARD_BENCH_S3=1`).
+fn s3() -> Option<&'static hoard_storage::seaweedfs::SeaweedFs> {
+    (std::env::var("HOARD_BENCH_S3").as_deref() == Ok("1")).then(hoard_storage::seaweedfs::shared)
 }
 
 fn main() {
@@ -162,8 +174,8 @@ fn main() {
 
 fn print_steps(all: &[Vec<Step>], size: u64) {
     println!(
-        "{:30} {:>18} {:>8} {:>12} {:>11} {:>11} {:>11}",
-        "step", "seconds", "MB/s", "moved", "client RSS", "server RSS", "datastore"
+        "{:30} {:>18} {:>8} {:>12} {:>11} {:>11} {:>11} {:>9}",
+        "step", "seconds", "MB/s", "moved", "client RSS", "server RSS", "datastore", "requests"
     );
     for (i, first) in all[0].iter().enumerate() {
         let mut secs: Vec<f64> = all.iter().map(|r| r[i].seconds).collect();
@@ -175,8 +187,9 @@ fn print_steps(all: &[Vec<Step>], size: u64) {
             Some(b) => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
             None => "-".into(),
         };
+        let requests = first.requests.map_or("-".into(), |r| r.to_string());
         println!(
-            "{:30} {:>6.2} ({:.2}-{:.2}) {:>8.0} {:>8.1} MiB {:>7} MiB {:>7} MiB {:>11}",
+            "{:30} {:>6.2} ({:.2}-{:.2}) {:>8.0} {:>8.1} MiB {:>7} MiB {:>7} MiB {:>11} {:>9}",
             first.name,
             median,
             secs[0],
@@ -186,6 +199,7 @@ fn print_steps(all: &[Vec<Step>], size: u64) {
             client / 1024,
             server / 1024,
             store,
+            requests,
         );
     }
 }
@@ -230,15 +244,23 @@ impl Served {
             .expect("utf-8")
             .trim()
             .to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--datastore"])
             .arg(&ds)
             .arg("--state-dir")
             .arg(&state)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start server");
+            .stdout(Stdio::piped());
+        if let Some(weed) = s3() {
+            let prefix = ds.display().to_string().replace(['/', '.'], "-");
+            let c = weed.config(prefix.trim_start_matches('-'));
+            cmd.args(["--s3-endpoint", &c.endpoint, "--s3-bucket", &c.bucket])
+                .args(["--s3-prefix", &c.prefix, "--s3-credentials"])
+                .arg(c.credentials_file.expect("a credentials file"))
+                .env("RUST_LOG", "warn,hoard_server::connection=info")
+                .stderr(std::fs::File::create(ds.with_extension("log")).expect("log file"));
+        }
+        let mut child = cmd.spawn().expect("start server");
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut fingerprint = String::new();
         let server = loop {
@@ -259,6 +281,19 @@ impl Served {
         Served { child, addr, ds }
     }
 
+    /// The object-storage requests the server logged so far (S3 runs).
+    fn requests(&self) -> Option<u64> {
+        s3()?;
+        let log = std::fs::read_to_string(self.ds.with_extension("log")).unwrap_or_default();
+        let marker = "object storage requests so far: ";
+        Some(
+            log.lines()
+                .rev()
+                .find_map(|l| l.split(marker).nth(1)?.split(' ').next()?.parse().ok())
+                .unwrap_or(0),
+        )
+    }
+
     /// Runs one client command as a timed step.
     fn step(
         &self,
@@ -266,7 +301,14 @@ impl Served {
         args: &[String],
         moved: impl Fn(&serde_json::Value) -> u64,
     ) -> (Step, serde_json::Value) {
+        let before = self.requests();
         let (seconds, client_rss_kib, server_rss_kib, out) = measure(&self.child, &self.addr, args);
+        // The server logs its count as the connection ends, just after
+        // the client exits.
+        if before.is_some() {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let requests = before.zip(self.requests()).map(|(b, a)| a - b);
         let report: serde_json::Value = serde_json::from_slice(&out).expect("json report");
         let step = Step {
             name,
@@ -275,6 +317,7 @@ impl Served {
             client_rss_kib,
             server_rss_kib,
             datastore: None,
+            requests,
         };
         (step, report)
     }

@@ -87,6 +87,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let ds = Datastore::open_or_create_with(&dir, args.storage.backend())
         .with_context(|| format!("opening datastore {}", dir.display()))?;
+    ds.start_serving()
+        .with_context(|| format!("opening datastore {}", dir.display()))?;
     // What a killed server left: settled before anyone lists it.
     // Best effort: what cannot be settled now is left for GC.
     let recovered = ds.recover().unwrap_or_else(|e| {

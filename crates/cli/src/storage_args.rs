@@ -68,7 +68,12 @@ impl StorageArgs {
         } else {
             Addressing::Path
         };
-        c.credentials_file = self.s3_credentials.clone();
+        // Absolute, so that maintenance commands run from elsewhere (cron)
+        // find it too.
+        c.credentials_file = self
+            .s3_credentials
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
         c.no_conditional_writes = self.s3_no_conditional_writes;
         c.retry_timeout_secs = self.s3_retry_timeout;
         let mut o = ObjectOptions::new(c);

@@ -81,6 +81,12 @@ impl<T> ObjectOptions<T> {
 pub(crate) struct StorageConfig {
     /// This directory's identity in the bucket's in-use marker.
     pub id: String,
+    /// The lease's generation (see [`Lease`]), and the one before it
+    /// while a renewal is under way.
+    #[serde(default)]
+    pub generation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
     pub cache_bytes: u64,
     /// None: a storage only its creator can open again (tests).
     #[serde(default)]
@@ -128,88 +134,218 @@ pub(crate) fn check_conditional_writes(config: &S3Config) -> Result<()> {
     Ok(())
 }
 
-/// The bucket's side of opening: its marker (written if the bucket is
-/// new), then the in-use marker. Returns whether the bucket held a
-/// datastore already.
-pub(crate) fn open_bucket(storage: &dyn Storage, id: &str, take_over: bool) -> Result<bool> {
-    let existed = match storage.get(BUCKET_MARKER) {
-        Ok(found) if found == BUCKET_MARKER_CONTENT.as_bytes() => true,
-        Ok(found) => {
-            return Err(Error::UnsupportedFormat {
-                path: PathBuf::from(storage.describe()),
-                found: String::from_utf8_lossy(&found).trim().to_string(),
-            });
+/// The bucket's marker: whether the bucket holds a datastore. A bucket
+/// without the marker but with chunks or snapshots is refused: taking it
+/// for an empty one would let the first GC delete every chunk.
+pub(crate) fn bucket_holds_datastore(storage: &dyn Storage) -> Result<bool> {
+    match storage.get(BUCKET_MARKER) {
+        Ok(found) if found == BUCKET_MARKER_CONTENT.as_bytes() => Ok(true),
+        Ok(found) => Err(Error::UnsupportedFormat {
+            path: PathBuf::from(storage.describe()),
+            found: String::from_utf8_lossy(&found).trim().to_string(),
+        }),
+        Err(hoard_storage::Error::NotFound(_)) => {
+            for prefix in ["chunks/", "snapshots/", "in-use"] {
+                let mut any = false;
+                storage.list(prefix, &mut |_| {
+                    any = true;
+                    Ok(ControlFlow::Break(()))
+                })?;
+                if any {
+                    return Err(Error::Unsafe(format!(
+                        "{} holds hoard objects ({prefix}...) but no {BUCKET_MARKER} marker: \
+                         refusing to take it for an empty bucket. Restore the marker (its \
+                         content is {BUCKET_MARKER_CONTENT:?}) if this is a hoard datastore",
+                        storage.describe()
+                    )));
+                }
+            }
+            Ok(false)
         }
-        Err(hoard_storage::Error::NotFound(_)) => false,
-        Err(e) => return Err(e.into()),
-    };
-    claim_in_use(storage, id, take_over)?;
-    if !existed {
-        storage.put_if_absent(
-            BUCKET_MARKER,
-            Bytes::from_static(BUCKET_MARKER_CONTENT.as_bytes()),
-        )?;
+        Err(e) => Err(e.into()),
     }
-    Ok(existed)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Writes the marker of a new datastore's bucket.
+pub(crate) fn mark_bucket(storage: &dyn Storage) -> Result<()> {
+    storage.put_if_absent(
+        BUCKET_MARKER,
+        Bytes::from_static(BUCKET_MARKER_CONTENT.as_bytes()),
+    )?;
+    Ok(())
+}
+
+/// The bucket's `in-use` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct InUse {
     id: String,
+    /// Changes on every server start: a copy of the directory (restored
+    /// from a backup, cloned with its VM) keeps an old one and is refused.
+    #[serde(default)]
+    generation: String,
     host: String,
     since: String,
 }
 
-/// Marks the bucket as used by the directory `id`, unless another
-/// directory marked it (then [`Error::InUse`], or taken over).
-fn claim_in_use(storage: &dyn Storage, id: &str, take_over: bool) -> Result<()> {
-    let mine = InUse {
-        id: id.to_string(),
-        host: hostname(),
-        since: jiff::Timestamp::now().to_string(),
-    };
-    let json = Bytes::from(serde_json::to_vec(&mine).unwrap_or_default());
-    for _ in 0..2 {
-        match storage.get(IN_USE) {
-            Ok(found) => {
-                let other: InUse = serde_json::from_slice(&found).unwrap_or(InUse {
-                    id: "(unreadable)".into(),
-                    host: "?".into(),
-                    since: "?".into(),
-                });
-                if other.id == id {
-                    return Ok(());
-                }
-                if take_over {
-                    tracing::warn!(
-                        "taking {} over from directory {} on {}",
-                        storage.describe(),
-                        other.id,
-                        other.host
-                    );
-                    storage.put(IN_USE, json)?;
-                    return Ok(());
-                }
+/// The lease on the bucket that a directory holds: the bucket's `in-use`
+/// names the directory's id and current generation. Checked on open,
+/// before a snapshot is begun and before GC deletes anything; renewed
+/// (a new generation) when a server starts.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    storage: Arc<dyn Storage>,
+    root: PathBuf,
+    id: String,
+    generation: std::sync::Mutex<String>,
+}
+
+pub(crate) fn new_generation() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Lease {
+    /// Checks (or, with `claim`, takes) the lease of the directory whose
+    /// configuration is `config`.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        root: &Path,
+        config: &StorageConfig,
+        claim: Claim,
+    ) -> Result<Lease> {
+        let lease = Lease {
+            storage,
+            root: root.to_path_buf(),
+            id: config.id.clone(),
+            generation: std::sync::Mutex::new(config.generation.clone()),
+        };
+        match (lease.read()?, claim) {
+            (None, _) => lease.write(&config.generation, true)?,
+            (Some(other), Claim::TakeOver) if other.id != config.id => {
+                tracing::warn!(
+                    "taking {} over from directory {} on {}",
+                    lease.storage.describe(),
+                    other.id,
+                    other.host
+                );
+                lease.write(&config.generation, false)?;
+            }
+            (Some(other), _) if other.id != config.id => {
                 return Err(Error::InUse {
-                    store: storage.describe(),
+                    store: lease.storage.describe(),
                     other_id: other.id,
                     host: other.host,
                     since: other.since,
                 });
             }
-            Err(hoard_storage::Error::NotFound(_)) => {
-                if storage.put_if_absent(IN_USE, json.clone())? == hoard_storage::Put::Created {
-                    return Ok(());
-                }
-                // Another directory claimed it between our get and put.
+            (Some(other), _) if other.generation == config.generation => {}
+            // A renewal cut short after the directory's half: finish it.
+            (Some(other), _) if Some(&other.generation) == config.previous.as_ref() => {
+                lease.write(&config.generation, false)?;
             }
-            Err(e) => return Err(e.into()),
+            (Some(other), _) => return Err(lease.stale(&other)),
+        }
+        Ok(lease)
+    }
+
+    fn stale(&self, found: &InUse) -> Error {
+        Error::Unsafe(format!(
+            "{} is not the directory that uses {} (its lease {} is not the bucket's {}, \
+             renewed on {} since {}): it was copied or restored from an older state, or \
+             another directory took the bucket over. Its view of the bucket is stale; start a \
+             server on an empty directory with --take-over to rebuild it from the bucket",
+            self.root.display(),
+            self.storage.describe(),
+            self.current(),
+            found.generation,
+            found.host,
+            found.since
+        ))
+    }
+
+    fn current(&self) -> String {
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn read(&self) -> Result<Option<InUse>> {
+        match self.storage.get_bounded(IN_USE, 4096) {
+            Ok(raw) => Ok(Some(serde_json::from_slice(&raw).map_err(|e| {
+                Error::Unsafe(format!(
+                    "{}: unreadable {IN_USE} marker ({e})",
+                    self.storage.describe()
+                ))
+            })?)),
+            Err(hoard_storage::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
-    Err(Error::Busy(format!(
-        "{}: the in-use marker keeps changing",
-        storage.describe()
-    )))
+
+    fn write(&self, generation: &str, create: bool) -> Result<()> {
+        let mine = InUse {
+            id: self.id.clone(),
+            generation: generation.to_string(),
+            host: hostname(),
+            since: jiff::Timestamp::now().to_string(),
+        };
+        let json = Bytes::from(serde_json::to_vec(&mine).unwrap_or_default());
+        if create {
+            if self.storage.put_if_absent(IN_USE, json)? == hoard_storage::Put::Existed {
+                return Err(Error::Busy(format!(
+                    "{}: another directory claimed it at the same moment",
+                    self.storage.describe()
+                )));
+            }
+        } else {
+            self.storage.put(IN_USE, json)?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the bucket's `in-use` still names this directory and
+    /// generation.
+    pub fn check(&self) -> Result<()> {
+        match self.read()? {
+            Some(found) if found.id == self.id && found.generation == self.current() => Ok(()),
+            Some(found) if found.id != self.id => Err(Error::InUse {
+                store: self.storage.describe(),
+                other_id: found.id,
+                host: found.host,
+                since: found.since,
+            }),
+            Some(found) => Err(self.stale(&found)),
+            None => Err(Error::Unsafe(format!(
+                "{}: its {IN_USE} marker is gone",
+                self.storage.describe()
+            ))),
+        }
+    }
+
+    /// A server's start: a new generation, in the directory first, then
+    /// in the bucket. Every other holder of the old one (a copy of the
+    /// directory) is refused from now on.
+    pub fn renew(&self) -> Result<()> {
+        self.check()?;
+        let old = self.current();
+        let new = new_generation();
+        let mut config = StorageConfig::load(&self.root)?;
+        config.previous = Some(old);
+        config.generation = new.clone();
+        config.store(&self.root)?;
+        self.write(&new, false)?;
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+}
+
+/// How opening treats the bucket's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// It must be this directory's (or free).
+    Own,
+    /// Taken from whichever directory holds it (a new directory only).
+    TakeOver,
 }
 
 fn hostname() -> String {
@@ -225,11 +361,11 @@ pub(crate) fn pull_metadata(storage: &dyn Storage, root: &Path) -> Result<u64> {
     let mut pulled = 0;
     let mut failure = None;
     storage.list(&format!("{SNAPSHOTS}/"), &mut |obj| {
-        let rel = &obj.key[SNAPSHOTS.len() + 1..];
-        if !is_metadata_path(rel) {
+        let decoded = decode_key(&obj.key[SNAPSHOTS.len() + 1..]);
+        let Some(rel) = decoded.as_deref().filter(|r| is_metadata_path(r)) else {
             tracing::warn!("skipping {} in the bucket: not snapshot metadata", obj.key);
             return Ok(ControlFlow::Continue(()));
-        }
+        };
         let result = storage.get(&obj.key).map_err(Error::from).and_then(|data| {
             let dest = root.join(rel);
             if let Some(parent) = dest.parent() {
@@ -252,6 +388,48 @@ pub(crate) fn pull_metadata(storage: &dyn Storage, root: &Path) -> Result<u64> {
         Some(e) => Err(e),
         None => Ok(pulled),
     }
+}
+
+/// A path part as an object key part: letters, digits, `.`, `:` and
+/// `-` as they are (a leading `.` excepted); every other byte as `_XX`
+/// (two lower-case hex digits). File names may hold any character but
+/// `/` and NUL; object keys may not (`hoard_storage::check_key`).
+fn encode_part(part: &[u8]) -> String {
+    let mut out = String::with_capacity(part.len());
+    for (i, &b) in part.iter().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || matches!(b, b':' | b'-') || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The path a metadata key stands for (`encode_part` undone per part);
+/// None if it is not an encoding `encode_part` makes.
+fn decode_key(key: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in key.split('/') {
+        let mut bytes = Vec::with_capacity(part.len());
+        let mut it = part.bytes();
+        while let Some(b) = it.next() {
+            if b == b'_' {
+                let hex = [it.next()?, it.next()?];
+                let v = u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?;
+                bytes.push(v);
+            } else {
+                bytes.push(b);
+            }
+        }
+        let decoded = String::from_utf8(bytes).ok()?;
+        if encode_part(decoded.as_bytes()) != part {
+            return None; // not canonical: two keys must not mean one path
+        }
+        parts.push(decoded);
+    }
+    Some(parts.join("/"))
 }
 
 /// `TYPE/ID/owner` or `TYPE/ID/TIME/NAME` with a manifest or index name.
@@ -298,7 +476,7 @@ impl Mirror {
             .map_err(|_| Error::Unsafe(format!("{} is outside the datastore", path.display())))?;
         let parts: Vec<String> = rel
             .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .map(|c| encode_part(c.as_os_str().as_encoded_bytes()))
             .collect();
         Ok(format!("{SNAPSHOTS}/{}", parts.join("/")))
     }
@@ -334,6 +512,29 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_file_name_has_a_key_and_back() {
+        for name in [
+            "system disk.fidx",
+            "données.didx",
+            ".hidden.fidx",
+            "a_b:c-d.e",
+            "x%2F",
+        ] {
+            let key = encode_part(name.as_bytes());
+            hoard_storage::check_key(&key).unwrap();
+            assert_eq!(decode_key(&key).as_deref(), Some(name), "{key}");
+        }
+        assert_eq!(
+            decode_key("vm/100/2019-04-23T12:23:36Z/a_20b.fidx").as_deref(),
+            Some("vm/100/2019-04-23T12:23:36Z/a b.fidx")
+        );
+        // Not what the encoder makes: refused.
+        for bad in ["a_2", "a_zz", "_61", "a_2e", "_ff"] {
+            assert_eq!(decode_key(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn only_metadata_paths_are_pulled() {

@@ -184,6 +184,11 @@ impl ChunkStore {
         self
     }
 
+    /// On object storage: the lease on the bucket.
+    pub(crate) fn lease(&self) -> Option<&crate::backend::Lease> {
+        self.objects.as_ref().map(|o| o.lease.as_ref())
+    }
+
     /// On object storage: the bytes in the local chunk cache now.
     pub fn cached_bytes(&self) -> Option<u64> {
         self.objects.as_ref().map(|o| o.cache.bytes())
@@ -541,13 +546,17 @@ impl ChunkStore {
     pub fn quarantine(&self, digest: &Digest, class: ChunkClass) -> Result<Option<String>> {
         let _excl = self.locks.exclusive_prefix(Self::prefix(digest))?;
         if let Some(o) = &self.objects {
-            if self.check(digest, class).is_ok() {
-                return Ok(None);
-            }
+            // It reads the object again and moves it only if still bad.
             return o.quarantine(digest, class);
         }
         let path = self.path_of(digest, class);
-        if !path.exists() || self.check(digest, class).is_ok() {
+        // Moved only if found damaged again: a read that fails now (an
+        // I/O error that may pass) confirms nothing.
+        let damaged = matches!(
+            self.check(digest, class),
+            Err(ChunkProblem::Corrupt(_) | ChunkProblem::ZeroLength)
+        );
+        if !path.exists() || !damaged {
             return Ok(None);
         }
         crate::fsutil::create_dir_durable(&self.bad)?;

@@ -14,8 +14,9 @@ use hoard_types::{
 use hoard_storage::{S3Config, Storage};
 
 use crate::backend::{
-    BUCKET_MARKER_CONTENT, Backend, CONFIG_NAME, Mirror, ObjectOptions, StorageConfig,
-    check_conditional_writes, open_bucket, open_s3, pull_metadata,
+    BUCKET_MARKER_CONTENT, Backend, CONFIG_NAME, Claim, Lease, Mirror, ObjectOptions,
+    StorageConfig, bucket_holds_datastore, check_conditional_writes, mark_bucket, new_generation,
+    open_s3, pull_metadata,
 };
 use crate::chunk_cache::ChunkCache;
 use crate::chunk_store::ChunkClass;
@@ -120,17 +121,29 @@ impl Datastore {
         s3: Option<S3Config>,
         o: &ObjectOptions<T>,
     ) -> Result<()> {
-        let id = match StorageConfig::load(root) {
-            Ok(c) => c.id,
-            Err(_) => format!("{:016x}", rand::random::<u64>()),
+        // A setup cut short is resumed with the identity it chose.
+        let (id, generation) = match StorageConfig::load(root) {
+            Ok(c) => (c.id, c.generation),
+            Err(_) => (format!("{:016x}", rand::random::<u64>()), new_generation()),
         };
         let config = StorageConfig {
             id,
+            generation,
+            previous: None,
             cache_bytes: o.cache_bytes,
             s3,
         };
         config.store(root)?;
-        if open_bucket(storage.as_ref(), &config.id, o.take_over)? {
+        let existed = bucket_holds_datastore(storage.as_ref())?;
+        let claim = if o.take_over {
+            Claim::TakeOver
+        } else {
+            Claim::Own
+        };
+        Lease::open(storage.clone(), root, &config, claim)?;
+        if !existed {
+            mark_bucket(storage.as_ref())?;
+        } else {
             let n = pull_metadata(storage.as_ref(), root)?;
             tracing::info!(
                 "attached {}: {n} metadata files copied into {}",
@@ -189,7 +202,7 @@ impl Datastore {
         );
         let mut mirror = None;
         if on_objects {
-            let (storage, cache_bytes) = Self::open_objects(root, backend)?;
+            let (storage, cache_bytes, lease) = Self::open_objects(root, backend)?;
             let cache = ChunkCache::open(&root.join(".cache"), temp.path(), cache_bytes)?;
             let objects = ObjectChunks::new(
                 storage.clone(),
@@ -197,6 +210,7 @@ impl Datastore {
                 cache,
                 temp.clone(),
                 locks.clone(),
+                Arc::new(lease),
             );
             chunks = chunks.with_objects(Arc::new(objects));
             mirror = Some(Mirror::new(storage, root));
@@ -210,24 +224,24 @@ impl Datastore {
         })
     }
 
-    /// The storage of an object datastore and its cache size; the bucket
-    /// checked and marked in use.
-    fn open_objects(root: &Path, backend: &Backend) -> Result<(Arc<dyn Storage>, u64)> {
+    /// The storage of an object datastore, its cache size, and the lease
+    /// on its bucket (checked: the bucket names this directory).
+    fn open_objects(root: &Path, backend: &Backend) -> Result<(Arc<dyn Storage>, u64, Lease)> {
         let mut config = StorageConfig::load(root)?;
-        let (storage, take_over) = match (backend, &config.s3) {
+        let storage = match (backend, &config.s3) {
             (Backend::S3(o), Some(stored)) => {
-                let same = |a: &S3Config, b: &S3Config| {
-                    (&a.endpoint, &a.bucket, &a.prefix) == (&b.endpoint, &b.bucket, &b.prefix)
-                };
+                // The endpoint may change (a new address, TLS); the
+                // bucket and prefix may not.
+                let same =
+                    |a: &S3Config, b: &S3Config| (&a.bucket, &a.prefix) == (&b.bucket, &b.prefix);
                 if !same(&o.target, stored) {
                     return Err(Error::Unsafe(format!(
-                        "{} is a datastore on bucket {} at {} (prefix {:?}); it cannot move to                          bucket {} at {} (prefix {:?})",
+                        "{} is a datastore on bucket {} (prefix {:?}); it cannot move to \
+                         bucket {} (prefix {:?})",
                         root.display(),
                         stored.bucket,
-                        stored.endpoint,
                         stored.prefix,
                         o.target.bucket,
-                        o.target.endpoint,
                         o.target.prefix
                     )));
                 }
@@ -236,12 +250,12 @@ impl Datastore {
                     config.cache_bytes = o.cache_bytes;
                     config.store(root)?;
                 }
-                (open_s3(&o.target)?, o.take_over)
+                open_s3(&o.target)?
             }
-            (Backend::Local, Some(stored)) => (open_s3(stored)?, false),
+            (Backend::Local, Some(stored)) => open_s3(stored)?,
             (Backend::Storage(o), _) => {
                 config.cache_bytes = o.cache_bytes;
-                (o.target.clone(), o.take_over)
+                o.target.clone()
             }
             (_, None) => {
                 return Err(Error::Unsafe(format!(
@@ -250,8 +264,29 @@ impl Datastore {
                 )));
             }
         };
-        open_bucket(storage.as_ref(), &config.id, take_over)?;
-        Ok((storage, config.cache_bytes))
+        // Taking over happens when a directory is created; an existing
+        // directory only ever opens a bucket whose lease it holds.
+        let lease = Lease::open(storage.clone(), root, &config, Claim::Own)?;
+        Ok((storage, config.cache_bytes, lease))
+    }
+
+    /// A server's start on an object-storage datastore: renews the lease
+    /// on the bucket, so that any copy of this directory is refused from
+    /// now on. Nothing to do on local disk.
+    pub fn start_serving(&self) -> Result<()> {
+        match self.chunks.lease() {
+            Some(l) => l.renew(),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails unless this directory still holds the bucket's lease (a
+    /// no-op on local disk).
+    pub fn check_lease(&self) -> Result<()> {
+        match self.chunks.lease() {
+            Some(l) => l.check(),
+            None => Ok(()),
+        }
     }
 
     /// The object storage under the datastore, if it is on one.
@@ -290,6 +325,8 @@ impl Datastore {
     /// one that stays the newest for ever.
     pub fn begin_snapshot(&self, snap: &SnapshotPath) -> Result<SnapshotWriter> {
         let dir = self.checked_snapshot_dir(snap)?;
+        // On object storage: only while this directory holds the bucket.
+        self.check_lease()?;
         let now = SnapshotTime::now();
         if snap.time.epoch() > now.epoch().saturating_add(MAX_CLOCK_SKEW_SECS) {
             return Err(Error::SnapshotInFuture {
@@ -342,6 +379,7 @@ impl Datastore {
             manifest,
             started: HashSet::new(),
             in_progress: HashSet::new(),
+            mirrored: false,
             _lock: lock,
         })
     }
@@ -997,6 +1035,8 @@ pub struct SnapshotWriter {
     started: HashSet<String>,
     /// Stored names started and neither finished nor abandoned.
     in_progress: HashSet<String>,
+    /// A manifest of this writer's was sent to the bucket.
+    mirrored: bool,
     _lock: File,
 }
 
@@ -1117,8 +1157,9 @@ impl SnapshotWriter {
         self.in_progress.remove(stored_name);
     }
 
-    fn store_manifest(&self) -> Result<()> {
+    fn store_manifest(&mut self) -> Result<()> {
         let path = self.dir.join(MANIFEST_NAME);
+        self.mirrored |= self.ds.mirror.is_some();
         self.manifest.store(self.ds.tmp(), &path)?;
         self.ds.mirror_upload(&path)
     }
@@ -1143,11 +1184,17 @@ impl SnapshotWriter {
             && self.started.iter().all(|n| self.manifest.file(n).is_some())
             && (!self.manifest.encrypted || self.manifest.seal.is_some());
         if self.manifest.files.is_empty() {
-            // A seal may have put its manifest in the bucket.
+            // Any manifest this writer stored may be in the bucket (an
+            // upload reported failed may have landed): it goes there too,
+            // or a rebuilt directory would bring the snapshot back.
             if let Some(m) = &self.ds.mirror
-                && self.manifest.seal.is_some()
+                && self.mirrored
+                && let Err(e) = m.remove(&self.dir.join(MANIFEST_NAME))
             {
-                let _ = m.remove(&self.dir.join(MANIFEST_NAME));
+                tracing::warn!(
+                    "removing the manifest of empty snapshot {} from the bucket: {e}",
+                    self.snap
+                );
             }
             let _ = fs::remove_file(self.dir.join(MANIFEST_NAME));
             let _ = fs::remove_file(self.dir.join(LOCK_NAME));

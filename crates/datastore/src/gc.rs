@@ -112,6 +112,9 @@ pub fn collect_garbage(
     on_event: &(dyn Fn(&GcEvent) + Sync),
 ) -> Result<GcReport> {
     let (_gc_lock, now) = ds.locks().gc()?;
+    // On object storage: only the directory that holds the bucket
+    // collects (checked again before every deletion).
+    ds.check_lease()?;
     let oldest = ds.locks().oldest_writer()?;
     let cutoff = oldest.map_or(now, |o| o.min(now)).minus(opts.grace);
     on_event(&GcEvent::Started { cutoff });

@@ -28,10 +28,11 @@ use hoard_codec::blob::{BlobHeader, HEADER_SIZE};
 use hoard_storage::{Put, Storage};
 use hoard_types::Digest;
 
+use crate::backend::Lease;
 use crate::chunk_cache::ChunkCache;
 use crate::chunk_store::{ChunkClass, Inserted, Marked, SweepCounts, chunk_name, is_chunk_name};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::open_nofollow;
+use crate::fsutil::{fsync_dir, open_nofollow};
 use crate::locks::{FsTime, Locks, touch};
 use crate::recovery::ProcessTemp;
 
@@ -39,6 +40,10 @@ use crate::recovery::ProcessTemp;
 const STUB_SIZE: usize = HEADER_SIZE + 8;
 /// Objects deleted per request (S3 DeleteObjects takes up to 1000).
 const DELETE_BATCH: usize = 1000;
+/// No chunk object is larger: the largest chunk with the largest header
+/// and encryption overhead, and room to spare. A larger object is damage
+/// (or hostile), refused before it is read into memory.
+const MAX_BLOB_SIZE: u64 = hoard_types::MAX_CHUNK_SIZE as u64 + 4096;
 
 #[derive(Debug)]
 pub(crate) struct ObjectChunks {
@@ -47,6 +52,7 @@ pub(crate) struct ObjectChunks {
     pub cache: ChunkCache,
     tmp: Arc<ProcessTemp>,
     locks: Arc<Locks>,
+    pub lease: Arc<Lease>,
 }
 
 /// What a stub says of its chunk.
@@ -94,6 +100,7 @@ impl ObjectChunks {
         cache: ChunkCache,
         tmp: Arc<ProcessTemp>,
         locks: Arc<Locks>,
+        lease: Arc<Lease>,
     ) -> Self {
         ObjectChunks {
             storage,
@@ -101,6 +108,7 @@ impl ObjectChunks {
             cache,
             tmp,
             locks,
+            lease,
         }
     }
 
@@ -174,23 +182,26 @@ impl ObjectChunks {
             header,
             blob_len: blob.len() as u64,
         };
-        let put = {
-            let _shared = self.locks.share_prefix(digest.0[0])?;
-            if let Some((file, _)) = self.read_stub(digest, class)? {
-                Self::stamp(&file, since, digest)?;
-                return Ok(Inserted::Existed);
+        let _shared = self.locks.share_prefix(digest.0[0])?;
+        if let Some((file, _)) = self.read_stub(digest, class)? {
+            Self::stamp(&file, since, digest)?;
+            return Ok(Inserted::Existed);
+        }
+        match self
+            .storage
+            .put_if_absent(&chunk_key(digest, class), blob)?
+        {
+            Put::Created => {
+                self.write_stub(digest, class, &stub)?;
+                Ok(Inserted::New)
             }
-            let put = self
-                .storage
-                .put_if_absent(&chunk_key(digest, class), blob.clone())?;
-            self.write_stub(digest, class, &stub)?;
-            put
-        };
-        self.cache.insert(&chunk_name(digest, class), &blob);
-        Ok(match put {
-            Put::Created => Inserted::New,
-            Put::Existed => Inserted::Existed,
-        })
+            // Found, not written: the stub comes from the object itself
+            // (an encrypted chunk's bytes under one name may differ).
+            Put::Existed => {
+                self.header(digest, class, since)?;
+                Ok(Inserted::Existed)
+            }
+        }
     }
 
     /// The header of a stored chunk: from its stub, or (no stub: a lost
@@ -268,6 +279,10 @@ impl ObjectChunks {
             touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
             return Ok(Marked::Touched);
         }
+        // Re-made under the shared lock, as a writer would: a stub must
+        // never be written for an object a quarantine or a lost-object
+        // check deleted meanwhile.
+        let _shared = self.locks.share_prefix(digest.0[0])?;
         match self.header(digest, class, cutoff) {
             Ok(_) => Ok(Marked::Touched),
             Err(Error::ChunkMissing(_) | Error::ChunkEncrypted(_)) => Ok(Marked::Missing),
@@ -291,14 +306,33 @@ impl ObjectChunks {
         Ok((header, blob))
     }
 
-    /// The blob as the bucket has it, bypassing the cache (verify).
+    /// The blob as the bucket has it, bypassing the cache (verify). An
+    /// object found missing loses its stub ([`ObjectChunks::forget_lost`]),
+    /// so the caller must hold no lock of its prefix.
     pub fn download(&self, digest: &Digest, class: ChunkClass) -> Result<Vec<u8>> {
-        match self.storage.get(&chunk_key(digest, class)) {
-            Ok(b) => Ok(Vec::from(b)),
-            Err(hoard_storage::Error::NotFound(_)) => {
+        match self.download_locked(digest, class) {
+            Err(Error::ChunkMissing(_)) => {
                 self.forget_lost(digest, class)?;
                 Err(self.missing(digest, class))
             }
+            other => other,
+        }
+    }
+
+    /// [`ObjectChunks::download`] for a caller that holds its prefix's
+    /// lock: a missing object is only reported. A blob larger than any
+    /// chunk is refused before it is read whole.
+    pub fn download_locked(&self, digest: &Digest, class: ChunkClass) -> Result<Vec<u8>> {
+        match self
+            .storage
+            .get_bounded(&chunk_key(digest, class), MAX_BLOB_SIZE)
+        {
+            Ok(b) => Ok(Vec::from(b)),
+            Err(hoard_storage::Error::NotFound(_)) => Err(Error::ChunkMissing(*digest)),
+            Err(hoard_storage::Error::TooLarge { size, .. }) => Err(Error::ChunkCorrupt {
+                digest: *digest,
+                reason: format!("its object has {size} bytes, more than any chunk"),
+            }),
             Err(e) => Err(Error::Storage(e)),
         }
     }
@@ -315,11 +349,14 @@ impl ObjectChunks {
         }
         let stub = self.stub_path(digest, class);
         match fs::remove_file(&stub) {
-            Ok(()) => tracing::warn!(
-                "chunk {digest} is missing from {}: its stub is removed, the next backup \
-                 holding its data stores it again",
-                self.storage.describe()
-            ),
+            Ok(()) => {
+                fsync_dir(&self.stubs.join(&chunk_name(digest, class)[..2]))?;
+                tracing::warn!(
+                    "chunk {digest} is missing from {}: its stub is removed, the next backup \
+                     holding its data stores it again",
+                    self.storage.describe()
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).ctx(|| format!("removing {}", stub.display())),
         }
@@ -340,7 +377,13 @@ impl ObjectChunks {
         let mut failure = None;
         self.storage.list(&list_prefix, &mut |obj| {
             let name = obj.key.rsplit('/').next().unwrap_or("");
-            let Some((digest, class)) = parse_chunk_name(name) else {
+            // Only objects exactly where this prefix's chunks live: a
+            // misplaced or foreign key is none of this sweep's business
+            // (it would be deleted under the wrong prefix's lock).
+            let parsed = parse_chunk_name(name)
+                .filter(|(d, c)| d.0[0] == prefix && chunk_key(d, *c) == obj.key);
+            let Some((digest, class)) = parsed else {
+                tracing::warn!("GC leaves {} alone: not a chunk of this datastore", obj.key);
                 return Ok(ControlFlow::Continue(()));
             };
             page.push((digest, class, obj.size));
@@ -372,6 +415,9 @@ impl ObjectChunks {
         if page.is_empty() {
             return Ok(());
         }
+        // Nothing is deleted unless this directory still holds the
+        // bucket: another's GC would know other snapshots.
+        self.lease.check()?;
         let _excl = self.locks.exclusive_prefix(prefix)?;
         let mut doomed = Vec::with_capacity(page.len());
         for (digest, class, size) in page.drain(..) {
@@ -396,6 +442,12 @@ impl ObjectChunks {
             counts.removed += 1;
             counts.removed_bytes += size;
         }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // The stubs' removal is durable before any object goes: a stub
+        // that came back after a power loss would name a deleted object.
+        fsync_dir(&self.stubs.join(format!("{prefix:02x}")))?;
         self.storage.delete(&doomed)?;
         Ok(())
     }
@@ -431,17 +483,23 @@ impl ObjectChunks {
     /// the exclusive prefix lock and has re-checked the chunk.
     pub fn quarantine(&self, digest: &Digest, class: ChunkClass) -> Result<Option<String>> {
         let key = chunk_key(digest, class);
-        let blob = match self.storage.get(&key) {
+        // What is moved is what was checked: read once more, and moved
+        // only if this very copy is damaged.
+        let blob = match self.download_locked(digest, class) {
             Ok(b) => b,
-            Err(hoard_storage::Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(Error::ChunkCorrupt { .. }) => return Ok(None),
+            Err(Error::ChunkMissing(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
+        if !blob.is_empty() && still_good(digest, class, &blob) {
+            return Ok(None);
+        }
         let stamp = jiff::Timestamp::now().as_second();
         let bad = format!("bad/{}.{stamp}", chunk_name(digest, class));
-        self.storage.put(&bad, blob)?;
+        self.storage.put(&bad, blob.into())?;
         let stub = self.stub_path(digest, class);
         match fs::remove_file(&stub) {
-            Ok(()) => {}
+            Ok(()) => fsync_dir(&self.stubs.join(&chunk_name(digest, class)[..2]))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).ctx(|| format!("removing {}", stub.display())),
         }
@@ -449,6 +507,13 @@ impl ObjectChunks {
         self.storage.delete(&[key])?;
         Ok(Some(format!("{} {bad}", self.storage.describe())))
     }
+}
+
+/// Whether a blob passes every check verify makes (for a plain chunk:
+/// its data hashes to its name).
+fn still_good(digest: &Digest, class: ChunkClass, blob: &[u8]) -> bool {
+    checked(digest, class, blob).is_ok()
+        && (class == ChunkClass::Encrypted || hoard_codec::blob::verify_plain(digest, blob).is_ok())
 }
 
 /// Checks a blob's header (of the expected class) and CRC.

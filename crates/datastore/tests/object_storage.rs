@@ -113,9 +113,10 @@ fn an_unchanged_backup_sends_a_handful_of_requests() {
     // The same data again: every chunk exists (its stub says so).
     write(&ds, &snap("vm/1/2020-01-02T00:00:00Z"), &chunks);
     let spent = s.requests().since(&before);
-    // The index and the manifest (twice: file recorded, closed).
+    // The lease checked as the snapshot begins, the index, and the
+    // manifest (twice: file recorded, closed). No chunk is looked at.
     assert!(spent.total() <= 4, "{spent:?}");
-    assert_eq!(spent.get + spent.head + spent.list, 0, "{spent:?}");
+    assert_eq!((spent.get, spent.head + spent.list), (1, 0), "{spent:?}");
 }
 
 #[test]
@@ -289,4 +290,182 @@ fn a_failing_bucket_fails_the_write_and_loses_nothing() {
     assert!(ds.chunks().insert(&Digest::of(&b), &b, reg.start()).is_ok());
     let r = verify::verify(&ds, &|_| true, &verify::VerifyOptions::default(), &|_| {}).unwrap();
     assert_eq!(r.failed(), 0, "{r:?}");
+}
+
+#[test]
+fn verify_moves_only_a_chunk_found_damaged_again_and_never_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(MemStorage::new());
+    let ds = open(&dir.path().join("ds"), &s, 1 << 20);
+    let (a, b) = (noise(4096, 1), noise(4096, 2));
+    let d = write(&ds, &snap("vm/1/2020-01-01T00:00:00Z"), &[a, b]);
+    // An intact chunk is not moved, whatever a first read said.
+    assert_eq!(
+        ds.chunks().quarantine(&d[0], ChunkClass::Plain).unwrap(),
+        None
+    );
+    // Nor while the bucket fails: that confirms nothing.
+    s.set_offline(true);
+    assert!(ds.chunks().quarantine(&d[0], ChunkClass::Plain).is_err());
+    s.set_offline(false);
+    assert!(s.head(&chunk_key(&d[0])).is_ok());
+    // A damaged chunk that vanishes before it is moved: nothing to move,
+    // and no wait on the lock the quarantine itself holds.
+    let mut raw = s.get(&chunk_key(&d[1])).unwrap().to_vec();
+    raw[40] ^= 1;
+    s.put(&chunk_key(&d[1]), raw.clone().into()).unwrap();
+    s.delete(&[chunk_key(&d[1])]).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ds2 = ds.clone();
+    let d1 = d[1];
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            ds2.chunks()
+                .quarantine(&d1, ChunkClass::Plain)
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("quarantine hung");
+    assert_eq!(r.unwrap(), None);
+    // A damaged chunk that is there is moved to bad/.
+    s.put(&chunk_key(&d[1]), raw.into()).unwrap();
+    let moved = ds
+        .chunks()
+        .quarantine(&d[1], ChunkClass::Plain)
+        .unwrap()
+        .unwrap();
+    assert!(moved.contains(" bad/"), "{moved}");
+    assert!(s.head(&chunk_key(&d[1])).is_err());
+    assert_eq!(keys(&s, "bad/").len(), 1);
+}
+
+#[test]
+fn a_copied_or_stale_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(MemStorage::new());
+    let first = dir.path().join("ds");
+    let ds = open(&first, &s, 1 << 20);
+    ds.start_serving().unwrap();
+    write(&ds, &snap("vm/1/2020-01-01T00:00:00Z"), &[noise(4096, 1)]);
+    // A copy of the directory (a restored VM, an rsync to move it).
+    let copy = dir.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&first)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    // The original server starts again: the copy's lease is old now.
+    ds.start_serving().unwrap();
+    let o = ObjectOptions::new(s.clone() as Arc<dyn Storage>);
+    let e = Datastore::open_or_create_with(&copy, Backend::Storage(o)).unwrap_err();
+    assert!(e.to_string().contains("--take-over"), "{e}");
+    // And a handle that saw the lease renewed by another process (the
+    // copy, started first) can neither begin a snapshot nor collect.
+    let copy2 = dir.path().join("copy2");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&first)
+            .arg(&copy2)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = ObjectOptions::new(s.clone() as Arc<dyn Storage>);
+    let other = Datastore::open_or_create_with(&copy2, Backend::Storage(o)).unwrap();
+    other.start_serving().unwrap();
+    assert!(
+        ds.begin_snapshot(&snap("vm/1/2020-01-02T00:00:00Z"))
+            .is_err()
+    );
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        threads: 1,
+    };
+    assert!(collect_garbage(&ds, &opts, &|_| {}).is_err());
+}
+
+#[test]
+fn any_file_name_is_mirrored_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(MemStorage::new());
+    let ds = open(&dir.path().join("ds"), &s, 1 << 20);
+    let p = snap("vm/1/2020-01-01T00:00:00Z");
+    let c = noise(100, 1);
+    let reg = ds.register_writer().unwrap();
+    let d = Digest::of(&c);
+    ds.chunks().insert(&d, &c, reg.start()).unwrap();
+    let mut w = ds.begin_snapshot(&p).unwrap();
+    for name in ["system disk", "données", ".hidden"] {
+        let mut f = w
+            .start_file(
+                &FileName::new(name).unwrap(),
+                FileKind::Dynamic,
+                false,
+                0,
+                0,
+            )
+            .unwrap();
+        f.add_dynamic(ds.chunks(), 0, &d, reg.start()).unwrap();
+        w.record(f.finish().unwrap()).unwrap();
+    }
+    assert_eq!(w.close().unwrap(), SnapshotState::Complete);
+    let mut o = ObjectOptions::new(s.clone() as Arc<dyn Storage>);
+    o.take_over = true;
+    let rebuilt =
+        Datastore::open_or_create_with(&dir.path().join("new"), Backend::Storage(o)).unwrap();
+    let m = rebuilt.load_manifest(&p).unwrap();
+    assert_eq!(m.files.len(), 3);
+    for f in &m.files {
+        let r = rebuilt.open_index(&format!("{p}/{}", f.name)).unwrap();
+        r.verify_checksum().unwrap();
+    }
+}
+
+#[test]
+fn a_bucket_with_data_but_no_marker_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(MemStorage::new());
+    let ds = open(&dir.path().join("ds"), &s, 1 << 20);
+    write(&ds, &snap("vm/1/2020-01-01T00:00:00Z"), &[noise(4096, 1)]);
+    s.delete(&["hoard-datastore".into()]).unwrap();
+    let mut o = ObjectOptions::new(s.clone() as Arc<dyn Storage>);
+    o.take_over = true;
+    let e =
+        Datastore::open_or_create_with(&dir.path().join("new"), Backend::Storage(o)).unwrap_err();
+    assert!(e.to_string().contains("no hoard-datastore marker"), "{e}");
+    assert_eq!(keys(&s, "chunks/").len(), 1, "nothing deleted");
+}
+
+#[test]
+fn gc_leaves_misplaced_objects_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(MemStorage::new());
+    let ds = open(&dir.path().join("ds"), &s, 1 << 20);
+    let c = noise(4096, 1);
+    let d = write(
+        &ds,
+        &snap("vm/1/2020-01-01T00:00:00Z"),
+        std::slice::from_ref(&c),
+    )[0];
+    // The same name under another prefix's directory, and a nested key.
+    let other = if d.0[0] == 0 { "01" } else { "00" };
+    let misplaced = format!("chunks/{other}/{}", d.to_hex());
+    let nested = format!("chunks/{}/x/{}", &d.to_hex()[..2], d.to_hex());
+    s.put(&misplaced, vec![1].into()).unwrap();
+    s.put(&nested, vec![1].into()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        threads: 2,
+    };
+    let r = collect_garbage(&ds, &opts, &|_| {}).unwrap();
+    assert_eq!(r.removed_chunks, 0, "{r:?}");
+    for k in [misplaced, nested, chunk_key(&d)] {
+        assert!(s.head(&k).is_ok(), "{k}");
+    }
 }

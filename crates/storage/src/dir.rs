@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::{Error, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix};
+use crate::{
+    Error, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix, too_large,
+};
 
 #[derive(Debug)]
 pub struct DirStorage {
@@ -120,11 +122,14 @@ impl Storage for DirStorage {
         self.write(key, &data, true).map(|_| ())
     }
 
-    fn get(&self, key: &str) -> Result<Bytes> {
+    fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes> {
         let path = self.path(key)?;
-        fs::read(&path)
-            .map(Bytes::from)
-            .map_err(|e| not_found_or("get", key, &path, e))
+        let mut f = File::open(&path).map_err(|e| not_found_or("get", key, &path, e))?;
+        let len = f.metadata().map_err(|e| io("get", &path, &e))?.len();
+        too_large(key, len, max)?;
+        let mut buf = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut buf).map_err(|e| io("get", &path, &e))?;
+        Ok(Bytes::from(buf))
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {

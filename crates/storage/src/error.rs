@@ -7,6 +7,10 @@ pub enum Error {
     /// A key that is not a plain relative name (`check_key`).
     #[error("invalid object key {0:?}")]
     BadKey(String),
+    /// An object larger than its reader allows (damage, or a hostile
+    /// bucket): refused before it is read.
+    #[error("object {key} has {size} bytes, more than the {max} expected")]
+    TooLarge { key: String, size: u64, max: u64 },
     /// A request that failed after its retries, or could not be sent.
     #[error("{op} of {key} on {store} failed: {message}")]
     Request {

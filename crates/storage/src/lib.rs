@@ -90,7 +90,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn put(&self, key: &str, data: Bytes) -> Result<()>;
 
     /// The whole object; [`Error::NotFound`] if there is none.
-    fn get(&self, key: &str) -> Result<Bytes>;
+    fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_bounded(key, u64::MAX)
+    }
+
+    /// The whole object if it has at most `max` bytes, else
+    /// [`Error::TooLarge`] without reading it.
+    fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes>;
 
     /// Bytes `range` of the object (fewer if it is shorter).
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
@@ -137,6 +143,18 @@ pub fn check_key(key: &str) -> Result<()> {
     }
 }
 
+/// [`Error::TooLarge`] if `size` exceeds `max`.
+pub(crate) fn too_large(key: &str, size: u64, max: u64) -> Result<()> {
+    if size > max {
+        return Err(Error::TooLarge {
+            key: key.to_string(),
+            size,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Checks a listing prefix: a key, or a key followed by `/`, or empty.
 pub fn check_prefix(prefix: &str) -> Result<()> {
     match prefix.strip_suffix('/') {
@@ -162,6 +180,11 @@ pub(crate) mod contract {
         assert_eq!(s.get("a/x").unwrap(), b(b"one"));
         assert_eq!(s.get_range("a/x", 1..3).unwrap(), b(b"ne"));
         assert_eq!(s.head("a/x").unwrap().size, 3);
+        assert!(matches!(
+            s.get_bounded("a/x", 2),
+            Err(Error::TooLarge { size: 3, .. })
+        ));
+        assert_eq!(s.get_bounded("a/x", 3).unwrap(), b(b"one"));
         s.put("a/x", b(b"three")).unwrap();
         assert_eq!(s.get("a/x").unwrap(), b(b"three"));
         s.put("a/y", b(b"y")).unwrap();
@@ -205,6 +228,23 @@ pub(crate) mod contract {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a key is made of, one that passes stays inside the
+        /// directory it is joined to: every part a plain name.
+        #[test]
+        fn accepted_keys_stay_inside(key in "[a-z./:_\\-]{0,12}|\\PC{0,12}") {
+            if check_key(&key).is_ok() {
+                let joined = std::path::Path::new("/root").join(&key);
+                prop_assert!(joined.starts_with("/root"));
+                for c in std::path::Path::new(&key).components() {
+                    prop_assert!(matches!(c, std::path::Component::Normal(_)), "{key:?}");
+                }
+                prop_assert!(!key.split('/').any(|p| p.starts_with('.')));
+            }
+        }
+    }
 
     #[test]
     fn keys_are_plain_relative_names() {

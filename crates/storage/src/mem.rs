@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::{Error, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix};
+use crate::{
+    Error, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix, too_large,
+};
 
 /// A map of objects behind a mutex, with a switch that makes every
 /// request fail (a service that went away).
@@ -84,13 +86,16 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn get(&self, key: &str) -> Result<Bytes> {
+    fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes> {
         check_key(key)?;
         self.request(GET, "get", key)?;
-        self.map()
+        let data = self
+            .map()
             .get(key)
             .map(|o| o.0.clone())
-            .ok_or_else(|| Error::NotFound(key.to_string()))
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        too_large(key, data.len() as u64, max)?;
+        Ok(data)
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {

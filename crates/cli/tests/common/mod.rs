@@ -153,8 +153,10 @@ pub fn s3_serve_command_args(
     args
 }
 
+/// The S3 options for a new datastore `ds` when the tests run on S3 (an
+/// existing one knows where its bucket is).
 fn s3_serve_args(ds: &Path) -> Vec<String> {
-    if !on_s3() {
+    if !on_s3() || ds.join(".hoard-datastore").exists() {
         return Vec::new();
     }
     let c = s3_config(ds);
