@@ -12,10 +12,11 @@
 //!
 //! A stub exists only for a chunk whose object exists: it is written,
 //! under the prefix's shared lock, after the object was created or found,
-//! and GC removes it, under the exclusive lock, before the object. Stubs
-//! need no fsync: one lost in a crash is re-made from the bucket (a HEAD
-//! and a ranged GET) when next needed, and GC's rule also keeps any
-//! object younger than its cutoff.
+//! and removed, under the exclusive lock and durably, before the object
+//! is deleted. Stubs are written without fsync: one lost in a crash is
+//! re-made from the bucket (a HEAD and a ranged GET) when next needed;
+//! only a live writer's chunks lack an index that GC marks them by, and a
+//! live writer's stubs are not lost.
 
 use std::fs::{self, File};
 use std::io::Read;

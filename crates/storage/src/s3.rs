@@ -226,11 +226,14 @@ impl S3Storage {
         let creds = Credentials::load(config)?;
         let retry = RetryConfig {
             backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
+                init_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(15),
                 base: 2.0,
             },
-            max_retries: 10,
+            // The time budget decides, not a count: a refused connection
+            // fails at once, and ten quick retries would give up on a
+            // service that restarts in a few seconds.
+            max_retries: 1000,
             retry_timeout: Duration::from_secs(config.retry_timeout_secs),
         };
         let options = ClientOptions::new()

