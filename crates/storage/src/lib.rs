@@ -78,6 +78,37 @@ impl RequestCounts {
     }
 }
 
+/// Request counters by kind, for [`Storage::requests`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters([std::sync::atomic::AtomicU64; 5]);
+
+/// The kinds [`Counters`] tells apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Put,
+    Get,
+    Head,
+    List,
+    Delete,
+}
+
+impl Counters {
+    pub fn count(&self, kind: Kind) {
+        self.0[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RequestCounts {
+        let c = |k: Kind| self.0[k as usize].load(std::sync::atomic::Ordering::Relaxed);
+        RequestCounts {
+            put: c(Kind::Put),
+            get: c(Kind::Get),
+            head: c(Kind::Head),
+            list: c(Kind::List),
+            delete: c(Kind::Delete),
+        }
+    }
+}
+
 /// A place to keep objects. Every method blocks; call them from blocking
 /// threads only.
 pub trait Storage: Send + Sync + std::fmt::Debug {

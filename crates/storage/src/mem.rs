@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::ops::{ControlFlow, Range};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
 use crate::{
-    Error, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix, too_large,
+    Counters, Error, Kind, ObjectInfo, Put, RequestCounts, Result, Storage, check_key,
+    check_prefix, too_large,
 };
 
 /// A map of objects behind a mutex, with a switch that makes every
@@ -17,14 +18,8 @@ use crate::{
 pub struct MemStorage {
     objects: Mutex<BTreeMap<String, (Bytes, i64)>>,
     offline: AtomicBool,
-    counts: [AtomicU64; 5],
+    counts: Counters,
 }
-
-const PUT: usize = 0;
-const GET: usize = 1;
-const HEAD: usize = 2;
-const LIST: usize = 3;
-const DELETE: usize = 4;
 
 impl MemStorage {
     pub fn new() -> Self {
@@ -47,8 +42,8 @@ impl MemStorage {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn request(&self, kind: usize, op: &'static str, key: &str) -> Result<()> {
-        self.counts[kind].fetch_add(1, Ordering::Relaxed);
+    fn request(&self, kind: Kind, op: &'static str, key: &str) -> Result<()> {
+        self.counts.count(kind);
         if self.offline.load(Ordering::SeqCst) {
             return Err(Error::Request {
                 op,
@@ -70,7 +65,7 @@ fn now() -> i64 {
 impl Storage for MemStorage {
     fn put_if_absent(&self, key: &str, data: Bytes) -> Result<Put> {
         check_key(key)?;
-        self.request(PUT, "put", key)?;
+        self.request(Kind::Put, "put", key)?;
         let mut map = self.map();
         if map.contains_key(key) {
             return Ok(Put::Existed);
@@ -81,14 +76,14 @@ impl Storage for MemStorage {
 
     fn put(&self, key: &str, data: Bytes) -> Result<()> {
         check_key(key)?;
-        self.request(PUT, "put", key)?;
+        self.request(Kind::Put, "put", key)?;
         self.map().insert(key.to_string(), (data, now()));
         Ok(())
     }
 
     fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes> {
         check_key(key)?;
-        self.request(GET, "get", key)?;
+        self.request(Kind::Get, "get", key)?;
         let data = self
             .map()
             .get(key)
@@ -100,7 +95,7 @@ impl Storage for MemStorage {
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         check_key(key)?;
-        self.request(GET, "get", key)?;
+        self.request(Kind::Get, "get", key)?;
         let map = self.map();
         let data = &map
             .get(key)
@@ -113,7 +108,7 @@ impl Storage for MemStorage {
 
     fn head(&self, key: &str) -> Result<ObjectInfo> {
         check_key(key)?;
-        self.request(HEAD, "head", key)?;
+        self.request(Kind::Head, "head", key)?;
         self.map()
             .get(key)
             .map(|o| ObjectInfo {
@@ -130,7 +125,7 @@ impl Storage for MemStorage {
         each: &mut dyn FnMut(ObjectInfo) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         check_prefix(prefix)?;
-        self.request(LIST, "list", prefix)?;
+        self.request(Kind::List, "list", prefix)?;
         // A snapshot of the matching keys, so `each` may call back in.
         let found: Vec<ObjectInfo> = self
             .map()
@@ -154,7 +149,7 @@ impl Storage for MemStorage {
         for key in keys {
             check_key(key)?;
         }
-        self.request(DELETE, "delete", keys.first().map_or("", |k| k))?;
+        self.request(Kind::Delete, "delete", keys.first().map_or("", |k| k))?;
         let mut map = self.map();
         for key in keys {
             map.remove(key);
@@ -167,14 +162,7 @@ impl Storage for MemStorage {
     }
 
     fn requests(&self) -> RequestCounts {
-        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
-        RequestCounts {
-            put: c(PUT),
-            get: c(GET),
-            head: c(HEAD),
-            list: c(LIST),
-            delete: c(DELETE),
-        }
+        self.counts.snapshot()
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::ops::{ControlFlow, Range};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +25,8 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Error, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix, too_large,
+    Counters, Error, Kind, ObjectInfo, Put, RequestCounts, Result, Storage, check_key,
+    check_prefix, too_large,
 };
 
 /// How the bucket is named in requests.
@@ -186,16 +186,10 @@ fn parse_credentials(text: &str, profile: &str) -> Option<Credentials> {
     })
 }
 
-const PUT: usize = 0;
-const GET: usize = 1;
-const HEAD: usize = 2;
-const LIST: usize = 3;
-const DELETE: usize = 4;
-
 pub struct S3Storage {
     store: AmazonS3,
     config: S3Config,
-    counts: [AtomicU64; 5],
+    counts: Counters,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -269,7 +263,7 @@ impl S3Storage {
         Ok(S3Storage {
             store,
             config: config.clone(),
-            counts: Default::default(),
+            counts: Counters::default(),
         })
     }
 
@@ -324,8 +318,8 @@ impl S3Storage {
             .to_string()
     }
 
-    fn count(&self, kind: usize) {
-        self.counts[kind].fetch_add(1, Ordering::Relaxed);
+    fn count(&self, kind: Kind) {
+        self.counts.count(kind);
     }
 
     fn fail(&self, op: &'static str, key: &str, e: object_store::Error) -> Error {
@@ -349,7 +343,7 @@ impl S3Storage {
 
     fn put_with(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Put> {
         let path = self.path(key)?;
-        self.count(PUT);
+        self.count(Kind::Put);
         let opts = PutOptions {
             mode,
             ..PutOptions::default()
@@ -391,7 +385,7 @@ impl Storage for S3Storage {
 
     fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes> {
         let path = self.path(key)?;
-        self.count(GET);
+        self.count(Kind::Get);
         // The size is known from the response's headers, before its body
         // is read.
         self.block(async {
@@ -410,7 +404,7 @@ impl Storage for S3Storage {
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = self.path(key)?;
-        self.count(GET);
+        self.count(Kind::Get);
         match self.block(self.store.get_range(&path, range.clone()))? {
             Ok(b) => Ok(b),
             // A range past a short object's end: what there is.
@@ -425,7 +419,7 @@ impl Storage for S3Storage {
 
     fn head(&self, key: &str) -> Result<ObjectInfo> {
         let path = self.path(key)?;
-        self.count(HEAD);
+        self.count(Kind::Head);
         self.block(self.store.head(&path))?
             .map(|m| info(key.to_string(), &m))
             .map_err(|e| self.fail("head", key, e))
@@ -449,7 +443,7 @@ impl Storage for S3Storage {
         // Each page is one request; the stream fetches the next one only
         // when this one is consumed.
         let mut stream = self.store.list(base.as_ref());
-        self.count(LIST);
+        self.count(Kind::List);
         let mut in_page = 0usize;
         loop {
             let next = rt.block_on(stream.next());
@@ -458,7 +452,7 @@ impl Storage for S3Storage {
             in_page += 1;
             if in_page == 1000 {
                 in_page = 0;
-                self.count(LIST);
+                self.count(Kind::List);
             }
             let key = self.key_of(&meta.location);
             if key.starts_with(prefix) && each(info(key, &meta))?.is_break() {
@@ -474,7 +468,7 @@ impl Storage for S3Storage {
         }
         // DeleteObjects takes up to 1000 keys a request.
         for batch in paths.chunks(1000) {
-            self.count(DELETE);
+            self.count(Kind::Delete);
             let input = futures::stream::iter(batch.iter().cloned().map(Ok)).boxed();
             let results: Vec<_> =
                 self.block(self.store.delete_stream(input).collect::<Vec<_>>())?;
@@ -499,14 +493,7 @@ impl Storage for S3Storage {
     }
 
     fn requests(&self) -> RequestCounts {
-        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
-        RequestCounts {
-            put: c(PUT),
-            get: c(GET),
-            head: c(HEAD),
-            list: c(LIST),
-            delete: c(DELETE),
-        }
+        self.counts.snapshot()
     }
 }
 

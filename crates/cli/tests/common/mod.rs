@@ -115,13 +115,33 @@ pub fn s3_config(ds: &Path) -> hoard_storage::S3Config {
     c
 }
 
+/// The `hoard serve` options that put a datastore on the bucket of `c`.
+fn s3_flags(c: &hoard_storage::S3Config) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--s3-endpoint".into(),
+        c.endpoint.clone(),
+        "--s3-bucket".into(),
+        c.bucket.clone(),
+        "--s3-prefix".into(),
+        c.prefix.clone(),
+        "--s3-retry-timeout".into(),
+        c.retry_timeout_secs.to_string(),
+    ];
+    if let Some(f) = &c.credentials_file {
+        args.push("--s3-credentials".into());
+        args.push(f.display().to_string());
+    }
+    args
+}
+
 /// `hoard serve ...` for the datastore `dir/ds` on `weed` under `prefix`.
 pub fn s3_serve_command_args(
     dir: &Path,
     weed: &hoard_storage::seaweedfs::SeaweedFs,
     prefix: &str,
 ) -> Vec<String> {
-    let c = weed.config(prefix);
+    let mut c = weed.config(prefix);
+    c.retry_timeout_secs = 3;
     let mut args: Vec<String> = [
         "serve",
         "--listen",
@@ -130,20 +150,12 @@ pub fn s3_serve_command_args(
         "127.0.0.1:0",
         "--v1-role",
         "admin",
-        "--s3-endpoint",
-        &c.endpoint,
-        "--s3-bucket",
-        &c.bucket,
-        "--s3-prefix",
-        &c.prefix,
-        "--s3-retry-timeout",
-        "3",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(s3_flags(&c));
     for (flag, path) in [
-        ("--s3-credentials", c.credentials_file.unwrap()),
         ("--datastore", dir.join("ds")),
         ("--state-dir", state_dir(dir)),
     ] {
@@ -159,24 +171,8 @@ fn s3_serve_args(ds: &Path) -> Vec<String> {
     if !on_s3() || ds.join(".hoard-datastore").exists() {
         return Vec::new();
     }
-    let c = s3_config(ds);
-    let mut args: Vec<String> = [
-        "--s3-endpoint",
-        &c.endpoint,
-        "--s3-bucket",
-        &c.bucket,
-        "--s3-prefix",
-        &c.prefix,
-        "--s3-retry-timeout",
-        "10",
-        "--cache-size",
-        "64M",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push("--s3-credentials".into());
-    args.push(c.credentials_file.unwrap().display().to_string());
+    let mut args = s3_flags(&s3_config(ds));
+    args.extend(["--cache-size".to_string(), "64M".to_string()]);
     args
 }
 
