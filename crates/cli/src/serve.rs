@@ -163,6 +163,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             )?;
             tracing::warn!("protocol version 1 without TLS or tokens is on: anyone reaching it acts as role {}", p.role);
         }
+        if let Some(storage) = ds.object_storage() {
+            outln!("hoard: chunks on {}", storage.describe())?;
+        }
         outln!("hoard: serving datastore {} on {addr}", dir.display())?;
         std::io::stdout().flush()?;
         tracing::info!(fingerprint = %identity.fingerprint, "TLS on {addr}");

@@ -46,7 +46,7 @@ use crate::xattrs;
 
 /// Suffixes of the two files of a tree archive (before the server's
 /// `.didx`): `root.hmeta.didx` and `root.hdata.didx`.
-pub const META_SUFFIX: &str = ".hmeta";
+pub const META_SUFFIX: &str = hoard_types::ARCHIVE_META_SUFFIX;
 pub const DATA_SUFFIX: &str = ".hdata";
 /// Average chunk of the metadata stream: small, so that listing a
 /// directory downloads little.

