@@ -318,16 +318,11 @@ impl Connection {
                 Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     self.upload_done(done).await
                 }
-                _ = tokio::time::sleep_until(packet_deadline.unwrap_or(idle_deadline)), if packet_deadline.is_some() => {
-                    info!(peer = %self.peer, principal = %self.principal.name,
-                        "connection closed: a packet did not arrive whole within {} s", limits.packet_timeout.as_secs());
-                    return;
-                }
-                _ = tokio::time::sleep_until(idle_deadline), if idle && packet_deadline.is_none() => {
-                    info!(peer = %self.peer, principal = %self.principal.name,
-                        "connection closed: idle for {} s", limits.idle_timeout.as_secs());
-                    return;
-                }
+                // A packet that is whole is read before any deadline is
+                // looked at: after a request that kept this task busy (a
+                // slow disk, an object-storage retry), what arrived
+                // meanwhile is served, not taken for a stalled peer. A
+                // packet still incomplete meets its deadline below.
                 frame = reader.next(), if may_read => match frame {
                     Ok(Some((header, payload))) => {
                         self.last_packet = Instant::now();
@@ -349,6 +344,16 @@ impl Connection {
                         return;
                     }
                 },
+                _ = tokio::time::sleep_until(packet_deadline.unwrap_or(idle_deadline)), if packet_deadline.is_some() => {
+                    info!(peer = %self.peer, principal = %self.principal.name,
+                        "connection closed: a packet did not arrive whole within {} s", limits.packet_timeout.as_secs());
+                    return;
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if idle && packet_deadline.is_none() => {
+                    info!(peer = %self.peer, principal = %self.principal.name,
+                        "connection closed: idle for {} s", limits.idle_timeout.as_secs());
+                    return;
+                }
             };
             if flow.is_err() {
                 return;

@@ -25,8 +25,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Counters, Error, Kind, ObjectInfo, Put, RequestCounts, Result, Storage, check_key,
-    check_prefix, too_large,
+    Counters, Error, Kind, ObjectInfo, Put, RequestCounts, Result, Storage, check_key, check_prefix,
 };
 
 /// How the bucket is named in requests.
@@ -396,9 +395,10 @@ impl Storage for S3Storage {
             r.bytes().await.map(Ok)
         })?
         .map_err(|e| self.fail("get", key, e))?
-        .or_else(|size| {
-            too_large(key, size, max)?;
-            unreachable!("too_large refuses a size over max")
+        .map_err(|size| Error::TooLarge {
+            key: key.to_string(),
+            size,
+            max,
         })
     }
 
