@@ -1,5 +1,6 @@
 //! hoard's datastore: one directory holding a content-addressed chunk
-//! store and the snapshots (index files and manifests) that refer to it.
+//! store (or a bucket holding its chunks) and the snapshots (index files
+//! and manifests) that refer to it.
 //!
 //! This crate owns every on-disk format (`docs/format.md`) and the rules
 //! that keep the directory consistent across crashes. It knows nothing of
@@ -19,6 +20,12 @@
 //!     drive-scsi0.img.fidx      fixed index
 //!     root.pxar.didx            dynamic index
 //! ```
+//!
+//! A datastore whose chunks are in an S3-compatible bucket has the same
+//! directory, with a stub per chunk under `.chunks/`, a chunk cache in
+//! `.cache/` and its configuration in `.storage.json`; the bucket holds
+//! the chunks and a copy of the metadata (`backend.rs`, `object_chunks.rs`,
+//! docs/storage.md).
 //!
 //! # Locks
 //! | lock | held by | while | conflict |
