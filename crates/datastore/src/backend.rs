@@ -513,6 +513,31 @@ impl Mirror {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever key a bucket holds, the path it is pulled to is a
+        /// plain relative path of the metadata layout, and the key is
+        /// the only one that encodes to it.
+        #[test]
+        fn pulled_keys_stay_inside_the_directory(key in "[a-z0-9_./:-]{0,40}|\\PC{0,40}") {
+            if let Some(rel) = decode_key(&key).filter(|r| is_metadata_path(r)) {
+                for c in std::path::Path::new(&rel).components() {
+                    proptest::prop_assert!(matches!(c, std::path::Component::Normal(_)), "{rel:?}");
+                }
+                let again: Vec<String> =
+                    rel.split('/').map(|p| encode_part(p.as_bytes())).collect();
+                proptest::prop_assert_eq!(again.join("/"), key);
+            }
+        }
+
+        /// Every name a file may have survives the trip through a key.
+        #[test]
+        fn encoding_round_trips(name in "\\PC{1,40}") {
+            let key = encode_part(name.as_bytes());
+            proptest::prop_assert!(hoard_storage::check_key(&key).is_ok(), "{key}");
+            proptest::prop_assert_eq!(decode_key(&key), Some(name));
+        }
+    }
+
     #[test]
     fn any_file_name_has_a_key_and_back() {
         for name in [
