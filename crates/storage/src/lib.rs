@@ -174,6 +174,26 @@ pub fn check_key(key: &str) -> Result<()> {
     }
 }
 
+/// Whether `storage` really creates only if absent: a second create of a
+/// probe key must find the first. Some S3 imitations ignore the
+/// condition and overwrite; a datastore must not rely on them for it.
+/// Leaves no object behind (unless its delete fails).
+pub fn keeps_create_if_absent(storage: &dyn Storage) -> Result<bool> {
+    let key = format!("conditional-probe-{:016x}", rand::random::<u64>());
+    let first = storage.put_if_absent(&key, Bytes::from_static(b"1"));
+    let second = first
+        .as_ref()
+        .ok()
+        .map(|_| storage.put_if_absent(&key, Bytes::from_static(b"2")));
+    let _ = storage.delete(std::slice::from_ref(&key));
+    first?;
+    match second {
+        Some(Ok(Put::Existed)) => Ok(true),
+        Some(Ok(Put::Created)) | None => Ok(false),
+        Some(Err(e)) => Err(e),
+    }
+}
+
 /// [`Error::TooLarge`] if `size` exceeds `max`.
 pub(crate) fn too_large(key: &str, size: u64, max: u64) -> Result<()> {
     if size > max {
@@ -275,6 +295,59 @@ mod tests {
                 prop_assert!(!key.split('/').any(|p| p.starts_with('.')));
             }
         }
+    }
+
+    /// A storage that takes create-if-absent for a plain PUT, as some
+    /// S3 imitations do.
+    #[derive(Debug)]
+    struct Overwriting(MemStorage);
+
+    impl Storage for Overwriting {
+        fn put_if_absent(&self, key: &str, data: Bytes) -> Result<Put> {
+            self.0.put(key, data).map(|_| Put::Created)
+        }
+        fn put(&self, key: &str, data: Bytes) -> Result<()> {
+            self.0.put(key, data)
+        }
+        fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes> {
+            self.0.get_bounded(key, max)
+        }
+        fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+            self.0.get_range(key, range)
+        }
+        fn head(&self, key: &str) -> Result<ObjectInfo> {
+            self.0.head(key)
+        }
+        fn list(
+            &self,
+            prefix: &str,
+            each: &mut dyn FnMut(ObjectInfo) -> Result<ControlFlow<()>>,
+        ) -> Result<()> {
+            self.0.list(prefix, each)
+        }
+        fn delete(&self, keys: &[String]) -> Result<()> {
+            self.0.delete(keys)
+        }
+        fn describe(&self) -> String {
+            "overwriting".into()
+        }
+        fn requests(&self) -> RequestCounts {
+            self.0.requests()
+        }
+    }
+
+    #[test]
+    fn a_storage_that_overwrites_is_found_out() {
+        assert!(keeps_create_if_absent(&MemStorage::new()).unwrap());
+        let bad = Overwriting(MemStorage::new());
+        assert!(!keeps_create_if_absent(&bad).unwrap());
+        let mut left = 0;
+        bad.list("", &mut |_| {
+            left += 1;
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+        assert_eq!(left, 0, "the probe cleans up");
     }
 
     #[test]

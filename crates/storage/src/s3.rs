@@ -276,20 +276,7 @@ impl S3Storage {
         if self.config.no_conditional_writes {
             return Ok(false);
         }
-        let key = format!("conditional-probe-{:016x}", rand::random::<u64>());
-        let first = self.put_if_absent(&key, Bytes::from_static(b"1"));
-        let second = first
-            .as_ref()
-            .ok()
-            .map(|_| self.put_if_absent(&key, Bytes::from_static(b"2")));
-        let _ = self.delete(std::slice::from_ref(&key));
-        first?;
-        match second {
-            Some(Ok(Put::Existed)) => Ok(true),
-            Some(Ok(Put::Created)) => Ok(false),
-            Some(Err(e)) => Err(e),
-            None => Ok(false),
-        }
+        crate::keeps_create_if_absent(self)
     }
 
     fn path(&self, key: &str) -> Result<ObjPath> {
