@@ -146,9 +146,7 @@ fn a_cold_cache_and_a_directory_rebuilt_from_the_bucket_restore() {
     // while the old one holds it, then takes it over.
     server.interrupt();
     let fresh = tempfile::tempdir().unwrap();
-    let args = s3_serve_command_args(fresh.path(), weed, "rebuilt");
-    let refused = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .args(&args)
+    let refused = s3_serve_command(fresh.path(), weed, "rebuilt")
         .output()
         .unwrap();
     let err = stderr(&refused);
@@ -164,23 +162,10 @@ fn a_cold_cache_and_a_directory_rebuilt_from_the_bucket_restore() {
     let target = dir.path().join("rebuilt");
     assert!(restore_image(&rebuilt, "vm/1/2026-01-01T00:00:00Z", &target) == data);
     // An incremental backup of the same data reuses every chunk.
-    let out = hoard(
-        &rebuilt.addr,
-        &[
-            "backup",
-            "--type",
-            "vm",
-            "--id",
-            "1",
-            "--time",
-            "2026-01-02T00:00:00Z",
-            "--chunk-size",
-            "1M",
-            "--output-format",
-            "json",
-            &spec,
-        ],
-    );
+    let mut args = backup_args("2026-01-02T00:00:00Z", &spec);
+    args.retain(|a| *a != "-q");
+    args.extend(["--output-format", "json"]);
+    let out = hoard(&rebuilt.addr, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["images"][0]["chunks_uploaded"], 0, "{r}");

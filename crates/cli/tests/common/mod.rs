@@ -69,8 +69,16 @@ pub fn create_token(dir: &Path, name: &str, role: &str, paths: &[&str]) -> Strin
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// `hoard serve` on loopback for the datastore and state under `dir`.
+/// `hoard serve` on loopback for the datastore and state under `dir`
+/// (on S3 when the tests run so).
 fn serve_command(dir: &Path, role: &str, extra: &[&str]) -> Command {
+    let mut cmd = serve_base(dir, role);
+    cmd.args(s3_serve_args(&dir.join("ds"))).args(extra);
+    cmd
+}
+
+/// `hoard serve` on loopback for `dir/ds` and `dir/state`, no more.
+fn serve_base(dir: &Path, role: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
     cmd.args([
         "serve",
@@ -84,9 +92,7 @@ fn serve_command(dir: &Path, role: &str, extra: &[&str]) -> Command {
     ])
     .arg(dir.join("ds"))
     .arg("--state-dir")
-    .arg(state_dir(dir))
-    .args(s3_serve_args(&dir.join("ds")))
-    .args(extra);
+    .arg(state_dir(dir));
     cmd
 }
 
@@ -134,35 +140,18 @@ fn s3_flags(c: &hoard_storage::S3Config) -> Vec<String> {
     args
 }
 
-/// `hoard serve ...` for the datastore `dir/ds` on `weed` under `prefix`.
-pub fn s3_serve_command_args(
+/// `hoard serve` for the datastore `dir/ds` on `weed` under `prefix`
+/// (short retries: a stopped service fails fast).
+pub fn s3_serve_command(
     dir: &Path,
     weed: &hoard_storage::seaweedfs::SeaweedFs,
     prefix: &str,
-) -> Vec<String> {
+) -> Command {
     let mut c = weed.config(prefix);
     c.retry_timeout_secs = 3;
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--listen-v1",
-        "127.0.0.1:0",
-        "--v1-role",
-        "admin",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(s3_flags(&c));
-    for (flag, path) in [
-        ("--datastore", dir.join("ds")),
-        ("--state-dir", state_dir(dir)),
-    ] {
-        args.push(flag.into());
-        args.push(path.display().to_string());
-    }
-    args
+    let mut cmd = serve_base(dir, "admin");
+    cmd.args(s3_flags(&c));
+    cmd
 }
 
 /// The S3 options for a new datastore `ds` when the tests run on S3 (an
@@ -329,9 +318,8 @@ impl Server {
         prefix: &str,
         extra: &[&str],
     ) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
-        cmd.args(s3_serve_command_args(dir.path(), weed, prefix))
-            .args(extra);
+        let mut cmd = s3_serve_command(dir.path(), weed, prefix);
+        cmd.args(extra);
         Self::spawn(cmd, dir)
     }
 
