@@ -262,10 +262,15 @@ fn zero_chunks_are_uploaded_once_and_restore_sparse() {
     // Zeros that are written out, not holes: found by scanning.
     std::fs::write(&b, vec![0u8; 6 * K64]).unwrap();
     let r = backup(&server, "1000", &[], &[("a.img", &a), ("b.img", &b)]);
-    // One full-size zero chunk and one 1000-byte one, for both images.
+    // One full-size zero chunk and one 1000-byte one, for both images:
+    // stored once each. The two images upload concurrently, and two
+    // streams that meet a new chunk at the same moment may both send it
+    // (client/src/known.rs): the full-size one at most twice.
     let uploaded = image(&r, "a.img")["chunks_uploaded"].as_u64().unwrap()
         + image(&r, "b.img")["chunks_uploaded"].as_u64().unwrap();
-    assert_eq!(uploaded, 2);
+    assert!((2..=3).contains(&uploaded), "{uploaded} uploads");
+    let ds = hoard_datastore::Datastore::open(&server.datastore()).unwrap();
+    assert_eq!(common::stored::digests(&ds).len(), 2);
     assert_eq!(image(&r, "a.img")["chunks_zero"], 11);
     assert_eq!(image(&r, "b.img")["chunks_zero"], 6);
     let target = dir.path().join("out");
