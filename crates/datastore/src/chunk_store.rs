@@ -1,5 +1,7 @@
-//! The content-addressed chunk store: `.chunks/PP/DIGEST`, and
-//! `.chunks/PP/DIGEST.e` for chunks their clients encrypted.
+//! The content-addressed chunk store: `.chunks/PP/DIGEST`,
+//! `.chunks/PP/DIGEST.e` for chunks their clients encrypted, and
+//! `.chunks/PP/DIGEST.d` for plain chunks kept as a delta of another
+//! chunk ([`deltas`]).
 //!
 //! The two classes live in separate names, so nothing uploaded as one can
 //! take, block, reveal or replace a chunk of the other: an encrypted
@@ -16,7 +18,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hoard_types::zero::nonzero_runs;
 use hoard_types::{Digest, MAX_CHUNK_SIZE};
@@ -28,6 +30,9 @@ use crate::object_chunks::ObjectChunks;
 use crate::recovery::ProcessTemp;
 use hoard_codec::Compression;
 use hoard_codec::blob::{self, BlobHeader, Encoding, HEADER_SIZE as CHUNK_HEADER_SIZE};
+
+mod deltas;
+pub use deltas::{DELTA_SUFFIX, DeltaMade, MAX_CHAIN, MAX_CHAIN_READ};
 
 /// The two kinds of chunk, kept apart: a backup holds one kind only, a
 /// session uploads and references one kind only, and neither takes the
@@ -70,6 +75,10 @@ pub struct ChunkStore {
     bad: PathBuf,
     locks: Arc<Locks>,
     objects: Option<Arc<ObjectChunks>>,
+    /// Held while a delta replaces its whole chunk: one at a time.
+    delta_commit: Arc<Mutex<()>>,
+    /// Whether the datastore's marker says it may hold deltas.
+    delta_format: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the sweep of one prefix directory found.
@@ -134,9 +143,12 @@ impl std::fmt::Display for ChunkProblem {
 }
 
 /// A chunk file's name: 64 lower-case hex digits, with `.e` for an
-/// encrypted chunk.
+/// encrypted chunk or `.d` for a delta.
 pub(crate) fn is_chunk_name(name: &str) -> bool {
-    let hex = name.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(name);
+    let hex = name
+        .strip_suffix(ENCRYPTED_SUFFIX)
+        .or_else(|| name.strip_suffix(DELTA_SUFFIX))
+        .unwrap_or(name);
     hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -175,6 +187,8 @@ impl ChunkStore {
             bad,
             locks,
             objects: None,
+            delta_commit: Arc::new(Mutex::new(())),
+            delta_format: Arc::default(),
         }
     }
 
@@ -345,8 +359,15 @@ impl ChunkStore {
         if let Some(o) = &self.objects {
             return o.exists(digest, class, since);
         }
-        let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-        self.existing(digest, class, since)
+        {
+            let _shared = self.locks.share_prefix(Self::prefix(digest))?;
+            if self.existing(digest, class, since)? {
+                return Ok(true);
+            }
+        }
+        // Kept as a delta: stored if its whole chain is (stamped in
+        // order, each link under its own lock).
+        Ok(class == ChunkClass::Plain && self.stamp_delta(digest, since)?.is_some())
     }
 
     /// Writes a new chunk file of `class` with `write` and renames it into
@@ -405,13 +426,22 @@ impl ChunkStore {
         if let Some(o) = &self.objects {
             return o.reference(digest, since, class);
         }
-        let _shared = self.locks.share_prefix(Self::prefix(digest))?;
-        let (file, header) = self.open(digest, class)?;
-        let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
-        if FsTime::mtime(&meta) < since {
-            touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
+        {
+            let _shared = self.locks.share_prefix(Self::prefix(digest))?;
+            match self.open(digest, class) {
+                Ok((file, header)) => {
+                    let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
+                    if FsTime::mtime(&meta) < since {
+                        touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
+                    }
+                    return Ok(header.raw_size as u64);
+                }
+                Err(Error::ChunkMissing(_)) if class == ChunkClass::Plain => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(header.raw_size as u64)
+        self.stamp_delta(digest, since)?
+            .ok_or(Error::ChunkMissing(*digest))
     }
 
     /// GC's mark: stamps the chunk unless it is stamped at or after
@@ -422,20 +452,27 @@ impl ChunkStore {
             return o.mark(digest, class, cutoff);
         }
         let path = self.path_of(digest, class);
+        // Not there whole: a plain chunk may be kept as a delta (or have
+        // just become one: a delta is in place before its whole file
+        // goes).
+        let as_delta = || match class {
+            ChunkClass::Plain => self.mark_delta(digest, cutoff),
+            ChunkClass::Encrypted => Ok(Marked::Missing),
+        };
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marked::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return as_delta(),
             Err(e) => return Err(e).ctx(|| format!("reading chunk {digest}")),
         };
         if meta.len() == 0 {
-            return Ok(Marked::Missing);
+            return as_delta();
         }
         if FsTime::mtime(&meta) >= cutoff {
             return Ok(Marked::Recent);
         }
         let file = match open_nofollow(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marked::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return as_delta(),
             Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
         };
         touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
@@ -561,6 +598,12 @@ impl ChunkStore {
             return o.quarantine(digest, class);
         }
         let path = self.path_of(digest, class);
+        if class == ChunkClass::Plain && !path.exists() && self.delta_path(digest).exists() {
+            // The damage is in a file of its chain: that one is moved
+            // (each under its own lock, so this one is released first).
+            drop(_excl);
+            return self.quarantine_delta(digest);
+        }
         // Moved only if found damaged again: a read that fails now (an
         // I/O error that may pass) confirms nothing.
         let damaged = matches!(
@@ -570,6 +613,12 @@ impl ChunkStore {
         if !path.exists() || !damaged {
             return Ok(None);
         }
+        self.move_aside(&path, digest).map(Some)
+    }
+
+    /// Moves a damaged chunk file to `.bad/NAME.TIME`; the caller holds
+    /// its prefix's exclusive lock.
+    fn move_aside(&self, path: &Path, digest: &Digest) -> Result<String> {
         crate::fsutil::create_dir_durable(&self.bad)?;
         let stamp = jiff::Timestamp::now().as_second();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -577,10 +626,10 @@ impl ChunkStore {
             "{}.{stamp}",
             name.unwrap_or_else(|| digest.to_hex())
         ));
-        fs::rename(&path, &dest).ctx(|| format!("moving chunk {digest} aside"))?;
+        fs::rename(path, &dest).ctx(|| format!("moving chunk {digest} aside"))?;
         fsync_dir(path.parent().unwrap_or(&self.base))?;
         fsync_dir(&self.bad)?;
-        Ok(Some(dest.display().to_string()))
+        Ok(dest.display().to_string())
     }
 
     /// Opens the chunk file of `class`; one whose header is of the other
@@ -637,7 +686,14 @@ impl ChunkStore {
         if let Some(o) = &self.objects {
             return o.raw_size(digest, ChunkClass::Plain);
         }
-        Ok(self.open(digest, ChunkClass::Plain)?.1.raw_size as u64)
+        match self.open(digest, ChunkClass::Plain) {
+            Ok((_, header)) => Ok(header.raw_size as u64),
+            Err(Error::ChunkMissing(_)) => match self.delta_head(digest)? {
+                Some(head) => Ok(u64::from(head.raw_size)),
+                None => Err(Error::ChunkMissing(*digest)),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether a usable chunk with this digest is stored.
@@ -645,7 +701,7 @@ impl ChunkStore {
         if self.objects.is_some() {
             return self.raw_size(digest).is_ok();
         }
-        self.open(digest, ChunkClass::Plain).is_ok()
+        self.raw_size(digest).is_ok()
     }
 
     /// A chunk file's bytes as stored (header and payload), its CRC
@@ -654,7 +710,15 @@ impl ChunkStore {
         if let Some(o) = &self.objects {
             return o.load_blob(digest, class).map(|(_, blob)| blob);
         }
-        let (file, header) = self.open(digest, class)?;
+        let (file, header) = match self.open(digest, class) {
+            // Kept as a delta: rebuilt, and sent raw. Compressing it again
+            // (zstd 1 or -3) made a restore slower, not faster: the
+            // server's CPU, not the network, bounds it.
+            Err(Error::ChunkMissing(_)) if class == ChunkClass::Plain => {
+                return self.load_delta(digest).map(|d| blob::encode_raw(&d));
+            }
+            other => other?,
+        };
         let blob = read_file(&file, digest)?;
         header
             .check_crc(&blob[CHUNK_HEADER_SIZE..])
@@ -682,6 +746,7 @@ impl ChunkStore {
             Err(Error::ChunkMissing(_)) if self.open(digest, ChunkClass::Encrypted).is_ok() => {
                 return Err(Error::ChunkEncrypted(*digest));
             }
+            Err(Error::ChunkMissing(_)) => return self.load_delta(digest),
             other => other?,
         };
         let mut blob = read_file(&file, digest)?;

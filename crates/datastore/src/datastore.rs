@@ -25,14 +25,20 @@ use crate::dynamic_index::{DynamicIndexReader, DynamicIndexWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::fixed_index::{FixedIndexReader, FixedIndexWriter};
 use crate::fsutil::{create_dir_durable, fsync_dir, open_nofollow, refuse_symlinks, write_atomic};
+use crate::image_deltas::{DeltaCounts, make_deltas};
 use crate::index_file::IndexSummary;
 use crate::locks::{FsTime, Locks, SnapshotPin, WriterRegistration, try_exclusive};
 use crate::manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestFile, Seal, SnapshotState};
 use crate::object_chunks::ObjectChunks;
 use crate::recovery::{ProcessTemp, Recovery, Settled, sweep_dead_temp_dirs};
 
-const MARKER_NAME: &str = ".hoard-datastore";
-const MARKER_CONTENT: &str = "hoard-datastore 2\n";
+pub(crate) const MARKER_NAME: &str = ".hoard-datastore";
+pub(crate) const MARKER_CONTENT: &str = "hoard-datastore 2\n";
+/// A local datastore that may hold delta chunks (`DIGEST.d`): raised from
+/// version 2 before its first delta is written, so that a hoard which
+/// predates deltas (whose GC would not keep their bases) refuses to open
+/// it. Otherwise the same format.
+pub(crate) const DELTA_MARKER_CONTENT: &str = "hoard-datastore 3\n";
 /// The marker of a datastore whose chunks are on object storage: the same
 /// format, but a hoard that predates object storage must not open it (it
 /// would take the stubs for chunks).
@@ -169,7 +175,7 @@ impl Datastore {
         let found =
             fs::read_to_string(&marker).map_err(|_| Error::NotADatastore(root.to_path_buf()))?;
         let on_objects = match found.as_str() {
-            MARKER_CONTENT => false,
+            MARKER_CONTENT | DELTA_MARKER_CONTENT => false,
             OBJECT_MARKER_CONTENT => true,
             _ => {
                 return Err(Error::UnsupportedFormat {
@@ -793,6 +799,61 @@ impl Datastore {
         Ok(out)
     }
 
+    /// The fixed index of the newest earlier backup of disk image
+    /// `stored_name` in `snap`'s group, if it has the same chunk size and
+    /// is a sound base for deltas: plain (the server cannot compare
+    /// encrypted chunks), not failed by verify, on local disk (a bucket's
+    /// chunks stay whole). Best effort: anything unreadable means none.
+    fn previous_image(
+        &self,
+        snap: &SnapshotPath,
+        stored_name: &str,
+        chunk_size: u32,
+    ) -> Option<FixedIndexReader> {
+        if self.mirror.is_some() {
+            return None;
+        }
+        let group_dir = self.group_dir(&snap.group);
+        let mut times: Vec<SnapshotTime> = dir_names(&group_dir)
+            .ok()?
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .filter(|t| *t < snap.time)
+            .collect();
+        times.sort_unstable();
+        // The newest few with a manifest: a run of failed backups that
+        // left no manifest is passed over, an earlier disk is not looked
+        // for far back.
+        for time in times.into_iter().rev().take(8) {
+            let prev = SnapshotPath {
+                group: snap.group.clone(),
+                time,
+            };
+            let Ok(manifest) = self.load_manifest(&prev) else {
+                continue;
+            };
+            let failed = matches!(
+                &manifest.verification,
+                Some(v) if v.state == crate::manifest::VerifyState::Failed
+            );
+            let Some(entry) = manifest.file(stored_name) else {
+                continue;
+            };
+            if manifest.encrypted
+                || failed
+                || entry.kind != FileKind::Fixed
+                || entry.chunk_size != Some(chunk_size)
+            {
+                return None;
+            }
+            return match self.open_index(&format!("{prev}/{stored_name}")) {
+                Ok(IndexReader::Fixed(r)) => Some(r),
+                _ => None,
+            };
+        }
+        None
+    }
+
     /// Opens a finished index by its datastore-relative path, as sent in
     /// BackupCreated and GetHashList (`vm/100/TIME/NAME.fidx`). Anything
     /// that is not such a path, or not named by its snapshot's manifest,
@@ -1059,6 +1120,9 @@ pub struct FileWriter {
     /// The snapshot's kind of chunk.
     class: ChunkClass,
     mirror: Option<Mirror>,
+    /// A disk image's previous backup: its chunks are the delta bases of
+    /// this one's changed chunks ([`FileWriter::finish_with_deltas`]).
+    delta_base: Option<FixedIndexReader>,
 }
 
 impl SnapshotWriter {
@@ -1107,6 +1171,12 @@ impl SnapshotWriter {
                 FileIndexWriter::Dynamic(DynamicIndexWriter::create(self.ds.tmp())?)
             }
         };
+        let delta_base = match kind {
+            FileKind::Fixed if self.manifest.chunk_class() == ChunkClass::Plain => {
+                self.ds.previous_image(&self.snap, &stored_name, chunk_size)
+            }
+            _ => None,
+        };
         self.started.insert(stored_name.clone());
         self.in_progress.insert(stored_name.clone());
         Ok(FileWriter {
@@ -1119,6 +1189,7 @@ impl SnapshotWriter {
             index,
             class: self.manifest.chunk_class(),
             mirror: self.ds.mirror.clone(),
+            delta_base,
         })
     }
 
@@ -1282,6 +1353,29 @@ impl FileWriter {
         }
         let size = store.reference(digest, since, self.class)?;
         w.push(offset, digest, size)
+    }
+
+    /// [`FileWriter::finish`], then, for a disk image with a previous
+    /// backup, keeps each chunk this backup stored (`stored_now`) that
+    /// differs from the chunk in the same slot of that backup as a delta
+    /// of it. The deltas are made before the file is recorded, so a
+    /// backup that reports success has made them; none is needed for
+    /// the backup to be complete, so a crash meanwhile loses nothing.
+    pub fn finish_with_deltas(
+        mut self,
+        store: &ChunkStore,
+        stored_now: &(dyn Fn(&Digest) -> bool + Sync),
+    ) -> Result<(ManifestFile, Option<DeltaCounts>)> {
+        let base = self.delta_base.take();
+        let dest = self.dest.clone();
+        let file = self.finish()?;
+        let Some(base) = base else {
+            return Ok((file, None));
+        };
+        let new = FixedIndexReader::open(&dest, &file.name)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let counts = make_deltas(store, &new, &base, stored_now, threads)?;
+        Ok((file, Some(counts)))
     }
 
     /// Checks the file is whole and writes its index durably; the caller

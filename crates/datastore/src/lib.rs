@@ -47,12 +47,14 @@ mod backend;
 mod chunk_cache;
 mod chunk_store;
 mod datastore;
+pub mod delta;
 mod dynamic_index;
 mod error;
 mod failpoint;
 mod fixed_index;
 mod fsutil;
 pub mod gc;
+mod image_deltas;
 mod index_file;
 mod locks;
 mod manifest;
@@ -63,7 +65,8 @@ pub mod verify;
 
 pub use backend::{Backend, DEFAULT_CACHE_BYTES, ObjectOptions};
 pub use chunk_store::{
-    Checked, ChunkClass, ChunkProblem, ChunkStore, Inserted, Marked, SweepCounts,
+    Checked, ChunkClass, ChunkProblem, ChunkStore, DELTA_SUFFIX, DeltaMade, Inserted, MAX_CHAIN,
+    MAX_CHAIN_READ, Marked, SweepCounts,
 };
 pub use datastore::{
     Datastore, FileWriter, IndexReader, MAX_CLOCK_SKEW_SECS, MAX_FILES_PER_SNAPSHOT, Removal,
@@ -76,6 +79,7 @@ pub use fixed_index::{
 };
 pub use hoard_codec::blob::{BlobHeader, HEADER_SIZE as CHUNK_HEADER_SIZE};
 pub use hoard_storage as storage;
+pub use image_deltas::DeltaCounts;
 pub use index_file::IndexSummary;
 pub use locks::{FsTime, SnapshotPin, WriterRegistration};
 pub use manifest::{

@@ -15,7 +15,7 @@
 //! - A connection that sends nothing while nothing is in flight, or a
 //!   packet that stops arriving half-way, is closed after its timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +117,11 @@ pub(crate) struct Connection {
     pub uploads: JoinSet<UploadDone>,
     /// Digests with an upload in flight on this connection, and how many.
     pub pending: HashMap<Digest, usize>,
+    /// Chunks this connection stored that were not there before (at most
+    /// the known-chunks cap): the candidates for deltas when a disk
+    /// image's backup finishes. A chunk that was there before may be
+    /// another delta's base, and is left as it is.
+    pub stored_new: HashSet<Digest>,
     /// Taken at the first upload or CreateBackup; GC keeps every chunk
     /// this connection stamps while it lives (docs/maintenance.md).
     pub registration: Option<WriterRegistration>,
@@ -198,6 +203,7 @@ pub(crate) async fn run<R, W>(
             stalled: AtomicBool::new(false),
             uploads: JoinSet::new(),
             pending: HashMap::new(),
+            stored_new: HashSet::new(),
             registration: None,
             pins: HashMap::new(),
         };
@@ -597,7 +603,12 @@ impl Connection {
             }
         }
         match done.result {
-            Ok(_) => {
+            Ok(inserted) => {
+                if inserted == Inserted::New
+                    && self.stored_new.len() < self.shared.config.limits.max_known_chunks
+                {
+                    self.stored_new.insert(done.digest);
+                }
                 // Only a stored chunk counts as uploaded (known-chunks
                 // rule): an unencrypted one verified against its digest,
                 // or an encrypted one, which never takes the name of an

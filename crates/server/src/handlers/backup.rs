@@ -5,6 +5,7 @@ use hoard_datastore::{ChunkStore, FileKind, FileWriter, FsTime, SnapshotState};
 use hoard_protocol::{CreateBackup, DynamicEntryList, ErrorId, FixedEntryList, Message};
 use hoard_types::{BackupGroup, Digest, SnapshotPath, SourceAttributes};
 use tokio::task::block_in_place;
+use tracing::info;
 
 use crate::connection::{BackupStream, Connection, Flow, OpenSnapshot, Stream};
 
@@ -310,8 +311,20 @@ impl Connection {
             .get_mut(&b.snapshot)
             .expect("a backup stream's snapshot stays open with the connection")
             .writer;
+        let store = self.ds.chunks();
+        let stored_new = &self.stored_new;
+        let peer = self.peer;
         let result = block_in_place(|| {
-            let entry = b.file.finish()?;
+            let (entry, deltas) = b
+                .file
+                .finish_with_deltas(store, &|d| stored_new.contains(d))?;
+            if let Some(c) = deltas {
+                info!(
+                    %peer,
+                    "{}/{name}: {} of {} changed chunks kept as deltas ({} bytes instead of {})",
+                    b.snapshot, c.stored, c.tried, c.delta_bytes, c.whole_bytes
+                );
+            }
             writer.record(entry)
         });
         match result {
