@@ -42,11 +42,16 @@ fn chunk(seed: u8) -> Vec<u8> {
 /// A complete one-file snapshot `vm/1/time` of `chunks`, on its own
 /// connection, closed before returning.
 fn snapshot(server: &Server, time: u64, chunks: &[Vec<u8>]) -> SnapshotPath {
+    snapshot_of(server, time, CS, chunks)
+}
+
+/// [`snapshot`] with chunks of `cs` bytes.
+fn snapshot_of(server: &Server, time: u64, cs: u32, chunks: &[Vec<u8>]) -> SnapshotPath {
     let mut c = server.connect();
     let size = chunks.iter().map(Vec::len).sum::<usize>() as u64;
     c.send(
         1,
-        &create(BackupType::Vm, "1", time, 0x01, "disk", CS, size),
+        &create(BackupType::Vm, "1", time, 0x01, "disk", cs, size),
     );
     let path = expect_created(&mut c, 1);
     let mut entries = Vec::new();
@@ -388,4 +393,154 @@ fn a_killed_servers_unfinished_snapshots_are_settled_on_restart_and_by_gc() {
     close(w);
     let three: SnapshotPath = format!("vm/1/{}", stamp(T0 + 20)).parse().unwrap();
     assert!(!ds.snapshot_dir(&three).exists());
+}
+
+// Deltas (docs/maintenance.md, "Deltas"): a chunk kept as a delta is
+// live with its whole chain. These chunks are large and incompressible,
+// so that a changed one is worth a delta.
+
+const DCS: u32 = 64 * 1024;
+
+/// Chunk `i` of the base image, and the same with one 4 KiB block
+/// changed.
+fn big(i: u64) -> Vec<u8> {
+    noise(DCS as usize, 100 + i)
+}
+
+fn edited(i: u64) -> Vec<u8> {
+    let mut c = big(i);
+    c[8192..12288].copy_from_slice(&noise(4096, 900 + i));
+    c
+}
+
+/// Whether `d` is kept as a delta; on object storage, where chunks stay
+/// whole, the tests check that everything still holds without deltas.
+fn is_delta(ds: &Datastore, d: &Digest) -> bool {
+    ds.chunks().is_delta(d) || on_s3()
+}
+
+/// Opens a backup of `vm/1` at `time` with two big slots, references
+/// nothing yet.
+fn open_big(server: &Server, time: u64) -> Conn {
+    let mut w = server.connect();
+    w.send(
+        1,
+        &create(BackupType::Vm, "1", time, 0x01, "disk", DCS, 2 * DCS as u64),
+    );
+    expect_created(&mut w, 1);
+    w
+}
+
+/// Uploads `slot0` (slot 1 keeps the base's chunk 1) and finishes.
+fn finish_big(w: &mut Conn, slot0: &[u8]) {
+    let d0 = upload(w, 1, slot0);
+    w.send(1, &fixed(&[(0, d0), (1, Digest::of(&big(1)))]));
+    w.send(1, &Message::BackupFinished);
+    w.expect_ok(1);
+}
+
+#[test]
+fn a_base_whose_snapshot_is_pruned_during_gc_survives_as_a_new_deltas_base() {
+    let server = Server::start();
+    let ds = Datastore::open(&server.datastore()).unwrap();
+    let base = snapshot_of(&server, T0, DCS, &[big(0), big(1)]);
+    tick();
+    // The next backup of the disk started before GC (its previous image,
+    // the base, is chosen as it opens the file).
+    let w = Mutex::new(open_big(&server, T0 + 100));
+    let report = gc(&ds, &|e| match e {
+        // Listed, then pruned: GC never marks the base's chunks.
+        GcEvent::Listed { .. } => {
+            assert_eq!(ds.remove_snapshot(&base).unwrap(), Removal::Removed);
+        }
+        // Marked, not swept: the backup finishes, and its changed chunk
+        // becomes a delta of the base's chunk 0, which only that delta
+        // references now.
+        GcEvent::Marked => finish_big(&mut w.lock().unwrap(), &edited(0)),
+        _ => {}
+    });
+    close(w.into_inner().unwrap());
+    // On object storage chunks stay whole, and the base is garbage.
+    let garbage = u64::from(on_s3());
+    assert_eq!(report.removed_chunks, garbage, "{report:?}");
+    let new = Digest::of(&edited(0));
+    assert!(is_delta(&ds, &new), "the changed chunk is a delta");
+    assert!(exists(&ds, &Digest::of(&big(0))) || on_s3(), "its base survived");
+
+    // Later GCs keep the base through the delta alone.
+    tick();
+    let report = gc(&ds, &|_| {});
+    assert_eq!(
+        (report.removed_chunks, report.missing_chunks),
+        (0, 0),
+        "{report:?}"
+    );
+    let mut r = server.connect();
+    let digests = hash_list(&mut r, 1, &format!("vm/1/{}/disk.fidx", stamp(T0 + 100)));
+    assert_eq!(download(&mut r, 2, &digests), [edited(0), big(1)].concat());
+}
+
+#[test]
+fn no_delta_is_made_against_a_base_gc_removed() {
+    let server = Server::start();
+    let ds = Datastore::open(&server.datastore()).unwrap();
+    let base = snapshot_of(&server, T0, DCS, &[big(0), big(1)]);
+    tick();
+    let w = Mutex::new(open_big(&server, T0 + 100));
+    let report = gc(&ds, &|e| match e {
+        GcEvent::Listed { .. } => {
+            assert_eq!(ds.remove_snapshot(&base).unwrap(), Removal::Removed);
+        }
+        // Swept: the base's chunks are gone (the backup had referenced
+        // none of them yet). Then the backup finishes: chunk 1 is gone,
+        // so it uploads it again, and nothing is made against chunk 0.
+        GcEvent::Swept => {
+            let mut w = w.lock().unwrap();
+            upload(&mut w, 1, &big(1));
+            finish_big(&mut w, &edited(0));
+        }
+        _ => {}
+    });
+    close(w.into_inner().unwrap());
+    assert_eq!(report.removed_chunks, 2, "{report:?}");
+    assert!(!exists(&ds, &Digest::of(&big(0))));
+    assert!(!ds.chunks().is_delta(&Digest::of(&edited(0))), "stored whole");
+    let mut r = server.connect();
+    let digests = hash_list(&mut r, 1, &format!("vm/1/{}/disk.fidx", stamp(T0 + 100)));
+    assert_eq!(download(&mut r, 2, &digests), [edited(0), big(1)].concat());
+}
+
+#[test]
+fn a_chain_is_kept_whole_when_its_middle_snapshot_goes() {
+    let server = Server::start();
+    let ds = Datastore::open(&server.datastore()).unwrap();
+    let first = snapshot_of(&server, T0, DCS, &[big(0), big(1)]);
+    let mut w = open_big(&server, T0 + 100);
+    finish_big(&mut w, &edited(0));
+    close(w);
+    // A third backup changes another block of chunk 0: a second link.
+    let mut third = edited(0);
+    third[40_000..44_096].copy_from_slice(&noise(4096, 7));
+    let mut w = open_big(&server, T0 + 200);
+    finish_big(&mut w, &third);
+    close(w);
+    let middle: SnapshotPath = format!("vm/1/{}", stamp(T0 + 100)).parse().unwrap();
+    for s in [&first, &middle] {
+        assert_eq!(ds.remove_snapshot(s).unwrap(), Removal::Removed);
+    }
+    tick();
+    let report = gc(&ds, &|_| {});
+    // On object storage the first two versions of chunk 0 are garbage.
+    let garbage = 2 * u64::from(on_s3());
+    assert_eq!(
+        (report.removed_chunks, report.missing_chunks),
+        (garbage, 0),
+        "{report:?}"
+    );
+    for d in [Digest::of(&edited(0)), Digest::of(&third)] {
+        assert!(is_delta(&ds, &d));
+    }
+    let mut r = server.connect();
+    let digests = hash_list(&mut r, 1, &format!("vm/1/{}/disk.fidx", stamp(T0 + 200)));
+    assert_eq!(download(&mut r, 2, &digests), [third, big(1)].concat());
 }

@@ -315,14 +315,20 @@ impl Connection {
         let stored_new = &self.stored_new;
         let peer = self.peer;
         let result = block_in_place(|| {
+            let started = std::time::Instant::now();
             let (entry, deltas) = b
                 .file
                 .finish_with_deltas(store, &|d| stored_new.contains(d))?;
             if let Some(c) = deltas {
                 info!(
                     %peer,
-                    "{}/{name}: {} of {} changed chunks kept as deltas ({} bytes instead of {})",
-                    b.snapshot, c.stored, c.tried, c.delta_bytes, c.whole_bytes
+                    "{}/{name}: {} of {} changed chunks kept as deltas ({} bytes instead of {}) in {:.2} s",
+                    b.snapshot,
+                    c.stored,
+                    c.tried,
+                    c.delta_bytes,
+                    c.whole_bytes,
+                    started.elapsed().as_secs_f64()
                 );
             }
             writer.record(entry)
