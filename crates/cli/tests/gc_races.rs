@@ -465,7 +465,10 @@ fn a_base_whose_snapshot_is_pruned_during_gc_survives_as_a_new_deltas_base() {
     assert_eq!(report.removed_chunks, garbage, "{report:?}");
     let new = Digest::of(&edited(0));
     assert!(is_delta(&ds, &new), "the changed chunk is a delta");
-    assert!(exists(&ds, &Digest::of(&big(0))) || on_s3(), "its base survived");
+    assert!(
+        exists(&ds, &Digest::of(&big(0))) || on_s3(),
+        "its base survived"
+    );
 
     // Later GCs keep the base through the delta alone.
     tick();
@@ -504,7 +507,10 @@ fn no_delta_is_made_against_a_base_gc_removed() {
     close(w.into_inner().unwrap());
     assert_eq!(report.removed_chunks, 2, "{report:?}");
     assert!(!exists(&ds, &Digest::of(&big(0))));
-    assert!(!ds.chunks().is_delta(&Digest::of(&edited(0))), "stored whole");
+    assert!(
+        !ds.chunks().is_delta(&Digest::of(&edited(0))),
+        "stored whole"
+    );
     let mut r = server.connect();
     let digests = hash_list(&mut r, 1, &format!("vm/1/{}/disk.fidx", stamp(T0 + 100)));
     assert_eq!(download(&mut r, 2, &digests), [edited(0), big(1)].concat());
