@@ -50,6 +50,7 @@ fn main() {
     manifests(&out);
     archives(&out);
     chunks(&out);
+    deltas(&out);
     key_files(&out);
 }
 
@@ -442,6 +443,30 @@ fn chunks(out: &Out) {
     bad[last] ^= 0x55;
     put("zstd-frame-damaged", 2, &bad);
     put("header-only", 2, &zstd[..HEADER_SIZE]);
+}
+
+// ---- delta_decode: flag byte (bit 0: recompute the CRC), then a delta ----
+
+fn deltas(out: &Out) {
+    use hoard_datastore::delta;
+    let put = |name: &str, flag: u8, b: &[u8]| out.put("delta_decode", name, &with_flag(flag, b));
+    let base: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+    let mut new = base.clone();
+    new[5000] ^= 1;
+    new[19_999] ^= 1;
+    let blocks = delta::diff_blocks(&base, &new);
+    let zstd = delta::encode(&Digest::of(&base), &new, &blocks, 3);
+    put("two-blocks", 0, &zstd);
+    let noisy: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut raw_new = base.clone();
+    raw_new[..4096].copy_from_slice(&noisy);
+    let raw = delta::encode(&Digest::of(&base), &raw_new, &[0], 3);
+    put("one-raw-block", 0, &raw);
+    put("truncated", 1, &zstd[..zstd.len() - 3]);
+    let mut bad = zstd.clone();
+    bad[48..52].copy_from_slice(&9u32.to_le_bytes());
+    put("block-count-wrong", 1, &bad);
+    put("head-only", 1, &zstd[..delta::FIXED_SIZE]);
 }
 
 // ---- key_file: key files, master key files, paper text, public keys ----

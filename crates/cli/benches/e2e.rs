@@ -25,12 +25,21 @@
 //! downloaded, peak client RSS (from wait4) and peak server RSS (VmHWM,
 //! reset before each step through /proc/PID/clear_refs).
 //!
+//! Image deltas (part `deltas`, run once after the rounds): on a fresh
+//! datastore, a first backup, then the scattered mutation and the
+//! clustered one, each followed by a backup; on another, a first backup
+//! and ten successive scattered mutations (`mutate --round 1..10`), each
+//! followed by a backup. For each backup, the datastore's growth; then
+//! the full restore of the last round against that of the first backup
+//! (alternating, three of each, medians).
+//!
 //! With `HOARD_BENCH_S3=1` every datastore keeps its chunks on a local
 //! SeaweedFS (S3), and each step also reports the S3 requests the server
 //! sent; the datastore column is then the local directory (metadata,
 //! stubs, cache).
 //!
-//! Environment: `HOARD_BENCH_PART` = `image`, `tree` or `all` (default);
+//! Environment: `HOARD_BENCH_PART` = `image`, `tree`, `deltas` or `all`
+//! (default);
 //! `HOARD_BENCH_DIR` is where the datastore and the dataset
 //! go (default: the system temp dir; /dev/shm measures without the disk);
 //! `HOARD_BENCH_ROUNDS` (default 3) how often the whole sequence runs,
@@ -52,7 +61,7 @@ const GEN: &str = concat!(
 );
 
 struct Step {
-    name: &'static str,
+    name: String,
     seconds: f64,
     moved: u64,
     client_rss_kib: u64,
@@ -95,10 +104,16 @@ fn main() {
         .expect("image")
         .len();
     let part = std::env::var("HOARD_BENCH_PART").unwrap_or_else(|_| "all".into());
-    let (do_image, do_tree) = (part != "tree", part != "image");
+    let (do_image, do_tree) = (
+        part == "all" || part == "image",
+        part == "all" || part == "tree",
+    );
     let mut images: Vec<Vec<Step>> = Vec::new();
     let mut trees: Vec<Vec<Step>> = Vec::new();
     for round in 0..rounds {
+        if !do_image && !do_tree {
+            break;
+        }
         // Each round: a fresh datastore and a fresh copy of the data (the
         // mutation is deterministic, so every round sees the same bytes).
         let work = dir.path().join(format!("round{round}"));
@@ -170,6 +185,142 @@ fn main() {
         );
         print_steps(&trees, tree_size);
     }
+    if part == "all" || part == "deltas" {
+        delta_series(dir.path(), &pristine);
+    }
+}
+
+/// Runs `gen_dataset.py mutate` on `work` (its image only matters here).
+fn mutate(work: &Path, round: u32, style: &str) {
+    run_ok(
+        Command::new("python3")
+            .arg(GEN)
+            .arg("mutate")
+            .arg(work)
+            .args(["--round", &round.to_string(), "--image-style", style])
+            .stderr(Stdio::null()),
+    );
+}
+
+/// A fresh work directory with a copy of the pristine image and tree.
+fn fresh_work(dir: &Path, name: &str, pristine: &Path) -> PathBuf {
+    let work = dir.join(name);
+    std::fs::create_dir(&work).expect("work dir");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(pristine.join("image.raw"))
+            .arg(work.join("image.raw")),
+    );
+    // `mutate` edits the tree too.
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(pristine.join("tree"))
+            .arg(work.join("tree")),
+    );
+    work
+}
+
+/// Image deltas: store growth per backup after each mutation, and the
+/// restore of the newest round against the first backup's.
+fn delta_series(dir: &Path, pristine: &Path) {
+    let print = |title: &str, steps: &[Step]| {
+        println!("\n{title}");
+        println!(
+            "{:34} {:>8} {:>12} {:>12} {:>12}",
+            "backup", "seconds", "uploaded", "datastore", "growth"
+        );
+        let mut before = 0;
+        for s in steps {
+            let after = s.datastore.unwrap_or(0);
+            println!(
+                "{:34} {:>8.2} {:>8.1} MiB {:>8.1} MB {:>+9.1} MB",
+                s.name,
+                s.seconds,
+                s.moved as f64 / (1 << 20) as f64,
+                after as f64 / 1e6,
+                (after as f64 - before as f64) / 1e6,
+            );
+            before = after;
+        }
+    };
+    let work = fresh_work(dir, "deltas-styles", pristine);
+    let run = ImageRun::start(&work);
+    let mut steps = Vec::new();
+    run.backup(&mut steps, "first backup", "1000", &[]);
+    mutate(&work, 1, "scattered");
+    run.backup(&mut steps, "after the scattered mutation", "2000", &[]);
+    mutate(&work, 2, "clustered");
+    run.backup(&mut steps, "after the clustered mutation", "3000", &[]);
+    print(
+        "image deltas: two mutation styles (datastore on disk)",
+        &steps,
+    );
+    drop(run);
+    let _ = std::fs::remove_dir_all(&work);
+
+    let work = fresh_work(dir, "deltas-rounds", pristine);
+    let run = ImageRun::start(&work);
+    let mut steps = Vec::new();
+    run.backup(&mut steps, "first backup", "1000", &[]);
+    for round in 1..=10u32 {
+        mutate(&work, round, "scattered");
+        let time = (1000 * (round + 1)).to_string();
+        run.backup(&mut steps, &format!("round {round}"), &time, &[]);
+    }
+    print(
+        "image deltas: ten scattered rounds (datastore on disk)",
+        &steps,
+    );
+    let total = steps.last().and_then(|s| s.datastore).unwrap_or(0) as f64
+        - steps[0].datastore.unwrap_or(0) as f64;
+    println!("growth over the ten rounds: {:.1} MB", total / 1e6);
+    // The newest image backed up afresh into another group: the same
+    // content with every chunk whole, to tell what deltas cost a restore
+    // from what the content does (the mutations turned 262 empty chunks
+    // into data to hash and write).
+    let spec = format!("drive-scsi0.img={}", work.join("image.raw").display());
+    let args = strings(&[
+        "backup",
+        "--type",
+        "vm",
+        "--id",
+        "101",
+        "--quiet",
+        "--output-format",
+        "json",
+        &spec,
+    ]);
+    run.served.step("whole copy", &args, |_| 0);
+    let snapshots = [
+        ("first backup", "vm/100/1970-01-01T00:16:40Z"),
+        ("round 1", "vm/100/1970-01-01T00:33:20Z"),
+        ("round 10", "vm/100/latest"),
+        ("round 10's image, whole", "vm/101/latest"),
+    ];
+    let mut secs = vec![Vec::new(); snapshots.len()];
+    for _ in 0..3 {
+        for (i, (_, snap)) in snapshots.iter().enumerate() {
+            let want = (i >= 2).then(|| work.join("image.raw"));
+            secs[i].push(run.restore_secs(snap, want.as_deref()));
+        }
+    }
+    println!("full restores, three of each alternating: median (all)");
+    let first = {
+        secs[0].sort_by(f64::total_cmp);
+        secs[0][1]
+    };
+    for ((name, _), s) in snapshots.iter().zip(&mut secs) {
+        s.sort_by(f64::total_cmp);
+        println!(
+            "  {name:26} {:>6.2} s {:>6.2}x the first backup's  {s:.2?}",
+            s[1],
+            s[1] / first
+        );
+    }
+    drop(run);
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 fn print_steps(all: &[Vec<Step>], size: u64) {
@@ -297,7 +448,7 @@ impl Served {
     /// Runs one client command as a timed step.
     fn step(
         &self,
-        name: &'static str,
+        name: &str,
         args: &[String],
         moved: impl Fn(&serde_json::Value) -> u64,
     ) -> (Step, serde_json::Value) {
@@ -311,7 +462,7 @@ impl Served {
         let requests = before.zip(self.requests()).map(|(b, a)| a - b);
         let report: serde_json::Value = serde_json::from_slice(&out).expect("json report");
         let step = Step {
-            name,
+            name: name.to_string(),
             seconds,
             moved: moved(&report),
             client_rss_kib,
@@ -440,7 +591,7 @@ impl ImageRun {
         }
     }
 
-    fn backup(&self, steps: &mut Vec<Step>, name: &'static str, time: &str, extra: &[&str]) {
+    fn backup(&self, steps: &mut Vec<Step>, name: &str, time: &str, extra: &[&str]) {
         let spec = format!("drive-scsi0.img={}", self.work.join("image.raw").display());
         let mut args = vec![
             "backup",
@@ -506,6 +657,33 @@ impl ImageRun {
         );
         steps.push(step);
         let _ = std::fs::remove_file(&target);
+    }
+}
+
+impl ImageRun {
+    /// Seconds of a full restore of `snapshot`, compared with `want`
+    /// (after the clock stops) if given.
+    fn restore_secs(&self, snapshot: &str, want: Option<&Path>) -> f64 {
+        let target = self.work.join("restored.raw");
+        let _ = std::fs::remove_file(&target);
+        run_ok(&mut Command::new("sync"));
+        let args = strings(&[
+            "restore",
+            snapshot,
+            "drive-scsi0.img",
+            target.to_str().expect("utf-8 path"),
+            "--quiet",
+            "--output-format",
+            "json",
+        ]);
+        let (step, _) = self.served.step("restore", &args, |r| {
+            r["bytes_downloaded"].as_u64().unwrap_or(0)
+        });
+        if let Some(want) = want {
+            assert!(same_content(want, &target), "restored image differs");
+        }
+        let _ = std::fs::remove_file(&target);
+        step.seconds
     }
 }
 

@@ -29,8 +29,13 @@ const CI_ROUNDS: usize = 400;
 /// of each group and the whole datastore's verify).
 const FULL_CHECK_EVERY: usize = 10;
 
-const POINTS: [&str; 9] = [
+const POINTS: [&str; 12] = [
     "chunk:sync",
+    // A changed image chunk becoming a delta: written, renamed over the
+    // chunk's place beside the whole file, which is then removed.
+    "delta:sync",
+    "delta:rename",
+    "delta:renamed",
     "chunk:rename",
     "chunk:renamed",
     "fidx:rename",
@@ -69,6 +74,9 @@ struct Harness {
     expected: BTreeMap<String, Expected>,
     minute: u64,
     counts: Counts,
+    /// Each image group's last source, which the next one often changes
+    /// in a few blocks (so that the server makes deltas).
+    images: BTreeMap<String, Vec<u8>>,
 }
 
 fn wait_or_kill(mut child: Child, after: Option<Duration>) -> (Option<std::process::Output>, bool) {
@@ -107,8 +115,9 @@ impl Harness {
         )
     }
 
-    /// Writes a fresh source: an image, or a small tree.
-    fn make_source(&mut self, tree: bool, round: usize) -> PathBuf {
+    /// Writes a fresh source: an image (often the group's last one with a
+    /// few 4 KiB blocks changed), or a small tree.
+    fn make_source(&mut self, tree: bool, group: &str, round: usize) -> PathBuf {
         let seed = self.rng.random::<u64>();
         if tree {
             let root = self.dir.join(format!("src/t{round}"));
@@ -122,13 +131,27 @@ impl Harness {
         } else {
             let path = self.dir.join(format!("src/i{round}.img"));
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            let blocks = self.rng.random_range(1..8);
-            let mut data = noise(blocks * (64 << 10), seed);
-            // Some zero blocks and some repeated ones across rounds.
-            if blocks > 2 {
-                data[..64 << 10].fill(0);
-            }
-            std::fs::write(&path, data).unwrap();
+            let data = match self.images.get(group) {
+                Some(last) if self.rng.random_bool(0.6) => {
+                    let mut data = last.clone();
+                    for _ in 0..self.rng.random_range(1..6) {
+                        let at = self.rng.random_range(0..data.len() / 4096) * 4096;
+                        data[at..at + 4096].copy_from_slice(&noise(4096, seed ^ at as u64));
+                    }
+                    data
+                }
+                _ => {
+                    let blocks = self.rng.random_range(1..8);
+                    let mut data = noise(blocks * (64 << 10), seed);
+                    // Some zero blocks and some repeated ones across rounds.
+                    if blocks > 2 {
+                        data[..64 << 10].fill(0);
+                    }
+                    data
+                }
+            };
+            std::fs::write(&path, &data).unwrap();
+            self.images.insert(group.to_string(), data);
             path
         }
     }
@@ -162,7 +185,7 @@ impl Harness {
         }
         let tree = what % 2 == 0;
         let group = self.rng.random_range(0..3);
-        let src = self.make_source(tree, round);
+        let src = self.make_source(tree, &format!("{group}"), round);
         let time = self.next_time();
         let id = format!("{group}");
         let spec = if tree {
@@ -425,6 +448,7 @@ fn kills_at_random_moments_lose_no_finished_snapshot() {
         expected: BTreeMap::new(),
         minute: 0,
         counts: Counts::default(),
+        images: BTreeMap::new(),
     };
     for round in 1..=rounds {
         h.round(round);

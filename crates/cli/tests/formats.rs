@@ -33,6 +33,11 @@ fn serve_fixture(archive: &str) -> (Server, tempfile::TempDir) {
 }
 
 fn restores(server: &Server, env: &[(&str, String)], snap: &str, src: &Path) {
+    restores_disk(server, env, snap, src, &src.join("source/disk.img"));
+}
+
+/// [`restores`], with the snapshot's disk image being `disk`.
+fn restores_disk(server: &Server, env: &[(&str, String)], snap: &str, src: &Path, disk: &Path) {
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("disk.img");
     let tree = out.path().join("tree");
@@ -45,9 +50,9 @@ fn restores(server: &Server, env: &[(&str, String)], snap: &str, src: &Path) {
             .unwrap();
         assert!(o.status.success(), "{snap} {file}: {}", stderr(&o));
     }
-    assert_eq!(
-        std::fs::read(&img).unwrap(),
-        std::fs::read(src.join("source/disk.img")).unwrap()
+    assert!(
+        std::fs::read(&img).unwrap() == std::fs::read(disk).unwrap(),
+        "{snap}: disk.img differs"
     );
     for rel in ["hello.txt", "sub/random.bin"] {
         assert_eq!(
@@ -120,6 +125,63 @@ fn an_encrypted_datastore_restores_with_its_key() {
         &["restore", "vm/1/2026-11-01T00:00:00Z", "disk.img", "-"],
     );
     assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+}
+
+/// The second disk of the delta fixture: `source/disk.img` with four
+/// 4 KiB blocks rewritten with incompressible bytes (in a text chunk, two
+/// random ones and an empty one), as `fixtures/README.md` makes it.
+fn second_disk(src: &Path) -> std::path::PathBuf {
+    let mut disk = std::fs::read(src.join("source/disk.img")).unwrap();
+    for offset in [24_576usize, 102_400, 131_072, 180_224] {
+        let mut x = offset as u64;
+        for j in 0..4096 {
+            x = (1_103_515_245 * x + 12_345) % (1 << 31);
+            disk[offset + j] = (x >> 16) as u8;
+        }
+    }
+    let path = src.join("disk2.img");
+    std::fs::write(&path, disk).unwrap();
+    path
+}
+
+#[test]
+fn a_datastore_with_deltas_restores_verifies_and_keeps_its_bases() {
+    let (server, src) = serve_fixture("datastore-deltas.tar.gz");
+    let root = server.datastore();
+    assert_eq!(
+        std::fs::read_to_string(root.join(".hoard-datastore")).unwrap(),
+        "hoard-datastore 3\n"
+    );
+    let deltas = common::walk(&root.join(".chunks"))
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".d"))
+        .count();
+    assert_eq!(deltas, 2, "the two changed random chunks");
+    let disk2 = second_disk(src.path());
+    let check = |server: &Server| {
+        restores(server, &[], "vm/1/2026-11-01T00:00:00Z", src.path());
+        restores_disk(server, &[], "vm/1/2026-11-02T00:00:00Z", src.path(), &disk2);
+    };
+    check(&server);
+    let v = verify(&server);
+    assert_eq!(v["snapshots"][1]["result"], "ok", "{v}");
+    assert_eq!(v["bad_chunks"], serde_json::json!([]), "{v}");
+    // The first snapshot goes; GC keeps its chunks that are bases.
+    let ds = hoard_datastore::Datastore::open(&root).unwrap();
+    let first: hoard_types::SnapshotPath = "vm/1/2026-11-01T00:00:00Z".parse().unwrap();
+    assert_eq!(
+        ds.remove_snapshot(&first).unwrap(),
+        hoard_datastore::Removal::Removed
+    );
+    let gc = common::maintenance_json(&root, &["gc", "--grace", "0"]);
+    assert_eq!(gc["missing_chunks"], 0, "{gc}");
+    restores_disk(
+        &server,
+        &[],
+        "vm/1/2026-11-02T00:00:00Z",
+        src.path(),
+        &disk2,
+    );
 }
 
 /// A bucket laid out by hand, by the rules of docs/format.md ("Datastores
