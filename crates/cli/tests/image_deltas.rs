@@ -272,3 +272,43 @@ fn a_version_1_client_gets_the_same_savings() {
     let digests = hash_list(&mut r, 1, &format!("vm/9/{snap}/disk.fidx"));
     assert_eq!(download(&mut r, 2, &digests), two.concat());
 }
+
+#[test]
+fn a_failing_disk_while_deltas_are_made_ends_the_pass_not_the_backup() {
+    let mut server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    let mut img = noise(SIZE, 5);
+    write(&path, &img);
+    backup(&server, "1000", &path);
+    let mut time = 1000;
+    let mut versions = Vec::new();
+    // A full disk as the first delta is synced; an I/O error as the
+    // second replaces its whole chunk (after the rename, before the
+    // whole file goes).
+    for (i, spec) in ["delta:sync:1:enospc", "delta:renamed:2:eio"]
+        .into_iter()
+        .enumerate()
+    {
+        server = server.restart_with(&[("HOARD_FAILPOINT", spec.to_string())]);
+        let blocks: Vec<usize> = (0..8).map(|c| c * 64 + 3 + i).collect();
+        overwrite(&mut img, &blocks, 500 + 10 * i as u64);
+        write(&path, &img);
+        time += 1000;
+        let report = backup(&server, &time.to_string(), &path);
+        assert_eq!(
+            report["images"][0]["chunks_uploaded"], 8,
+            "{spec}: {report}"
+        );
+        versions.push((time, img.clone()));
+    }
+    let (_, deltas) = stored(&server);
+    assert!(deltas < 16, "the passes stopped: {deltas} deltas");
+    server = server.restart_with(&[]);
+    for (time, want) in &versions {
+        let snap = hoard_types::SnapshotTime::from_epoch(*time).unwrap();
+        restores(&server, &format!("vm/7/{snap}"), want);
+    }
+    let (code, report) = verify_json(&server, None);
+    assert_eq!(code, 0, "{report}");
+}

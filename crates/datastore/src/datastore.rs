@@ -1360,7 +1360,8 @@ impl FileWriter {
     /// differs from the chunk in the same slot of that backup as a delta
     /// of it. The deltas are made before the file is recorded, so a
     /// backup that reports success has made them; none is needed for
-    /// the backup to be complete, so a crash meanwhile loses nothing.
+    /// the backup to be complete, so a crash meanwhile loses nothing, and
+    /// an error while making them is logged, not returned.
     pub fn finish_with_deltas(
         mut self,
         store: &ChunkStore,
@@ -1373,9 +1374,19 @@ impl FileWriter {
             return Ok((file, None));
         };
         let new = FixedIndexReader::open(&dest, &file.name)?;
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let counts = make_deltas(store, &new, &base, stored_now, threads)?;
-        Ok((file, Some(counts)))
+        // A few threads: each holds a chunk and its base (up to 32 MiB),
+        // and several backups may finish at once.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        // The file is complete and durable already: a datastore error
+        // here (a full disk, a failing read) ends the pass, not the
+        // backup; the chunks not done stay whole.
+        match make_deltas(store, &new, &base, stored_now, threads) {
+            Ok(counts) => Ok((file, Some(counts))),
+            Err(e) => {
+                tracing::warn!("{}: deltas not made: {e}", dest.display());
+                Ok((file, None))
+            }
+        }
     }
 
     /// Checks the file is whole and writes its index durably; the caller

@@ -46,7 +46,8 @@ impl DeltaCounts {
 /// changed chunk for which `stored_now` is true (the chunks this backup
 /// stored; a chunk that was there before may be another delta's base,
 /// and stays as it is). Runs on `threads` threads; stops at the first
-/// datastore error, after which the chunks not yet done stay whole.
+/// datastore error (which it returns), after which the chunks not yet
+/// done stay whole.
 pub fn make_deltas(
     store: &ChunkStore,
     new: &FixedIndexReader,

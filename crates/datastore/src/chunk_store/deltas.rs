@@ -118,18 +118,8 @@ impl ChunkStore {
             }
             let link = match self.link(&cur) {
                 Ok(Some(l)) => l,
-                Ok(None) => {
-                    return Err(Error::ChunkCorrupt {
-                        digest: *digest,
-                        reason: format!("its delta base {cur} is missing"),
-                    });
-                }
-                Err(e) => {
-                    return Err(Error::ChunkCorrupt {
-                        digest: *digest,
-                        reason: format!("its delta base {cur}: {e}"),
-                    });
-                }
+                Ok(None) => return Err(base_error(digest, &cur, Error::ChunkMissing(cur))),
+                Err(e) => return Err(base_error(digest, &cur, e)),
             };
             chain.push((cur, link));
             match link {
@@ -139,42 +129,42 @@ impl ChunkStore {
         }
     }
 
-    /// A delta's plain data: its chain's root decoded, every link's blocks
-    /// applied from the root up. The caller checks the digest where the
-    /// data is not handed to a reader that checks it (verify does).
+    /// A delta's plain data: its chain's root decoded, then every link's
+    /// blocks applied from the root up, one delta file in memory at a
+    /// time. The caller checks the digest where the data is not handed
+    /// to a reader that checks it (verify does).
     pub(super) fn load_delta(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let mut deltas = vec![self.read_delta(digest)?];
-        let mut cur = deltas[0].base;
-        let mut data = loop {
-            if deltas.len() > MAX_CHAIN_READ || cur == *digest {
-                return Err(Error::ChunkCorrupt {
-                    digest: *digest,
-                    reason: format!("its delta chain is longer than {MAX_CHAIN_READ} or cyclic"),
-                });
-            }
-            match self.load_whole(&cur) {
-                Ok(data) => break data,
-                Err(Error::ChunkMissing(_)) => {}
-                Err(e) => return Err(base_error(digest, &cur, e)),
-            }
-            match self.read_delta(&cur) {
-                Ok(d) => {
-                    cur = d.base;
-                    deltas.push(d);
-                }
-                Err(Error::ChunkMissing(_)) => {
-                    return Err(Error::ChunkCorrupt {
-                        digest: *digest,
-                        reason: format!("its delta base {cur} is missing"),
-                    });
-                }
-                Err(e) => return Err(base_error(digest, &cur, e)),
-            }
+        match self.try_load_delta(digest) {
+            // A link became a delta between reading the chain and reading
+            // the link (a commit removes the whole file last): once more.
+            Err(Error::ChunkCorrupt { .. }) => self.try_load_delta(digest),
+            other => other,
+        }
+    }
+
+    fn try_load_delta(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let Some(head) = self.delta_head(digest)? else {
+            return Err(Error::ChunkMissing(*digest));
         };
-        for d in deltas.iter().rev() {
-            d.apply(&mut data).map_err(|e| Error::ChunkCorrupt {
+        let chain = self.chain_below(digest, head)?;
+        let Some((root, _)) = chain.last() else {
+            return Err(Error::ChunkCorrupt {
                 digest: *digest,
-                reason: e.to_string(),
+                reason: "its delta chain is empty".into(),
+            });
+        };
+        let mut data = self
+            .load_whole(root)
+            .map_err(|e| base_error(digest, root, e))?;
+        let above_root = chain.iter().rev().skip(1).map(|(d, _)| d);
+        for link in above_root.chain(std::iter::once(digest)) {
+            let delta = self.read_delta(link).map_err(|e| match link == digest {
+                true => e,
+                false => base_error(digest, link, e),
+            })?;
+            delta.apply(&mut data).map_err(|e| Error::ChunkCorrupt {
+                digest: *digest,
+                reason: format!("applying delta {link}: {e}"),
             })?;
         }
         Ok(data)
@@ -538,10 +528,12 @@ impl ChunkStore {
 
 /// A chunk unreadable because of its base: the chunk is what is damaged
 /// for its readers, and the reason names the base.
+/// An I/O error stays one (it may pass; verify tells the two apart).
 fn base_error(digest: &Digest, base: &Digest, e: Error) -> Error {
     let reason = match e {
         Error::ChunkCorrupt { reason, .. } => reason,
-        e => e.to_string(),
+        Error::ChunkMissing(_) => "missing".into(),
+        e => return e,
     };
     Error::ChunkCorrupt {
         digest: *digest,
