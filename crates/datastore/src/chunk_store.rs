@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hoard_types::zero::nonzero_runs;
 use hoard_types::{Digest, MAX_CHUNK_SIZE};
@@ -75,8 +75,6 @@ pub struct ChunkStore {
     bad: PathBuf,
     locks: Arc<Locks>,
     objects: Option<Arc<ObjectChunks>>,
-    /// Held while a delta replaces its whole chunk: one at a time.
-    delta_commit: Arc<Mutex<()>>,
     /// Whether the datastore's marker says it may hold deltas.
     delta_format: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -187,7 +185,6 @@ impl ChunkStore {
             bad,
             locks,
             objects: None,
-            delta_commit: Arc::new(Mutex::new(())),
             delta_format: Arc::default(),
         }
     }
@@ -598,7 +595,10 @@ impl ChunkStore {
             return o.quarantine(digest, class);
         }
         let path = self.path_of(digest, class);
-        if class == ChunkClass::Plain && !path.exists() && self.delta_path(digest).exists() {
+        // (A zero-length whole file is a crash leftover that counts as
+        // missing: the delta is what readers get.)
+        let no_whole = fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if class == ChunkClass::Plain && no_whole && self.delta_path(digest).exists() {
             // The damage is in a file of its chain: that one is moved
             // (each under its own lock, so this one is released first).
             drop(_excl);
@@ -641,10 +641,13 @@ impl ChunkStore {
             // Asked for plain data that only an encrypted chunk holds: say
             // so. Callers name only chunks their principal may see (the
             // known-chunks rule), so this reveals nothing new.
+            // (Not if the plain chunk is kept as a delta: an encrypted
+            // chunk of the same name never hides a plain one.)
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound
                     && class == ChunkClass::Plain
-                    && self.path_of(digest, ChunkClass::Encrypted).exists() =>
+                    && self.path_of(digest, ChunkClass::Encrypted).exists()
+                    && !self.delta_path(digest).exists() =>
             {
                 return Err(Error::ChunkEncrypted(*digest));
             }
@@ -743,10 +746,12 @@ impl ChunkStore {
         let (file, header) = match self.open(digest, ChunkClass::Plain) {
             // Only an encrypted chunk by that name: say so (the caller
             // may download it, so it knows the name from an index).
+            Err(Error::ChunkMissing(_)) if self.delta_path(digest).exists() => {
+                return self.load_delta(digest);
+            }
             Err(Error::ChunkMissing(_)) if self.open(digest, ChunkClass::Encrypted).is_ok() => {
                 return Err(Error::ChunkEncrypted(*digest));
             }
-            Err(Error::ChunkMissing(_)) => return self.load_delta(digest),
             other => other?,
         };
         let mut blob = read_file(&file, digest)?;

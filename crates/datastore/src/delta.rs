@@ -19,6 +19,10 @@ pub const BLOCK: usize = 4096;
 /// Fixed part of a delta file: magic, CRC, raw size, base digest, block
 /// count, encoding and padding.
 pub const FIXED_SIZE: usize = 56;
+/// The largest delta file there can be: every block listed and stored
+/// raw. A longer file is damaged, and is not read.
+pub const MAX_FILE_SIZE: u64 =
+    (FIXED_SIZE + 4 * MAX_CHUNK_SIZE.div_ceil(BLOCK) + MAX_CHUNK_SIZE) as u64;
 /// Block data stored as is.
 const DATA_RAW: u8 = 0;
 /// Block data stored as one zstd frame.
@@ -154,6 +158,9 @@ pub fn decode(file: &[u8]) -> Result<Delta, DeltaError> {
     let raw = head.raw_size as usize;
     let n = u32_at(file, 48) as usize;
     let encoding = file[52];
+    if file[53..FIXED_SIZE] != [0; 3] {
+        return Err(DeltaError::Blocks("padding is not zero".into()));
+    }
     if n == 0 || n > block_count(raw) {
         return Err(DeltaError::Blocks(format!(
             "{n} blocks in a chunk of {} blocks",

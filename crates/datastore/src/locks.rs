@@ -238,6 +238,18 @@ impl Locks {
         Ok((file, now))
     }
 
+    /// The delta commit lock (`.locks/deltas`), waiting for it: delta
+    /// commits run one at a time across every process on the datastore,
+    /// so none can close a cycle with another, and a commit, which holds
+    /// one prefix exclusively while it takes others shared, never waits
+    /// for another commit's prefix.
+    pub fn delta_commit(&self) -> Result<File> {
+        let path = self.dir.join("deltas");
+        let file = open_lock_file(&path)?;
+        file.lock().ctx(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    }
+
     /// A group's maintenance lock (prune), waiting for it.
     pub fn group(&self, ty: &str, id: &str) -> Result<File> {
         let path = self.dir.join("groups").join(format!("{ty}-{id}"));

@@ -387,3 +387,113 @@ fn a_chunk_that_comes_back_never_closes_a_cycle() {
         assert_eq!(&s.restore(n), img);
     }
 }
+
+#[test]
+fn an_encrypted_chunk_of_the_same_name_never_hides_a_delta() {
+    let s = store();
+    let img1 = first_image();
+    s.backup(1, &img1);
+    let mut img2 = img1.clone();
+    img2[10 * 4096..11 * 4096].copy_from_slice(&noise(8, 4096));
+    s.backup(2, &img2);
+    let delta = Digest::of(&img2[..CHUNK]);
+    assert!(s.ds.chunks().is_delta(&delta));
+    // Another tenant's encrypted session names an encrypted chunk so.
+    let key = hoard_codec::Key::from_secret(&[3u8; 32]);
+    let enc = key.encrypt(
+        hoard_codec::Kind::Chunk,
+        b"other",
+        hoard_codec::Compression::None,
+    );
+    s.ds.chunks()
+        .insert_blob(&delta, &enc, ChunkClass::Encrypted, FsTime(0))
+        .unwrap();
+    assert_eq!(s.restore(2), img2);
+    assert_eq!(
+        s.ds.chunks()
+            .reference(&delta, FsTime(0), ChunkClass::Plain)
+            .unwrap(),
+        CHUNK as u64
+    );
+    let r = verify(&s.ds, &|_| true, &VerifyOptions::default(), &|_| {}).unwrap();
+    assert_eq!(r.failed(), 0, "{r:?}");
+}
+
+#[test]
+fn a_delta_with_a_damaged_header_is_stored_whole_again_and_gc_goes_on() {
+    let mut s = store();
+    let img1 = first_image();
+    s.backup(1, &img1);
+    let mut img2 = img1.clone();
+    img2[10 * 4096..11 * 4096].copy_from_slice(&noise(8, 4096));
+    img2[CHUNK + 4096..CHUNK + 8192].copy_from_slice(&noise(9, 4096));
+    s.backup(2, &img2);
+    let damage = |d: &Digest| {
+        let path = s.ds.chunks().delta_path(d);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        path
+    };
+    // An upload of a chunk whose delta is damaged stores it whole again,
+    // before any verify ran.
+    let d1 = Digest::of(&img2[CHUNK..2 * CHUNK]);
+    damage(&d1);
+    assert_eq!(
+        s.ds.chunks()
+            .insert(&d1, &img2[CHUNK..2 * CHUNK], FsTime(0))
+            .unwrap(),
+        Inserted::New
+    );
+    // GC does not stop at a damaged delta: it keeps the file and counts
+    // it missing.
+    let d0 = Digest::of(&img2[..CHUNK]);
+    let path = damage(&d0);
+    s.reg = None;
+    let report = s.gc();
+    assert_eq!(report.missing_chunks, 1, "{report:?}");
+    assert!(path.exists());
+    // Verify moves it aside; the next upload stores it whole.
+    let r = verify(&s.ds, &|_| true, &VerifyOptions::default(), &|_| {}).unwrap();
+    assert_eq!(r.failed(), 1, "{r:?}");
+    assert!(!path.exists(), "moved aside");
+    assert_eq!(
+        s.ds.chunks()
+            .insert(&d0, &img2[..CHUNK], FsTime(0))
+            .unwrap(),
+        Inserted::New
+    );
+    assert_eq!(s.restore(2), img2);
+}
+
+#[test]
+fn a_delta_that_rebuilds_wrong_data_is_found_and_set_aside() {
+    let s = store();
+    let img1 = first_image();
+    s.backup(1, &img1);
+    let mut img2 = img1.clone();
+    img2[10 * 4096..11 * 4096].copy_from_slice(&noise(8, 4096));
+    s.backup(2, &img2);
+    let d = Digest::of(&img2[..CHUNK]);
+    // Its block data altered and its CRC made to match: every file of
+    // the chain checks, and the rebuilt data is wrong.
+    let path = s.ds.chunks().delta_path(&d);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let crc = crc32fast::hash(&bytes[12..]);
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let r = verify(&s.ds, &|_| true, &VerifyOptions::default(), &|_| {}).unwrap();
+    assert_eq!(r.failed(), 1, "{r:?}");
+    let bad = &r.bad_chunks[0];
+    assert_eq!(bad.digest, d.to_hex());
+    assert!(bad.problem.contains("hash"), "{bad:?}");
+    assert!(bad.moved_to.is_some(), "{bad:?}");
+    assert!(!path.exists());
+    assert_eq!(
+        s.ds.chunks().insert(&d, &img2[..CHUNK], FsTime(0)).unwrap(),
+        Inserted::New
+    );
+    assert_eq!(s.restore(2), img2);
+}

@@ -87,6 +87,8 @@ pub(crate) struct OpenSnapshot {
 pub(crate) struct UploadDone {
     pub stream: u8,
     pub digest: Digest,
+    /// Uploaded for a disk image (a fixed index): a delta candidate.
+    pub for_image: bool,
     pub result: hoard_datastore::Result<Inserted>,
 }
 
@@ -605,6 +607,7 @@ impl Connection {
         match done.result {
             Ok(inserted) => {
                 if inserted == Inserted::New
+                    && done.for_image
                     && self.stored_new.len() < self.shared.config.limits.max_known_chunks
                 {
                     self.stored_new.insert(done.digest);

@@ -40,6 +40,12 @@ const MIN_WHOLE: u64 = 16 * 1024;
 /// zstd level of delta block data: the server's at-rest level.
 const DELTA_LEVEL: i32 = 3;
 
+/// The head a damaged link is marked with (only its file name matters).
+const NO_HEAD: DeltaHead = DeltaHead {
+    raw_size: 0,
+    base: Digest([0; 32]),
+};
+
 /// What [`ChunkStore::make_delta`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeltaMade {
@@ -197,6 +203,16 @@ impl ChunkStore {
             }
             Err(e) => return Err(e).ctx(|| format!("opening delta {digest}")),
         };
+        let len = file
+            .metadata()
+            .ctx(|| format!("reading delta {digest}"))?
+            .len();
+        if len > delta::MAX_FILE_SIZE {
+            return Err(Error::ChunkCorrupt {
+                digest: *digest,
+                reason: format!("a delta file of {len} bytes"),
+            });
+        }
         let bytes = read_file(&file, digest)?;
         delta::decode(&bytes).map_err(|e| Error::ChunkCorrupt {
             digest: *digest,
@@ -211,24 +227,44 @@ impl ChunkStore {
     /// chain is gone (then the chunk counts as not stored: an upload
     /// stores it whole again, which heals what depended on a lost base).
     pub(super) fn stamp_delta(&self, digest: &Digest, since: FsTime) -> Result<Option<u64>> {
-        let Some(head) = self.delta_head(digest)? else {
-            return Ok(None);
-        };
-        let chain = match self.chain_below(digest, head) {
-            Ok(c) => c,
+        let head = match self.delta_head(digest) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            // A damaged delta counts as not stored, so an upload stores
+            // the chunk whole (and reads prefer that) until verify moves
+            // the delta aside.
             Err(Error::ChunkCorrupt { reason, .. }) => {
-                tracing::warn!("chunk {digest} counts as not stored: {reason}");
+                tracing::warn!(
+                    "chunk {digest} counts as not stored: its delta is damaged: {reason}"
+                );
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        for (d, link) in chain.iter().rev() {
-            if !self.stamp_link(d, *link, since, None)? {
-                return Ok(None);
+        // Twice: a link whose whole file a commit removed between the
+        // walk and its stamp is a delta by then.
+        for _ in 0..2 {
+            let chain = match self.chain_below(digest, head) {
+                Ok(c) => c,
+                Err(Error::ChunkCorrupt { reason, .. }) => {
+                    tracing::warn!("chunk {digest} counts as not stored: {reason}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            let mut whole_chain = true;
+            for (d, link) in chain.iter().rev() {
+                if !self.stamp_link(d, *link, since, None)? {
+                    whole_chain = false;
+                    break;
+                }
+            }
+            if whole_chain {
+                let stamped = self.stamp_link(digest, Link::Delta(head), since, None)?;
+                return Ok(stamped.then_some(u64::from(head.raw_size)));
             }
         }
-        let stamped = self.stamp_link(digest, Link::Delta(head), since, None)?;
-        Ok(stamped.then_some(u64::from(head.raw_size)))
+        Ok(None)
     }
 
     /// Stamps one link if it is older than `since` (always, with
@@ -271,16 +307,20 @@ impl ChunkStore {
     /// delta's stamp says nothing about its chain's (a GC that died
     /// between the two), and marking is what keeps the chain.
     pub(super) fn mark_delta(&self, digest: &Digest, cutoff: FsTime) -> Result<Marked> {
-        let Some(head) = self.delta_head(digest)? else {
-            return Ok(Marked::Missing);
+        let chain = match self.delta_head(digest) {
+            Ok(None) => return Ok(Marked::Missing),
+            Ok(Some(head)) => self.chain_below(digest, head).map(|c| (head, c)),
+            Err(e) => Err(e),
         };
-        let chain = match self.chain_below(digest, head) {
+        let (head, chain) = match chain {
             Ok(c) => c,
+            // Damage (never an I/O error, which stops the GC as anywhere
+            // else): every file of the chain that is there is kept, as
+            // far as it can be followed; verify reports the damage, and
+            // nothing more is lost meanwhile.
             Err(Error::ChunkCorrupt { reason, .. }) => {
                 tracing::warn!("GC: chunk {digest} is unreadable: {reason}");
-                // Its chain's surviving links are kept: verify reports
-                // the damage, and nothing more is lost meanwhile.
-                self.mark_surviving(digest, head, cutoff)?;
+                self.mark_surviving(digest, cutoff)?;
                 return Ok(Marked::Missing);
             }
             Err(e) => return Err(e),
@@ -291,20 +331,24 @@ impl ChunkStore {
         self.mark_link(digest, Link::Delta(head), cutoff)
     }
 
-    /// Marks the links of a broken chain up to where it breaks.
-    fn mark_surviving(&self, digest: &Digest, head: DeltaHead, cutoff: FsTime) -> Result<()> {
-        self.mark_link(digest, Link::Delta(head), cutoff)?;
-        let mut cur = head.base;
-        for _ in 0..MAX_CHAIN_READ {
-            match self.link(&cur) {
-                Ok(Some(link)) => {
-                    self.mark_link(&cur, link, cutoff)?;
-                    match link {
-                        Link::Whole => return Ok(()),
-                        Link::Delta(h) => cur = h.base,
-                    }
-                }
-                _ => return Ok(()),
+    /// Marks the files of a damaged chain, from `digest` down, as far as
+    /// the chain can be followed: a whole file ends it, a delta whose
+    /// fixed part is damaged is marked and ends it, a missing link ends
+    /// it. I/O errors stop the GC.
+    fn mark_surviving(&self, digest: &Digest, cutoff: FsTime) -> Result<()> {
+        let mut cur = *digest;
+        for _ in 0..=MAX_CHAIN_READ {
+            if self.mark_link(&cur, Link::Whole, cutoff)? != Marked::Missing {
+                return Ok(());
+            }
+            let marked = self.mark_link(&cur, Link::Delta(NO_HEAD), cutoff)?;
+            if marked == Marked::Missing {
+                return Ok(());
+            }
+            match self.delta_head(&cur) {
+                Ok(Some(h)) => cur = h.base,
+                Ok(None) | Err(Error::ChunkCorrupt { .. }) => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -354,8 +398,12 @@ impl ChunkStore {
         if whole < MIN_WHOLE {
             return Ok(DeltaMade::Skipped("small"));
         }
-        let Some(base) = self.pick_base(digest, base)? else {
-            return Ok(DeltaMade::Skipped("no usable base"));
+        let base = match self.pick_base(digest, base) {
+            Ok(Some(b)) => b,
+            Ok(None) | Err(Error::ChunkCorrupt { .. }) => {
+                return Ok(DeltaMade::Skipped("no usable base"));
+            }
+            Err(e) => return Err(e),
         };
         let new = match self.load_whole(digest) {
             Ok(d) => d,
@@ -380,6 +428,18 @@ impl ChunkStore {
         let file = delta::encode(&base, &new, &blocks, DELTA_LEVEL);
         if file.len() as u64 > whole - whole / 4 {
             return Ok(DeltaMade::Skipped("saves less than a quarter"));
+        }
+        // The whole file goes only for a delta proven to rebuild it.
+        let mut rebuilt = old;
+        let decoded = delta::decode(&file).map_err(|e| Error::ChunkCorrupt {
+            digest: *digest,
+            reason: format!("a new delta does not decode: {e}"),
+        })?;
+        if decoded.apply(&mut rebuilt).is_err() || rebuilt != new {
+            return Err(Error::ChunkCorrupt {
+                digest: *digest,
+                reason: "a new delta does not rebuild its chunk".into(),
+            });
         }
         let tmp = TempFile::create(self.tmp.path(), "delta")?;
         std::os::unix::fs::FileExt::write_all_at(&tmp.file, &file, 0)
@@ -421,10 +481,11 @@ impl ChunkStore {
     /// chunk meanwhile), the base's chain is walked again, checked free of
     /// `digest`, and stamped; then the delta is renamed in and stamped,
     /// and only then is the whole file removed. At every instant one of
-    /// the two files holds the chunk. Deltas are committed one at a time,
-    /// so no two commits can close a cycle between them.
+    /// the two files holds the chunk. Deltas are committed one at a time
+    /// across processes (`.locks/deltas`), so no two commits can close a
+    /// cycle between them, nor wait for each other's prefixes.
     fn commit_delta(&self, digest: &Digest, base: &Digest, tmp: TempFile) -> Result<bool> {
-        let _one = self.delta_commit.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.locks.delta_commit()?;
         let prefix = Self::prefix(digest);
         let _excl = self.locks.exclusive_prefix(prefix)?;
         let whole = self.chunk_path(digest);
@@ -495,12 +556,14 @@ impl ChunkStore {
         let mut cur = *digest;
         for _ in 0..=MAX_CHAIN_READ {
             match self.link(&cur) {
+                Ok(Some(Link::Whole)) if cur == *digest => return Ok(None),
                 Ok(Some(Link::Whole)) => {
-                    return if cur == *digest {
-                        Ok(None)
-                    } else {
-                        self.quarantine(&cur, ChunkClass::Plain)
-                    };
+                    if let Some(moved) = self.quarantine(&cur, ChunkClass::Plain)? {
+                        return Ok(Some(moved));
+                    }
+                    // Every file of the chain checks, and still the
+                    // rebuilt data is wrong: the delta's own content is.
+                    return self.set_aside_delta(digest);
                 }
                 Ok(Some(Link::Delta(h))) => match self.read_delta(&cur) {
                     Ok(_) => cur = h.base,
@@ -515,10 +578,19 @@ impl ChunkStore {
     }
 
     /// Moves a delta file found damaged to `.bad/`, under its prefix's
-    /// exclusive lock, after checking it once more there.
+    /// exclusive lock, after checking it once more there: unreadable, or
+    /// rebuilding to data that does not hash to its name.
     fn set_aside_delta(&self, digest: &Digest) -> Result<Option<String>> {
         let _excl = self.locks.exclusive_prefix(Self::prefix(digest))?;
-        if !matches!(self.read_delta(digest), Err(Error::ChunkCorrupt { .. })) {
+        let damaged = match self.read_delta(digest) {
+            Err(Error::ChunkCorrupt { .. }) => true,
+            Err(_) => false,
+            Ok(_) => matches!(
+                self.load_delta(digest),
+                Ok(data) if Digest::of(&data) != *digest
+            ),
+        };
+        if !damaged {
             return Ok(None);
         }
         let path = self.delta_path(digest);

@@ -333,6 +333,9 @@ impl Connection {
             }
             writer.record(entry)
         });
+        // The pass is the server's work, not the peer's silence: the idle
+        // timeout counts from its end.
+        self.last_packet = tokio::time::Instant::now();
         match result {
             Ok(()) => self.send(stream, Message::Ok).await,
             Err(e) => {

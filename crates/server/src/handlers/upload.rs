@@ -3,7 +3,7 @@
 //! stream.
 
 use bytes::Bytes;
-use hoard_datastore::{ChunkClass, Inserted};
+use hoard_datastore::{ChunkClass, FileKind, Inserted};
 use hoard_protocol::Features;
 use hoard_types::{ARCHIVE_META_SUFFIX, Digest};
 
@@ -33,6 +33,10 @@ impl Connection {
         } else {
             ChunkClass::Plain
         };
+        let for_image = matches!(
+            self.streams.get(&stream),
+            Some(Stream::Backup(b)) if b.file.kind() == FileKind::Fixed
+        );
         // A tree archive's metadata is read again by the next backup.
         let reread_soon = matches!(
             self.streams.get(&stream),
@@ -53,6 +57,7 @@ impl Connection {
             UploadDone {
                 stream,
                 digest,
+                for_image,
                 result,
             }
         });
