@@ -363,8 +363,21 @@ impl ChunkStore {
             }
         }
         // Kept as a delta: stored if its whole chain is (stamped in
-        // order, each link under its own lock).
-        Ok(class == ChunkClass::Plain && self.stamp_delta(digest, since)?.is_some())
+        // order, each link under its own lock). If it cannot be told, the
+        // chunk is stored whole: always safe, and it heals what a failing
+        // read of the chain would otherwise break for every upload.
+        if class != ChunkClass::Plain {
+            return Ok(false);
+        }
+        match self.stamp_delta(digest, since) {
+            Ok(stamped) => Ok(stamped.is_some()),
+            Err(e) => {
+                tracing::warn!(
+                    "chunk {digest}: its delta chain cannot be read ({e}); storing it whole"
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Writes a new chunk file of `class` with `write` and renames it into

@@ -1373,7 +1373,13 @@ impl FileWriter {
         let Some(base) = base else {
             return Ok((file, None));
         };
-        let new = FixedIndexReader::open(&dest, &file.name)?;
+        let new = match FixedIndexReader::open(&dest, &file.name) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{}: deltas not made: {e}", dest.display());
+                return Ok((file, None));
+            }
+        };
         // A few threads: each holds a chunk and its base (up to 32 MiB),
         // and several backups may finish at once.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));

@@ -497,3 +497,39 @@ fn a_delta_that_rebuilds_wrong_data_is_found_and_set_aside() {
     );
     assert_eq!(s.restore(2), img2);
 }
+
+#[test]
+fn verify_blames_the_lowest_link_that_rebuilds_wrong_data() {
+    let s = store();
+    let img1 = first_image();
+    s.backup(1, &img1);
+    let mut img2 = img1.clone();
+    img2[10 * 4096..11 * 4096].copy_from_slice(&noise(8, 4096));
+    s.backup(2, &img2);
+    let mut img3 = img2.clone();
+    img3[20 * 4096..21 * 4096].copy_from_slice(&noise(9, 4096));
+    s.backup(3, &img3);
+    let (middle, top) = (Digest::of(&img2[..CHUNK]), Digest::of(&img3[..CHUNK]));
+    assert!(s.ds.chunks().is_delta(&middle) && s.ds.chunks().is_delta(&top));
+    // The middle link's data altered, its CRC made to match.
+    let path = s.ds.chunks().delta_path(&middle);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let crc = crc32fast::hash(&bytes[12..]);
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    // Only verify the newest snapshot: its chunk fails, and the middle
+    // link is what goes aside; the top delta stays.
+    let newest = snap(3);
+    let r = verify(&s.ds, &|p| *p == newest, &VerifyOptions::default(), &|_| {}).unwrap();
+    assert_eq!(r.failed(), 1, "{r:?}");
+    assert!(!path.exists(), "the middle link was moved aside");
+    assert!(s.ds.chunks().delta_path(&top).exists());
+    // Both heal by storing their data again.
+    for (d, data) in [(middle, &img2[..CHUNK]), (top, &img3[..CHUNK])] {
+        s.ds.chunks().insert(&d, data, FsTime(0)).unwrap();
+    }
+    assert_eq!(s.restore(3), img3);
+    assert_eq!(s.restore(2), img2);
+}

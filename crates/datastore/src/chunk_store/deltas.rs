@@ -365,6 +365,10 @@ impl ChunkStore {
             Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
         };
         let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
+        if meta.len() == 0 {
+            // A crash leftover: counts as missing, as everywhere.
+            return Ok(Marked::Missing);
+        }
         if FsTime::mtime(&meta) >= cutoff {
             return Ok(Marked::Recent);
         }
@@ -398,26 +402,24 @@ impl ChunkStore {
         if whole < MIN_WHOLE {
             return Ok(DeltaMade::Skipped("small"));
         }
-        let base = match self.pick_base(digest, base) {
-            Ok(Some(b)) => b,
-            Ok(None) | Err(Error::ChunkCorrupt { .. }) => {
-                return Ok(DeltaMade::Skipped("no usable base"));
-            }
-            Err(e) => return Err(e),
+        // What cannot be read is skipped, whatever the reason: only a
+        // failing write ends the pass.
+        let Ok(Some(base)) = self.pick_base(digest, base) else {
+            return Ok(DeltaMade::Skipped("no usable base"));
         };
-        let new = match self.load_whole(digest) {
-            Ok(d) => d,
-            Err(Error::ChunkMissing(_)) => return Ok(DeltaMade::Skipped("not stored whole")),
-            Err(Error::ChunkCorrupt { .. }) => return Ok(DeltaMade::Skipped("damaged")),
-            Err(e) => return Err(e),
+        // The new chunk was checked against its digest when it was
+        // uploaded, and its CRC on this read.
+        let Ok(new) = self.load_whole(digest) else {
+            return Ok(DeltaMade::Skipped("unreadable"));
         };
-        let old = match self.load(&base) {
-            Ok(d) => d,
-            Err(Error::ChunkMissing(_) | Error::ChunkCorrupt { .. }) => {
-                return Ok(DeltaMade::Skipped("base unreadable"));
-            }
-            Err(e) => return Err(e),
+        let Ok(old) = self.load(&base) else {
+            return Ok(DeltaMade::Skipped("base unreadable"));
         };
+        // A base rebuilt from a chain is checked against its digest: a
+        // delta is made only against the data its base's name promises.
+        if self.is_delta(&base) && Digest::of(&old) != base {
+            return Ok(DeltaMade::Skipped("base rebuilds wrong data"));
+        }
         if old.len() != new.len() {
             return Ok(DeltaMade::Skipped("base of another size"));
         }
@@ -553,25 +555,38 @@ impl ChunkStore {
     /// damaged link below it), so that the next backup holding the data
     /// stores it whole again.
     pub(super) fn quarantine_delta(&self, digest: &Digest) -> Result<Option<String>> {
+        // Down the chain: the first file that does not decode is moved.
+        let mut links = Vec::new();
         let mut cur = *digest;
-        for _ in 0..=MAX_CHAIN_READ {
+        loop {
+            if links.len() > MAX_CHAIN_READ {
+                return Ok(None);
+            }
             match self.link(&cur) {
                 Ok(Some(Link::Whole)) if cur == *digest => return Ok(None),
                 Ok(Some(Link::Whole)) => {
                     if let Some(moved) = self.quarantine(&cur, ChunkClass::Plain)? {
                         return Ok(Some(moved));
                     }
-                    // Every file of the chain checks, and still the
-                    // rebuilt data is wrong: the delta's own content is.
-                    return self.set_aside_delta(digest);
+                    break;
                 }
                 Ok(Some(Link::Delta(h))) => match self.read_delta(&cur) {
-                    Ok(_) => cur = h.base,
+                    Ok(_) => {
+                        links.push(cur);
+                        cur = h.base;
+                    }
                     Err(Error::ChunkCorrupt { .. }) => return self.set_aside_delta(&cur),
                     Err(_) => return Ok(None),
                 },
                 Err(Error::ChunkCorrupt { .. }) => return self.set_aside_delta(&cur),
                 _ => return Ok(None),
+            }
+        }
+        // Every file decodes and the root checks: up the chain, the first
+        // delta that does not rebuild its own data is the damaged one.
+        for link in links.iter().rev() {
+            if let Some(moved) = self.set_aside_delta(link)? {
+                return Ok(Some(moved));
             }
         }
         Ok(None)
@@ -585,10 +600,13 @@ impl ChunkStore {
         let damaged = match self.read_delta(digest) {
             Err(Error::ChunkCorrupt { .. }) => true,
             Err(_) => false,
-            Ok(_) => matches!(
-                self.load_delta(digest),
-                Ok(data) if Digest::of(&data) != *digest
-            ),
+            // Its own file decodes: does it rebuild its data? (Links
+            // below it were checked first, so a failure here is its own.)
+            Ok(_) => match self.load_delta(digest) {
+                Ok(data) => Digest::of(&data) != *digest,
+                Err(Error::ChunkCorrupt { .. }) => true,
+                Err(_) => false,
+            },
         };
         if !damaged {
             return Ok(None);
@@ -604,7 +622,7 @@ impl ChunkStore {
 fn base_error(digest: &Digest, base: &Digest, e: Error) -> Error {
     let reason = match e {
         Error::ChunkCorrupt { reason, .. } => reason,
-        Error::ChunkMissing(_) => "missing".into(),
+        Error::ChunkMissing(_) | Error::ChunkEncrypted(_) => "missing".into(),
         e => return e,
     };
     Error::ChunkCorrupt {
