@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make_corpus.sh: rewrites the committed seed corpora fuzz/seeds/TARGET/
-# of snapshot_entry, archive, chunk_decode, delta_decode, key_file,
-# index_file and manifest (decode_packet and http_request keep theirs). CI's fuzz run
+# of snapshot_entry, archive, chunk_decode, delta_decode, nbd_reply,
+# key_file, index_file and manifest (decode_packet and http_request keep theirs). CI's fuzz run
 # (.ci/run) starts every target from its seeds.
 #
 # The seeds are small valid and near-valid inputs, laid out as each
@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 fixtures=../crates/cli/tests/fixtures
-for target in snapshot_entry archive chunk_decode delta_decode key_file index_file manifest; do
+for target in snapshot_entry archive chunk_decode delta_decode nbd_reply key_file index_file manifest; do
     rm -rf "seeds/$target"
     mkdir -p "seeds/$target"
 done
@@ -53,6 +53,6 @@ for kind in plain encrypted; do
 done
 cp "$fixtures/key.json" seeds/key_file/fixture-key.json
 
-for target in snapshot_entry archive chunk_decode delta_decode key_file index_file manifest; do
+for target in snapshot_entry archive chunk_decode delta_decode nbd_reply key_file index_file manifest; do
     echo "seeds/$target: $(ls "seeds/$target" | wc -l) files, $(du -sk "seeds/$target" | cut -f1) KiB"
 done

@@ -51,6 +51,7 @@ fn main() {
     archives(&out);
     chunks(&out);
     deltas(&out);
+    nbd_replies(&out);
     key_files(&out);
 }
 
@@ -467,6 +468,77 @@ fn deltas(out: &Out) {
     bad[48..52].copy_from_slice(&9u32.to_le_bytes());
     put("block-count-wrong", 1, &bad);
     put("head-only", 1, &zstd[..delta::FIXED_SIZE]);
+}
+
+// ---- nbd_reply: a server's side of an NBD conversation ----
+
+fn nbd_replies(out: &Out) {
+    use hoard_nbd::wire::*;
+    let opt = |o: u32, ty: u32, data: &[u8]| {
+        let mut v = REPLY_MAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&o.to_be_bytes());
+        v.extend_from_slice(&ty.to_be_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(data);
+        v
+    };
+    let chunk = |flags: u16, ty: u16, cookie: u64, payload: &[u8]| {
+        let mut v = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&flags.to_be_bytes());
+        v.extend_from_slice(&ty.to_be_bytes());
+        v.extend_from_slice(&cookie.to_be_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    };
+    let mut hello = INIT_MAGIC.to_be_bytes().to_vec();
+    hello.extend_from_slice(&OPTS_MAGIC.to_be_bytes());
+    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    hello.extend(opt(OPT_STRUCTURED_REPLY, REP_ACK, &[]));
+    let mut ctx = 1u32.to_be_bytes().to_vec();
+    ctx.extend_from_slice(b"base:allocation");
+    hello.extend(opt(OPT_SET_META_CONTEXT, REP_META_CONTEXT, &ctx));
+    let mut ctx = 2u32.to_be_bytes().to_vec();
+    ctx.extend_from_slice(b"qemu:dirty-bitmap:b");
+    hello.extend(opt(OPT_SET_META_CONTEXT, REP_META_CONTEXT, &ctx));
+    hello.extend(opt(OPT_SET_META_CONTEXT, REP_ACK, &[]));
+    let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+    info.extend_from_slice(&8192u64.to_be_bytes());
+    info.extend_from_slice(&1u16.to_be_bytes());
+    hello.extend(opt(OPT_GO, REP_INFO, &info));
+    hello.extend(opt(OPT_GO, REP_ACK, &[]));
+    out.put("nbd_reply", "handshake-only", &hello);
+    let mut read = hello.clone();
+    let mut hole = 0u64.to_be_bytes().to_vec();
+    hole.extend_from_slice(&4096u32.to_be_bytes());
+    read.extend(chunk(0, REPLY_TYPE_OFFSET_HOLE, 1, &hole));
+    let mut data = 4096u64.to_be_bytes().to_vec();
+    data.extend_from_slice(&[0x5a; 4096]);
+    read.extend(chunk(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 1, &data));
+    let mut bs = 1u32.to_be_bytes().to_vec();
+    bs.extend_from_slice(&4096u32.to_be_bytes());
+    bs.extend_from_slice(&(STATE_HOLE | STATE_ZERO).to_be_bytes());
+    bs.extend_from_slice(&4096u32.to_be_bytes());
+    bs.extend_from_slice(&0u32.to_be_bytes());
+    read.extend(chunk(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 2, &bs));
+    let mut dirty = 2u32.to_be_bytes().to_vec();
+    dirty.extend_from_slice(&8192u32.to_be_bytes());
+    dirty.extend_from_slice(&STATE_DIRTY.to_be_bytes());
+    read.extend(chunk(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 3, &dirty));
+    out.put("nbd_reply", "read-and-status", &read);
+    let mut err = hello.clone();
+    let mut e = 5u32.to_be_bytes().to_vec();
+    e.extend_from_slice(&3u16.to_be_bytes());
+    e.extend_from_slice(b"bad");
+    e.extend_from_slice(&512u64.to_be_bytes());
+    err.extend(chunk(REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, 1, &e));
+    out.put("nbd_reply", "read-error", &err);
+    let mut simple = hello;
+    simple.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    simple.extend_from_slice(&0u32.to_be_bytes());
+    simple.extend_from_slice(&1u64.to_be_bytes());
+    simple.extend_from_slice(&[7u8; 8192]);
+    out.put("nbd_reply", "simple-read", &simple);
 }
 
 // ---- key_file: key files, master key files, paper text, public keys ----

@@ -312,3 +312,51 @@ fn a_failing_disk_while_deltas_are_made_ends_the_pass_not_the_backup() {
     let (code, report) = verify_json(&server, None);
     assert_eq!(code, 0, "{report}");
 }
+
+#[test]
+fn encrypted_images_get_no_deltas_and_round_trip() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["key", "create", "--no-passphrase"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = dir.path().join("disk.img");
+    let mut img = noise(SIZE, 6);
+    let mut versions = Vec::new();
+    for (n, time) in ["1000", "2000", "3000"].into_iter().enumerate() {
+        if n > 0 {
+            let blocks: Vec<usize> = (0..32).map(|c| c * 64 + n).collect();
+            overwrite(&mut img, &blocks, 700 + n as u64);
+        }
+        write(&path, &img);
+        let spec = format!("disk.img={}", path.display());
+        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .envs(client_env(&server.addr))
+            .env("HOARD_KEY", &key)
+            .args(["backup", "--type", "vm", "--id", "8", "--time", time])
+            .args(["--chunk-size", "256K", "-q", &spec])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        versions.push((time, img.clone()));
+    }
+    // The server cannot read encrypted chunks: every one is stored whole.
+    assert_eq!(stored(&server).1, 0);
+    for (time, want) in &versions {
+        let snap = hoard_types::SnapshotTime::from_epoch(time.parse().unwrap()).unwrap();
+        let target = dir.path().join(format!("out-{time}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .envs(client_env(&server.addr))
+            .env("HOARD_KEY", &key)
+            .args(["restore", &format!("vm/8/{snap}"), "disk.img"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(std::fs::read(&target).unwrap() == *want, "{time} differs");
+    }
+}

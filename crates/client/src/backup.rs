@@ -16,9 +16,9 @@
 //! [`crate::upload`], as tree streams do. With a key, the run ends by
 //! sealing the snapshot's manifest ([`crate::seal`]).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -79,6 +79,8 @@ pub struct ImageReport {
     pub base: Option<String>,
     /// The base's index was reused without reading the source.
     pub unchanged: bool,
+    /// Bytes read from the source: holes, zero extents an NBD export
+    /// reports, and chunks taken from the base unread do not count.
     pub bytes_read: u64,
     pub chunks: u64,
     pub chunks_uploaded: u64,
@@ -380,47 +382,29 @@ impl ImageJob {
     /// chunk on the blocking pool, and pushes them in order.
     async fn stream_chunks(&self, up: &mut FileUpload, report: &mut ImageReport) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<Job>(self.opts.buffers.max(1));
+        let read = Arc::new(AtomicU64::new(0));
         let reader = {
+            let read = read.clone();
             let src = self.src.try_clone()?;
             let buffers = self.run.buffers.clone();
             let chunk_size = self.opts.chunk_size;
             let rt = tokio::runtime::Handle::current();
             let encoder = Encoder::new(&self.conn, self.run.known.clone());
             tokio::task::spawn_blocking(move || {
-                read_chunks(src, chunk_size, buffers, encoder, tx, rt)
+                read_chunks(src, chunk_size, buffers, encoder, tx, rt, &read)
             })
         };
         while let Some(job) = rx.recv().await {
             let (chunk, _permit) = joined(job.await, "hashing")?;
             self.run.progress.advance(chunk.size);
-            report.bytes_read += chunk.size;
             up.push(chunk).await?;
         }
         // The reader ended: completely, or with an error that must not
         // become a finished file.
-        joined(reader.await, "reader")?
+        let ended = joined(reader.await, "reader")?;
+        report.bytes_read += read.load(Ordering::Relaxed);
+        ended
     }
-}
-
-/// `len` bytes at `offset`, read into spare capacity (no zero-filling of a
-/// buffer about to be overwritten). A file that shrank meanwhile is an
-/// error: the index must cover the size announced in CreateBackup.
-fn read_at(src: &Source, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let fail = |e: std::io::Error| Error::Source {
-        path: src.path.clone(),
-        source: std::io::Error::new(e.kind(), format!("at offset {offset}: {e}")),
-    };
-    let mut buf = Vec::with_capacity(len);
-    let mut file = &src.file;
-    file.seek(SeekFrom::Start(offset)).map_err(fail)?;
-    file.take(len as u64).read_to_end(&mut buf).map_err(fail)?;
-    if buf.len() != len {
-        return Err(fail(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the source ended after {} bytes", offset + buf.len() as u64),
-        )));
-    }
-    Ok(buf)
 }
 
 /// Reads `src` in order, one chunk at a time, and starts preparing each
@@ -433,8 +417,9 @@ fn read_chunks(
     encoder: Encoder,
     tx: mpsc::Sender<Job>,
     rt: tokio::runtime::Handle,
+    read: &AtomicU64,
 ) -> Result<()> {
-    let _ = rustix::fs::fadvise(&src.file, 0, None, rustix::fs::Advice::Sequential);
+    src.advise_sequential();
     let count = chunk_count(src.size, chunk_size);
     for index in 0..count {
         let offset = index * chunk_size as u64;
@@ -446,7 +431,8 @@ fn read_chunks(
         let job = if src.is_hole(offset, len as u64) {
             rt.spawn_blocking(move || (encoder.zero(Kind::Chunk, len), permit))
         } else {
-            let buf = read_at(&src, offset, len)?;
+            let buf = src.read_at(offset, len)?;
+            read.fetch_add(len as u64, Ordering::Relaxed);
             rt.spawn_blocking(move || {
                 let chunk = if is_zero(&buf) {
                     encoder.zero(Kind::Chunk, len)

@@ -1,20 +1,32 @@
-//! Opening what an image backup reads: a regular file or a block device.
+//! Opening what an image backup reads: a regular file, a block device,
+//! or an NBD export (`nbd://HOST[:PORT]/EXPORT`,
+//! `nbd+unix:///EXPORT?socket=PATH`; crate `hoard-nbd`).
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use hoard_nbd::{ALLOCATION, NbdUri};
 use hoard_types::SourceAttributes;
 
 use crate::error::{Error, Result};
 
 pub struct Source {
     pub path: PathBuf,
-    pub file: File,
+    pub reader: Reader,
     pub size: u64,
     /// Regular files only: what the next backup compares to skip reading.
     pub attrs: Option<SourceAttributes>,
+}
+
+/// Where an image's bytes come from.
+pub enum Reader {
+    /// A regular file or a block device.
+    File(File),
+    /// An NBD export: one connection, shared by the handles of a source.
+    Nbd(Arc<Mutex<hoard_nbd::Client>>),
 }
 
 fn nanos(secs: i64, nsec: i64) -> i64 {
@@ -23,6 +35,9 @@ fn nanos(secs: i64, nsec: i64) -> i64 {
 
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
+        if let Some(uri) = path.to_str().filter(|p| hoard_nbd::is_nbd_uri(p)) {
+            return Source::open_nbd(path, uri);
+        }
         // Checked before opening: opening a fifo would wait for a writer.
         let ft = std::fs::metadata(path)
             .map_err(Error::source_io(path))?
@@ -66,35 +81,103 @@ impl Source {
         };
         Ok(Source {
             path: path.to_path_buf(),
-            file,
+            reader: Reader::File(file),
             size,
             attrs,
         })
     }
 
-    /// The same source on a second file handle, for a reader thread.
+    /// Connects to the NBD export `uri` names.
+    fn open_nbd(path: &Path, uri: &str) -> Result<Source> {
+        let nbd = |e: hoard_nbd::Error| Error::Source {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let parsed = NbdUri::parse(uri).map_err(nbd)?;
+        let client = hoard_nbd::Client::connect(&parsed).map_err(nbd)?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            size: client.size(),
+            reader: Reader::Nbd(Arc::new(Mutex::new(client))),
+            attrs: None,
+        })
+    }
+
+    /// The same source on a second handle, for a reader thread.
     pub fn try_clone(&self) -> Result<Source> {
+        let reader = match &self.reader {
+            Reader::File(f) => Reader::File(f.try_clone().map_err(Error::source_io(&self.path))?),
+            Reader::Nbd(c) => Reader::Nbd(c.clone()),
+        };
         Ok(Source {
             path: self.path.clone(),
-            file: self
-                .file
-                .try_clone()
-                .map_err(Error::source_io(&self.path))?,
+            reader,
             size: self.size,
             attrs: self.attrs,
         })
     }
 
-    /// Whether `len` bytes at `offset` are a hole of a sparse file, known
-    /// without reading them. Anything but a clear answer counts as data.
+    /// Whether `len` bytes at `offset` read as zeros without reading them:
+    /// a hole of a sparse file, or what an NBD export's `base:allocation`
+    /// says reads as zeros. Anything but a clear answer counts as data.
     pub fn is_hole(&self, offset: u64, len: u64) -> bool {
-        if self.attrs.is_none() {
-            return false;
+        match &self.reader {
+            Reader::File(file) => {
+                if self.attrs.is_none() {
+                    return false;
+                }
+                match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
+                    Ok(next_data) => next_data >= offset + len,
+                    // ENXIO: no data at or after `offset`.
+                    Err(e) => e == rustix::io::Errno::NXIO,
+                }
+            }
+            Reader::Nbd(c) => {
+                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                c.has_context(ALLOCATION)
+                    && c.block_status(ALLOCATION, offset, len).is_ok_and(|st| {
+                        st.iter()
+                            .all(|s| s.flags & hoard_nbd::wire::STATE_ZERO != 0)
+                    })
+            }
         }
-        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(offset)) {
-            Ok(next_data) => next_data >= offset + len,
-            // ENXIO: no data at or after `offset`.
-            Err(e) => e == rustix::io::Errno::NXIO,
+    }
+
+    /// `len` bytes at `offset`. A source that ends early is an error: the
+    /// index must cover the size announced in CreateBackup.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let fail = |e: std::io::Error| Error::Source {
+            path: self.path.clone(),
+            source: std::io::Error::new(e.kind(), format!("at offset {offset}: {e}")),
+        };
+        match &self.reader {
+            Reader::File(file) => {
+                // Into spare capacity: no zero-filling of a buffer about
+                // to be overwritten.
+                let mut buf = Vec::with_capacity(len);
+                let mut file = file;
+                file.seek(SeekFrom::Start(offset)).map_err(fail)?;
+                file.take(len as u64).read_to_end(&mut buf).map_err(fail)?;
+                if buf.len() != len {
+                    return Err(fail(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the source ended after {} bytes", offset + buf.len() as u64),
+                    )));
+                }
+                Ok(buf)
+            }
+            Reader::Nbd(c) => c
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read(offset, len)
+                .map_err(|e| fail(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// Tells the kernel a file will be read in order.
+    pub fn advise_sequential(&self) {
+        if let Reader::File(f) = &self.reader {
+            let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::Sequential);
         }
     }
 }
