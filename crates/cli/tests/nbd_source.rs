@@ -104,7 +104,14 @@ fn make_image(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, data)
 }
 
+/// Backs up `source` as image disk.img of vm/`id`, at the next of
+/// increasing snapshot times (two backups of a test may fall in one
+/// second).
 fn backup(server: &Server, id: &str, source: &str) -> Value {
+    static TIME: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
+    let time = TIME
+        .fetch_add(1000, std::sync::atomic::Ordering::Relaxed)
+        .to_string();
     let spec = format!("disk.img={source}");
     let out = hoard(
         &server.addr,
@@ -114,6 +121,8 @@ fn backup(server: &Server, id: &str, source: &str) -> Value {
             "vm",
             "--id",
             id,
+            "--time",
+            &time,
             "--chunk-size",
             "1M",
             "--output-format",
@@ -227,4 +236,163 @@ fn unreachable_and_unknown_exports_fail_with_a_clear_error() {
         assert!(stderr(&out).contains(needle), "{uri}: {}", stderr(&out));
     }
     drop(nbd);
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+}
+
+/// The image's content now, as raw bytes (through qemu-img).
+fn raw_of(qcow: &Path, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("now.raw");
+    let _ = std::fs::remove_file(&raw);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(qcow)
+        .arg(&raw));
+    std::fs::read(&raw).unwrap()
+}
+
+fn add_bitmap(qcow: &Path, name: &str) {
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--add", "--enable"])
+        .arg(qcow)
+        .arg(name));
+}
+
+/// Writes `len` bytes of `pattern` at `offset` through QEMU's block
+/// layer, which marks the image's enabled bitmaps dirty.
+fn qemu_write(qcow: &Path, pattern: u8, offset: u64, len: u64) {
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P {pattern} {offset} {len}"))
+        .arg(qcow));
+}
+
+/// A qemu-nbd on `qcow`'s Unix socket, exporting dirty bitmap `bitmap`.
+fn export(qcow: &Path, dir: &Path, bitmap: Option<&str>) -> QemuNbd {
+    let sock = dir.join("nbd.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut listen = vec![format!("--socket={}", sock.display())];
+    if let Some(b) = bitmap {
+        listen.push(format!("--bitmap={b}"));
+    }
+    let uri = format!("nbd+unix:///disk?socket={}", sock.display());
+    QemuNbd::start(qcow, "qcow2", &listen, uri)
+}
+
+#[test]
+fn a_dirty_bitmap_reads_only_what_was_written_and_every_doubt_reads_all() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, _) = make_image(dir.path());
+    let qcow = dir.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow));
+    const MIB: u64 = 1 << 20;
+    let data_bytes = 5 * MIB; // the image less its 3 MiB hole
+
+    // Backup 1 starts bitmap b1. Asking to read through b1 already is
+    // refused: there is no base to take unwritten chunks from.
+    add_bitmap(&qcow, "b1");
+    let nbd = export(&qcow, dir.path(), Some("b1"));
+    let r = backup(
+        &server,
+        "9",
+        &format!("{}&bitmap=b1&new-bitmap=b1", nbd.uri),
+    );
+    let img = &r["images"][0];
+    assert!(
+        img["bitmap_refused"]
+            .as_str()
+            .unwrap()
+            .contains("no complete"),
+        "{img}"
+    );
+    assert_eq!(img["bytes_read"], data_bytes);
+    drop(nbd);
+
+    // Writes in chunk 1 and chunk 5 (inside what was the hole).
+    qemu_write(&qcow, 0x55, MIB + 4096, 4096);
+    qemu_write(&qcow, 0x66, 5 * MIB, 64 * 1024);
+
+    // Backup 2 reads b1: the two written chunks only; it starts b2.
+    add_bitmap(&qcow, "b2");
+    let nbd = export(&qcow, dir.path(), Some("b1"));
+    let r = backup(
+        &server,
+        "9",
+        &format!("{}&bitmap=b1&new-bitmap=b2", nbd.uri),
+    );
+    let img = &r["images"][0];
+    assert_eq!(img["bitmap"], "b1", "{img}");
+    assert_eq!(img["bytes_read"], 2 * MIB, "{img}");
+    assert_eq!(img["chunks_uploaded"], 2, "{img}");
+    restores(
+        &server,
+        r["snapshot"].as_str().unwrap(),
+        &raw_of(&qcow, dir.path()),
+        dir.path(),
+    );
+    drop(nbd);
+
+    // Refused, each with its reason, and everything read instead: b1 was
+    // not started at the base (backup 2 started b2) ...
+    qemu_write(&qcow, 0x77, 2 * MIB, 4096);
+    add_bitmap(&qcow, "b3");
+    let nbd = export(&qcow, dir.path(), Some("b1"));
+    let r = backup(
+        &server,
+        "9",
+        &format!("{}&bitmap=b1&new-bitmap=b3", nbd.uri),
+    );
+    let img = &r["images"][0];
+    assert!(
+        img["bitmap_refused"]
+            .as_str()
+            .unwrap()
+            .contains("not started at the base"),
+        "{img}"
+    );
+    assert_eq!(img["bytes_read"], data_bytes + MIB);
+    restores(
+        &server,
+        r["snapshot"].as_str().unwrap(),
+        &raw_of(&qcow, dir.path()),
+        dir.path(),
+    );
+    drop(nbd);
+
+    // ... the export does not offer b3 ...
+    let nbd = export(&qcow, dir.path(), None);
+    let r = backup(&server, "9", &format!("{}&bitmap=b3", nbd.uri));
+    let img = &r["images"][0];
+    assert!(
+        img["bitmap_refused"]
+            .as_str()
+            .unwrap()
+            .contains("offers no dirty bitmap b3"),
+        "{img}"
+    );
+    drop(nbd);
+
+    // ... and the disk changed size.
+    let bigger = dir.path().join("bigger.raw");
+    let mut grown = raw_of(&qcow, dir.path());
+    grown.extend_from_slice(&vec![9u8; MIB as usize]);
+    std::fs::write(&bigger, &grown).unwrap();
+    let nbd = QemuNbd::unix(&bigger, "raw", dir.path());
+    let r = backup(&server, "9", &format!("{}&bitmap=b3", nbd.uri));
+    let img = &r["images"][0];
+    assert!(
+        img["bitmap_refused"]
+            .as_str()
+            .unwrap()
+            .contains("bytes, its base"),
+        "{img}"
+    );
+    restores(&server, r["snapshot"].as_str().unwrap(), &grown, dir.path());
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use hoard_codec::Kind;
 use hoard_datastore::{FileKind, ManifestFile};
 use hoard_protocol::{BackupFlags, CreateBackup, Features, Message, SnapshotFilter};
-use hoard_types::{FileName, SnapshotPath};
+use hoard_types::{Digest, FileName, SnapshotPath};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -92,6 +92,14 @@ pub struct ImageReport {
     pub chunks_reused: u64,
     /// All-zero chunks (counted in uploaded or reused as well).
     pub chunks_zero: u64,
+    /// NBD exports: the dirty bitmap that chose the chunks read (the
+    /// others were taken from the base unread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<String>,
+    /// NBD exports: why the bitmap asked for was not used (everything
+    /// was read instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmap_refused: Option<String>,
     /// The image as the manifest seal records it.
     #[serde(skip)]
     pub(crate) sealed: Option<SealedFile>,
@@ -342,11 +350,30 @@ impl ImageJob {
                     up.push_known(d, len).await?;
                 }
             } else {
-                self.run.known.extend(digests);
-                self.stream_chunks(&mut up, &mut report).await?;
+                self.run.known.extend(digests.iter().copied());
+                let reuse = match self.bitmap_base(path, file, digests.len() as u64) {
+                    Ok(Some(bitmap)) => {
+                        report.bitmap = Some(bitmap);
+                        Some(digests)
+                    }
+                    Ok(None) => None,
+                    Err(why) => {
+                        tracing::warn!("{}: reading everything: {why}", self.spec.name);
+                        report.bitmap_refused = Some(why);
+                        None
+                    }
+                };
+                self.stream_chunks(&mut up, &mut report, reuse).await?;
             }
         } else {
-            self.stream_chunks(&mut up, &mut report).await?;
+            if let Some(b) = &self.src.bitmap {
+                let why = format!(
+                    "bitmap {b}: no complete, verified earlier backup of this image to build on"
+                );
+                tracing::warn!("{}: reading everything: {why}", self.spec.name);
+                report.bitmap_refused = Some(why);
+            }
+            self.stream_chunks(&mut up, &mut report, None).await?;
         }
         let done = up.finish().await?;
         let r = &done.report;
@@ -368,9 +395,48 @@ impl ImageJob {
         Ok(report)
     }
 
+    /// Whether the export's dirty bitmap may choose what is read, with
+    /// `base` (at `path`, `chunks` digests long) supplying the rest:
+    /// `Ok(Some(name))` if so, `Ok(None)` if no bitmap was asked for, and
+    /// `Err(why)` if it may not. The base must be the backup that recorded
+    /// the bitmap's start ([`crate::source::bitmap_mark`]), of the same
+    /// size and chunk size; the base is complete and unfailed already
+    /// ([`find_base`]).
+    fn bitmap_base(
+        &self,
+        path: &str,
+        base: &ManifestFile,
+        chunks: u64,
+    ) -> std::result::Result<Option<String>, String> {
+        let Some(b) = &self.src.bitmap else {
+            return Ok(None);
+        };
+        if base.file_size != self.src.size {
+            return Err(format!(
+                "the disk is {} bytes, its base {path} {}",
+                self.src.size, base.file_size
+            ));
+        }
+        if base.chunk_size != Some(self.opts.chunk_size)
+            || chunks != chunk_count(self.src.size, self.opts.chunk_size)
+        {
+            return Err(format!("the base {path} has another chunk size"));
+        }
+        if base.source != Some(crate::source::bitmap_mark(b)) {
+            return Err(format!(
+                "bitmap {b} was not started at the base {path} (that backup did not name it with new-bitmap={b})"
+            ));
+        }
+        if let Some(why) = self.src.bitmap_missing() {
+            return Err(why);
+        }
+        Ok(Some(b.clone()))
+    }
+
     /// The metadata shortcut applies: same source file, untouched since.
     fn unchanged(&self, base: &ManifestFile) -> bool {
         self.opts.reuse_unchanged
+            && self.src.is_file()
             && self.src.attrs.is_some()
             && base.source == self.src.attrs
             && base.kind == FileKind::Fixed
@@ -380,7 +446,14 @@ impl ImageJob {
 
     /// Reads the source in order on a blocking thread, prepares each
     /// chunk on the blocking pool, and pushes them in order.
-    async fn stream_chunks(&self, up: &mut FileUpload, report: &mut ImageReport) -> Result<()> {
+    /// With `reuse` (the base's digests, when a dirty bitmap may choose),
+    /// a chunk the bitmap marks clean is the base's, taken unread.
+    async fn stream_chunks(
+        &self,
+        up: &mut FileUpload,
+        report: &mut ImageReport,
+        reuse: Option<Vec<Digest>>,
+    ) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<Job>(self.opts.buffers.max(1));
         let read = Arc::new(AtomicU64::new(0));
         let reader = {
@@ -391,7 +464,7 @@ impl ImageJob {
             let rt = tokio::runtime::Handle::current();
             let encoder = Encoder::new(&self.conn, self.run.known.clone());
             tokio::task::spawn_blocking(move || {
-                read_chunks(src, chunk_size, buffers, encoder, tx, rt, &read)
+                read_chunks(src, chunk_size, buffers, encoder, tx, rt, &read, reuse)
             })
         };
         while let Some(job) = rx.recv().await {
@@ -418,6 +491,7 @@ fn read_chunks(
     tx: mpsc::Sender<Job>,
     rt: tokio::runtime::Handle,
     read: &AtomicU64,
+    reuse: Option<Vec<Digest>>,
 ) -> Result<()> {
     src.advise_sequential();
     let count = chunk_count(src.size, chunk_size);
@@ -428,7 +502,22 @@ fn read_chunks(
             return Ok(());
         };
         let encoder = encoder.clone();
-        let job = if src.is_hole(offset, len as u64) {
+        let clean = reuse
+            .as_ref()
+            .and_then(|base| base.get(index as usize))
+            .filter(|_| src.is_clean(offset, len as u64));
+        let job = if let Some(&digest) = clean {
+            // Unwritten since the base: the base's chunk, not read.
+            rt.spawn_blocking(move || {
+                let chunk = Prepared {
+                    digest,
+                    size: len as u64,
+                    upload: None,
+                    zero: false,
+                };
+                (chunk, permit)
+            })
+        } else if src.is_hole(offset, len as u64) {
             rt.spawn_blocking(move || (encoder.zero(Kind::Chunk, len), permit))
         } else {
             let buf = src.read_at(offset, len)?;

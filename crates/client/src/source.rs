@@ -17,8 +17,35 @@ pub struct Source {
     pub path: PathBuf,
     pub reader: Reader,
     pub size: u64,
-    /// Regular files only: what the next backup compares to skip reading.
+    /// Regular files: what the next backup compares to skip reading. NBD
+    /// exports: the mark of the dirty bitmap started at this backup
+    /// ([`bitmap_mark`]), if the URI names one.
     pub attrs: Option<SourceAttributes>,
+    /// NBD exports: the dirty bitmap that holds what changed since the
+    /// previous backup (`?bitmap=NAME`).
+    pub bitmap: Option<String>,
+}
+
+/// `ctime_ns` of a [`bitmap_mark`]: no file has this status change time.
+pub const BITMAP_MARK: i64 = i64::MIN;
+
+/// What a backup of an NBD export records (as the file's source
+/// attributes, which a manifest keeps and a seal covers) when the
+/// operator started dirty bitmap `name` at its point in time: the next
+/// backup reads only the blocks that bitmap marks, and only on top of
+/// the snapshot that recorded it. The name is hashed: `inode` is the
+/// first 8 bytes of SHA-256("hoard nbd bitmap\0" ‖ name), big-endian.
+pub fn bitmap_mark(name: &str) -> SourceAttributes {
+    let mut tagged = b"hoard nbd bitmap\0".to_vec();
+    tagged.extend_from_slice(name.as_bytes());
+    let d = hoard_types::Digest::of(&tagged);
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&d.as_bytes()[..8]);
+    SourceAttributes {
+        mtime_ns: 0,
+        ctime_ns: BITMAP_MARK,
+        inode: u64::from_be_bytes(h),
+    }
 }
 
 /// Where an image's bytes come from.
@@ -84,7 +111,40 @@ impl Source {
             reader: Reader::File(file),
             size,
             attrs,
+            bitmap: None,
         })
+    }
+
+    /// A regular file or block device (whose attributes, for a file, the
+    /// metadata shortcut may trust).
+    pub fn is_file(&self) -> bool {
+        matches!(self.reader, Reader::File(_))
+    }
+
+    /// Whether the export's dirty bitmap marks no block of
+    /// `[offset, offset + len)`. Any doubt (no bitmap, an error) counts
+    /// as written.
+    pub fn is_clean(&self, offset: u64, len: u64) -> bool {
+        let (Reader::Nbd(c), Some(b)) = (&self.reader, &self.bitmap) else {
+            return false;
+        };
+        let ctx = hoard_nbd::bitmap_context(b);
+        let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+        c.has_context(&ctx)
+            && c.block_status(&ctx, offset, len).is_ok_and(|st| {
+                st.iter()
+                    .all(|s| s.flags & hoard_nbd::wire::STATE_DIRTY == 0)
+            })
+    }
+
+    /// Why the export's dirty bitmap cannot be read, if it cannot.
+    pub fn bitmap_missing(&self) -> Option<String> {
+        let (Reader::Nbd(c), Some(b)) = (&self.reader, &self.bitmap) else {
+            return None;
+        };
+        let c = c.lock().unwrap_or_else(|p| p.into_inner());
+        let ctx = hoard_nbd::bitmap_context(b);
+        (!c.has_context(&ctx)).then(|| format!("the export offers no dirty bitmap {b} ({ctx})"))
     }
 
     /// Connects to the NBD export `uri` names.
@@ -99,7 +159,8 @@ impl Source {
             path: path.to_path_buf(),
             size: client.size(),
             reader: Reader::Nbd(Arc::new(Mutex::new(client))),
-            attrs: None,
+            attrs: parsed.new_bitmap.as_deref().map(bitmap_mark),
+            bitmap: parsed.bitmap.clone(),
         })
     }
 
@@ -114,6 +175,7 @@ impl Source {
             reader,
             size: self.size,
             attrs: self.attrs,
+            bitmap: self.bitmap.clone(),
         })
     }
 

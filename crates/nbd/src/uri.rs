@@ -1,7 +1,10 @@
 //! NBD URIs, as the NBD project's `doc/uri.md` writes them:
 //! `nbd://HOST[:PORT]/EXPORT` and `nbd+unix:///EXPORT?socket=PATH`, with
-//! hoard's one extra query parameter, `bitmap=NAME` (a dirty bitmap to
-//! read through the `qemu:dirty-bitmap:NAME` meta context).
+//! hoard's two extra query parameters: `bitmap=NAME`, a dirty bitmap to
+//! read through the `qemu:dirty-bitmap:NAME` meta context (the blocks
+//! written since the previous backup), and `new-bitmap=NAME`, the bitmap
+//! the operator started at this backup's point in time (which the next
+//! backup will read; `docs/vm-backup.md`).
 
 use std::path::PathBuf;
 
@@ -24,6 +27,7 @@ pub struct NbdUri {
     /// The export name ("" is the server's default export).
     pub export: String,
     pub bitmap: Option<String>,
+    pub new_bitmap: Option<String>,
 }
 
 /// Whether `s` is meant as an NBD URI (so that a file of that name is
@@ -76,6 +80,7 @@ impl NbdUri {
         }
         let mut socket = None;
         let mut bitmap = None;
+        let mut new_bitmap = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
                 continue;
@@ -84,8 +89,11 @@ impl NbdUri {
             let v = percent_decode(v, uri)?;
             match k {
                 "socket" => socket = Some(PathBuf::from(v)),
-                "bitmap" if !v.is_empty() && v.len() <= 1000 => bitmap = Some(v),
-                "bitmap" => return Err(bad(uri, "an empty or overlong bitmap name")),
+                "bitmap" | "new-bitmap" if v.is_empty() || v.len() > 1000 => {
+                    return Err(bad(uri, "an empty or overlong bitmap name"));
+                }
+                "bitmap" => bitmap = Some(v),
+                "new-bitmap" => new_bitmap = Some(v),
                 other => return Err(bad(uri, &format!("unknown parameter {other:?}"))),
             }
         }
@@ -115,6 +123,7 @@ impl NbdUri {
             endpoint,
             export,
             bitmap,
+            new_bitmap,
         })
     }
 }
@@ -170,9 +179,11 @@ mod tests {
             (u.export.as_str(), u.bitmap.as_deref()),
             ("a/b", Some("b1"))
         );
-        let u = NbdUri::parse("nbd+unix:///fleece?socket=/run/n.sock&bitmap=day2").unwrap();
+        let u = NbdUri::parse("nbd+unix:///fleece?socket=/run/n.sock&bitmap=day2&new-bitmap=day3")
+            .unwrap();
         assert_eq!(u.endpoint, Endpoint::Unix("/run/n.sock".into()));
         assert_eq!(u.export, "fleece");
+        assert_eq!(u.new_bitmap.as_deref(), Some("day3"));
         assert_eq!(NbdUri::parse("nbd://host").unwrap().export, "");
         for bad in [
             "nbd+unix:///x",
