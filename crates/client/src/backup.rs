@@ -464,7 +464,14 @@ impl ImageJob {
             let rt = tokio::runtime::Handle::current();
             let encoder = Encoder::new(&self.conn, self.run.known.clone());
             tokio::task::spawn_blocking(move || {
-                read_chunks(src, chunk_size, buffers, encoder, tx, rt, &read, reuse)
+                let plan = ReadPlan {
+                    src,
+                    chunk_size,
+                    buffers,
+                    encoder,
+                    reuse,
+                };
+                read_chunks(plan, tx, rt, &read)
             })
         };
         while let Some(job) = rx.recv().await {
@@ -480,19 +487,33 @@ impl ImageJob {
     }
 }
 
-/// Reads `src` in order, one chunk at a time, and starts preparing each
-/// on the blocking pool (holes are zero chunks, never read). Runs on a
-/// blocking thread.
-fn read_chunks(
+/// What the reader thread of one image needs.
+struct ReadPlan {
     src: Source,
     chunk_size: u32,
     buffers: Arc<Semaphore>,
     encoder: Encoder,
+    /// The base's digests, when a dirty bitmap chooses what is read.
+    reuse: Option<Vec<Digest>>,
+}
+
+/// Reads `src` in order, one chunk at a time, and starts preparing each
+/// on the blocking pool (holes are zero chunks, never read; with a dirty
+/// bitmap, unwritten chunks are the base's). Counts the bytes read in
+/// `read`. Runs on a blocking thread.
+fn read_chunks(
+    plan: ReadPlan,
     tx: mpsc::Sender<Job>,
     rt: tokio::runtime::Handle,
     read: &AtomicU64,
-    reuse: Option<Vec<Digest>>,
 ) -> Result<()> {
+    let ReadPlan {
+        src,
+        chunk_size,
+        buffers,
+        encoder,
+        reuse,
+    } = plan;
     src.advise_sequential();
     let count = chunk_count(src.size, chunk_size);
     for index in 0..count {
