@@ -396,3 +396,231 @@ fn a_dirty_bitmap_reads_only_what_was_written_and_every_doubt_reads_all() {
     );
     restores(&server, r["snapshot"].as_str().unwrap(), &grown, dir.path());
 }
+
+/// A qemu-storage-daemon holding a qcow2 disk, driven over QMP as an
+/// operator's script drives a running VM's QEMU (docs/vm-backup.md).
+struct Qsd {
+    child: Child,
+    qmp: std::io::BufReader<std::os::unix::net::UnixStream>,
+    nbd_sock: PathBuf,
+}
+
+impl Qsd {
+    fn start(qcow: &Path, dir: &Path) -> Qsd {
+        let qmp_sock = dir.join("qmp.sock");
+        let nbd_sock = dir.join("qsd-nbd.sock");
+        let child = Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=file0,filename={}",
+                qcow.display()
+            ))
+            .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
+            .arg("--nbd-server")
+            .arg(format!("addr.type=unix,addr.path={}", nbd_sock.display()))
+            .arg("--chardev")
+            .arg(format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                qmp_sock.display()
+            ))
+            .args(["--monitor", "chardev=qmp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-storage-daemon (Debian qemu-utils) is needed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sock = loop {
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&qmp_sock) {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "qemu-storage-daemon did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut q = Qsd {
+            child,
+            qmp: std::io::BufReader::new(sock),
+            nbd_sock,
+        };
+        q.line(); // the greeting
+        q.cmd("qmp_capabilities", serde_json::json!({}));
+        q
+    }
+
+    fn line(&mut self) -> Value {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.qmp.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("QMP said {l:?}: {e}"))
+    }
+
+    /// Runs a QMP command; panics with QEMU's message if it fails.
+    fn cmd(&mut self, execute: &str, arguments: Value) -> Value {
+        use std::io::Write;
+        let msg = serde_json::json!({ "execute": execute, "arguments": arguments });
+        writeln!(self.qmp.get_mut(), "{msg}").unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_some() {
+                continue;
+            }
+            assert!(v.get("error").is_none(), "{execute}: {v}");
+            return v["return"].clone();
+        }
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.nbd_sock.display())
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes through an NBD export, as a guest's writes reach its disk.
+fn guest_write(uri: &str, pattern: u8, offset: u64, len: u64) {
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c"])
+        .arg(format!("write -P {pattern} {offset} {len}"))
+        .arg(uri));
+}
+
+/// The fleecing point of docs/vm-backup.md, in one transaction: the old
+/// bitmap (if any) frozen, bitmap `new` started, and a copy-before-write
+/// job that keeps the disk's old blocks in a temporary overlay, which is
+/// exported read-only as `fleece` (with the frozen bitmap).
+fn fleece(q: &mut Qsd, dir: &Path, old: Option<&str>, new: &str) {
+    let tmp = dir.join("fleece.qcow2");
+    let _ = std::fs::remove_file(&tmp);
+    run(Command::new("qemu-img")
+        .args(["create", "-f", "qcow2"])
+        .arg(&tmp)
+        .arg((8u64 << 20).to_string()));
+    q.cmd(
+        "blockdev-add",
+        serde_json::json!({
+            "driver": "qcow2", "node-name": "tmp0", "backing": "disk0",
+            "file": { "driver": "file", "filename": tmp.to_str().unwrap() }
+        }),
+    );
+    let mut actions = vec![serde_json::json!({
+        "type": "block-dirty-bitmap-add",
+        "data": { "node": "disk0", "name": new, "persistent": true }
+    })];
+    if let Some(old) = old {
+        actions.push(serde_json::json!({
+            "type": "block-dirty-bitmap-disable",
+            "data": { "node": "disk0", "name": old }
+        }));
+    }
+    actions.push(serde_json::json!({
+        "type": "blockdev-backup",
+        "data": { "job-id": "fleece", "device": "disk0", "target": "tmp0", "sync": "none" }
+    }));
+    q.cmd("transaction", serde_json::json!({ "actions": actions }));
+    let mut export = serde_json::json!({
+        "type": "nbd", "id": "fleece", "node-name": "tmp0", "name": "fleece", "writable": false
+    });
+    if let Some(old) = old {
+        export["bitmaps"] = serde_json::json!([old]);
+    }
+    q.cmd("block-export-add", export);
+}
+
+/// After the backup: the fleecing export, job and overlay go, and the
+/// frozen bitmap, now in the backup, too.
+fn unfleece(q: &mut Qsd, old: Option<&str>) {
+    q.cmd("block-export-del", serde_json::json!({ "id": "fleece" }));
+    q.cmd(
+        "block-job-cancel",
+        serde_json::json!({ "device": "fleece", "force": true }),
+    );
+    // The job ends asynchronously; the overlay can go once it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !q
+        .cmd("query-block-jobs", serde_json::json!({}))
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the fleecing job did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    q.cmd("blockdev-del", serde_json::json!({ "node-name": "tmp0" }));
+    if let Some(old) = old {
+        q.cmd(
+            "block-dirty-bitmap-remove",
+            serde_json::json!({ "node": "disk0", "name": old }),
+        );
+    }
+}
+
+#[test]
+fn a_running_disk_is_backed_up_as_it_was_at_the_fleecing_point() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, _) = make_image(dir.path());
+    let qcow = dir.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow));
+    let mut q = Qsd::start(&qcow, dir.path());
+    // The "guest": a writable export of the disk, attached before the
+    // fleecing point as a VM's drive is.
+    q.cmd(
+        "block-export-add",
+        serde_json::json!({ "type": "nbd", "id": "active", "node-name": "disk0", "name": "active", "writable": true }),
+    );
+    let active = q.uri("active");
+    const MIB: u64 = 1 << 20;
+
+    // Written before the first fleecing point: in the backup.
+    guest_write(&active, 0x11, 0, 4096);
+    let expected = {
+        let mut d = std::fs::read(&raw).unwrap();
+        d[..4096].fill(0x11);
+        d
+    };
+    fleece(&mut q, dir.path(), None, "b1");
+    // Written after it: not in this backup.
+    guest_write(&active, 0x22, 2 * MIB, 64 * 1024);
+    let r = backup(&server, "20", &format!("{}&new-bitmap=b1", q.uri("fleece")));
+    unfleece(&mut q, None);
+    restores(
+        &server,
+        r["snapshot"].as_str().unwrap(),
+        &expected,
+        dir.path(),
+    );
+
+    // The next cycle reads bitmap b1: the chunk written after the first
+    // point (chunk 2) and one written now (chunk 6), nothing else.
+    guest_write(&active, 0x33, 6 * MIB, 4096);
+    let mut expected = expected;
+    expected[(2 * MIB) as usize..(2 * MIB + 64 * 1024) as usize].fill(0x22);
+    expected[(6 * MIB) as usize..(6 * MIB + 4096) as usize].fill(0x33);
+    fleece(&mut q, dir.path(), Some("b1"), "b2");
+    guest_write(&active, 0x44, 7 * MIB, 4096);
+    let r = backup(
+        &server,
+        "20",
+        &format!("{}&bitmap=b1&new-bitmap=b2", q.uri("fleece")),
+    );
+    unfleece(&mut q, Some("b1"));
+    let img = &r["images"][0];
+    assert_eq!(img["bitmap"], "b1", "{img}");
+    assert_eq!(img["bytes_read"], 2 * MIB, "{img}");
+    restores(
+        &server,
+        r["snapshot"].as_str().unwrap(),
+        &expected,
+        dir.path(),
+    );
+}
