@@ -624,3 +624,57 @@ fn a_running_disk_is_backed_up_as_it_was_at_the_fleecing_point() {
         dir.path(),
     );
 }
+
+#[test]
+fn a_reused_bitmap_name_never_reaches_past_a_later_backup() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, _) = make_image(dir.path());
+    let qcow = dir.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow));
+    add_bitmap(&qcow, "b");
+    let nbd = export(&qcow, dir.path(), Some("b"));
+    // Two backups both say they started bitmap "b" (a retried run that
+    // reused the name); the later one then fails verification.
+    backup(&server, "30", &format!("{}&new-bitmap=b", nbd.uri));
+    let later = backup(&server, "30", &format!("{}&new-bitmap=b", nbd.uri));
+    let snap = later["snapshot"].as_str().unwrap();
+    let manifest = server.datastore().join(snap).join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["verification"] = serde_json::json!({ "state": "failed", "time": 1 });
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    // The earlier one carries the same record, and is the newest sound
+    // base: it is refused all the same, because a later backup exists.
+    let r = backup(&server, "30", &format!("{}&bitmap=b", nbd.uri));
+    let img = &r["images"][0];
+    let why = img["bitmap_refused"].as_str().unwrap();
+    assert!(why.contains("a later backup"), "{img}");
+    assert_eq!(img["bytes_read"], 5 << 20);
+    // And --reread turns the bitmap off.
+    let spec = format!("disk.img={}&bitmap=b", nbd.uri);
+    let out = hoard(
+        &server.addr,
+        &[
+            "backup",
+            "--type",
+            "vm",
+            "--id",
+            "30",
+            "--time",
+            "999999",
+            "--reread",
+            "--chunk-size",
+            "1M",
+            "--output-format",
+            "json",
+            &spec,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let why = r["images"][0]["bitmap_refused"].as_str().unwrap();
+    assert!(why.contains("--reread"), "{r}");
+}

@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -336,6 +336,12 @@ impl ImageJob {
         };
         let mut up = FileUpload::create(&self.conn, req, self.run.known.clone()).await?;
         let attrs = self.src.attrs.filter(|_| self.run.extensions);
+        if self.src.attrs.is_some() && attrs.is_none() && !self.src.is_file() {
+            tracing::warn!(
+                "{}: new-bitmap not recorded: the server does not offer hoard's extensions",
+                self.spec.name
+            );
+        }
         if let Some(a) = attrs {
             up.attributes(a).await?;
         }
@@ -411,6 +417,30 @@ impl ImageJob {
         let Some(b) = &self.src.bitmap else {
             return Ok(None);
         };
+        if !self.opts.reuse_unchanged {
+            return Err(format!("--reread: bitmap {b} not used"));
+        }
+        // The base must be the newest backup of this image in the group,
+        // whatever became of the later ones (incomplete, failed verify):
+        // a bitmap covers the writes since the one point it was started
+        // at, and a name reused later must never reach back to an older
+        // snapshot that recorded it.
+        let base_time = path
+            .rsplit_once('/')
+            .and_then(|(snap, _)| snap.parse::<SnapshotPath>().ok())
+            .map(|s| s.time)
+            .ok_or_else(|| format!("the base {path} is not a snapshot's file"))?;
+        if let Some(newer) = self.listed.iter().find(|s| {
+            s.path.group == self.opts.snapshot.group
+                && s.path.time > base_time
+                && s.path.time < self.opts.snapshot.time
+                && s.manifest.file(&base.name).is_some()
+        }) {
+            return Err(format!(
+                "a later backup {} of this image exists: bitmap {b} is only used on top of the newest",
+                newer.path
+            ));
+        }
         if base.file_size != self.src.size {
             return Err(format!(
                 "the disk is {} bytes, its base {path} {}",
@@ -456,8 +486,11 @@ impl ImageJob {
     ) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<Job>(self.opts.buffers.max(1));
         let read = Arc::new(AtomicU64::new(0));
+        let bitmap_read = Arc::new(AtomicBool::new(false));
+        let wants_bitmap = reuse.is_some();
         let reader = {
             let read = read.clone();
+            let bitmap_read = bitmap_read.clone();
             let src = self.src.try_clone()?;
             let buffers = self.run.buffers.clone();
             let chunk_size = self.opts.chunk_size;
@@ -470,6 +503,7 @@ impl ImageJob {
                     buffers,
                     encoder,
                     reuse,
+                    bitmap_read,
                 };
                 read_chunks(plan, tx, rt, &read)
             })
@@ -483,6 +517,14 @@ impl ImageJob {
         // become a finished file.
         let ended = joined(reader.await, "reader")?;
         report.bytes_read += read.load(Ordering::Relaxed);
+        if wants_bitmap && !bitmap_read.load(Ordering::Relaxed) {
+            let why = format!(
+                "the export's bitmap {} could not be read",
+                report.bitmap.take().unwrap_or_default()
+            );
+            tracing::warn!("{}: read everything: {why}", self.spec.name);
+            report.bitmap_refused = Some(why);
+        }
         ended
     }
 }
@@ -495,6 +537,8 @@ struct ReadPlan {
     encoder: Encoder,
     /// The base's digests, when a dirty bitmap chooses what is read.
     reuse: Option<Vec<Digest>>,
+    /// Set when the bitmap could be read and chose what was read.
+    bitmap_read: Arc<AtomicBool>,
 }
 
 /// Reads `src` in order, one chunk at a time, and starts preparing each
@@ -513,8 +557,14 @@ fn read_chunks(
         buffers,
         encoder,
         reuse,
+        bitmap_read,
     } = plan;
     src.advise_sequential();
+    // Exports: what is zero, and what the bitmap says is unwritten, for
+    // every chunk at once.
+    let zero = src.zero_chunks(chunk_size);
+    let clean = reuse.as_ref().and_then(|_| src.clean_chunks(chunk_size));
+    bitmap_read.store(clean.is_some(), Ordering::Relaxed);
     let count = chunk_count(src.size, chunk_size);
     for index in 0..count {
         let offset = index * chunk_size as u64;
@@ -523,11 +573,13 @@ fn read_chunks(
             return Ok(());
         };
         let encoder = encoder.clone();
-        let clean = reuse
+        let i = index as usize;
+        let unwritten = reuse
             .as_ref()
-            .and_then(|base| base.get(index as usize))
-            .filter(|_| src.is_clean(offset, len as u64));
-        let job = if let Some(&digest) = clean {
+            .and_then(|base| base.get(i))
+            .filter(|_| clean.as_ref().is_some_and(|c| c[i]));
+        let zeros = zero.as_ref().is_some_and(|z| z[i]) || src.is_hole(offset, len as u64);
+        let job = if let Some(&digest) = unwritten {
             // Unwritten since the base: the base's chunk, not read.
             rt.spawn_blocking(move || {
                 let chunk = Prepared {
@@ -538,7 +590,7 @@ fn read_chunks(
                 };
                 (chunk, permit)
             })
-        } else if src.is_hole(offset, len as u64) {
+        } else if zeros {
             rt.spawn_blocking(move || (encoder.zero(Kind::Chunk, len), permit))
         } else {
             let buf = src.read_at(offset, len)?;

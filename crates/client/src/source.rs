@@ -26,6 +26,10 @@ pub struct Source {
     pub bitmap: Option<String>,
 }
 
+/// Chunks past which an export gets no per-chunk map of zeros or
+/// unwritten blocks.
+const MAX_MAPPED_CHUNKS: u64 = 1 << 24;
+
 /// `ctime_ns` of a [`bitmap_mark`]: no file has this status change time.
 pub const BITMAP_MARK: i64 = i64::MIN;
 
@@ -121,20 +125,70 @@ impl Source {
         matches!(self.reader, Reader::File(_))
     }
 
-    /// Whether the export's dirty bitmap marks no block of
-    /// `[offset, offset + len)`. Any doubt (no bitmap, an error) counts
-    /// as written.
-    pub fn is_clean(&self, offset: u64, len: u64) -> bool {
-        let (Reader::Nbd(c), Some(b)) = (&self.reader, &self.bitmap) else {
-            return false;
-        };
+    /// For each chunk of `chunk_size`: whether the export's dirty bitmap
+    /// marks none of its blocks. One pass over the bitmap, a window of
+    /// 1 GiB per request, instead of a request per chunk. `None` if the
+    /// source has no bitmap or the pass fails: then every chunk counts as
+    /// written.
+    pub fn clean_chunks(&self, chunk_size: u32) -> Option<Vec<bool>> {
+        let b = self.bitmap.as_ref()?;
         let ctx = hoard_nbd::bitmap_context(b);
+        let dirty = |flags: u32| flags & hoard_nbd::wire::STATE_DIRTY != 0;
+        // A chunk is clean when no extent over it is dirty.
+        self.chunk_pass(&ctx, chunk_size, true, |clean, f| *clean &= !dirty(f))
+    }
+
+    /// For each chunk: whether the export says it reads as zeros
+    /// (`base:allocation`), in one pass as [`Source::clean_chunks`].
+    /// `None` for files (their holes are found by `is_hole`) and on any
+    /// doubt.
+    pub fn zero_chunks(&self, chunk_size: u32) -> Option<Vec<bool>> {
+        let zero = |flags: u32| flags & hoard_nbd::wire::STATE_ZERO != 0;
+        self.chunk_pass(ALLOCATION, chunk_size, true, |all, f| *all &= zero(f))
+    }
+
+    /// Folds the flags of every extent of meta context `ctx` into one
+    /// value per chunk, starting from `init`.
+    fn chunk_pass(
+        &self,
+        ctx: &str,
+        chunk_size: u32,
+        init: bool,
+        fold: impl Fn(&mut bool, u32),
+    ) -> Option<Vec<bool>> {
+        let Reader::Nbd(c) = &self.reader else {
+            return None;
+        };
         let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
-        c.has_context(&ctx)
-            && c.block_status(&ctx, offset, len).is_ok_and(|st| {
-                st.iter()
-                    .all(|s| s.flags & hoard_nbd::wire::STATE_DIRTY == 0)
-            })
+        if !c.has_context(ctx) {
+            return None;
+        }
+        let cs = u64::from(chunk_size);
+        let chunks = self.size.div_ceil(cs);
+        // One flag per chunk: 16 MiB for 64 TiB of 4 MiB chunks; beyond
+        // that, no map (every chunk is read).
+        if chunks > MAX_MAPPED_CHUNKS {
+            return None;
+        }
+        let mut out = vec![init; chunks as usize];
+        let window = (1u64 << 30) / cs * cs;
+        let mut at = 0;
+        while at < self.size {
+            let len = window.min(self.size - at);
+            for s in c.block_status(ctx, at, len).ok()? {
+                // The client returns extents that tile the range; a gap
+                // would leave chunks at `init`, so it is checked anyway.
+                if s.offset != at || s.len == 0 {
+                    return None;
+                }
+                let (first, last) = (s.offset / cs, (s.offset + s.len - 1) / cs);
+                for v in &mut out[first as usize..=last as usize] {
+                    fold(v, s.flags);
+                }
+                at += s.len;
+            }
+        }
+        Some(out)
     }
 
     /// Why the export's dirty bitmap cannot be read, if it cannot.
@@ -179,9 +233,9 @@ impl Source {
         })
     }
 
-    /// Whether `len` bytes at `offset` read as zeros without reading them:
-    /// a hole of a sparse file, or what an NBD export's `base:allocation`
-    /// says reads as zeros. Anything but a clear answer counts as data.
+    /// Whether `len` bytes at `offset` are a hole of a sparse file, known
+    /// without reading them (an export's zeros: [`Source::zero_chunks`]).
+    /// Anything but a clear answer counts as data.
     pub fn is_hole(&self, offset: u64, len: u64) -> bool {
         match &self.reader {
             Reader::File(file) => {
@@ -194,14 +248,8 @@ impl Source {
                     Err(e) => e == rustix::io::Errno::NXIO,
                 }
             }
-            Reader::Nbd(c) => {
-                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
-                c.has_context(ALLOCATION)
-                    && c.block_status(ALLOCATION, offset, len).is_ok_and(|st| {
-                        st.iter()
-                            .all(|s| s.flags & hoard_nbd::wire::STATE_ZERO != 0)
-                    })
-            }
+            // Exports: [`Source::zero_chunks`], once for the whole disk.
+            Reader::Nbd(_) => false,
         }
     }
 

@@ -25,6 +25,14 @@ use crate::wire::{self, ChunkPayload, Info, OptionReply, ReplyHeader};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest block status range asked at once.
 const MAX_STATUS_RANGE: u64 = 1 << 30;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reply chunks one request may get: far more than any server sends
+/// (one per extent of a 32 MiB read at 512 bytes), and a bound on one
+/// that never says it is done.
+const MAX_CHUNKS_PER_REPLY: u32 = 1 << 17;
+/// Meta context replies a handshake takes.
+const MAX_CONTEXTS: usize = 64;
 
 /// A byte stream to an NBD server.
 pub trait Stream: Read + Write + Send {}
@@ -47,6 +55,9 @@ pub struct Client {
     contexts: HashMap<String, u32>,
     max_read: u32,
     cookie: u64,
+    /// An error left the stream in an unknown state: nothing more is
+    /// sent on it.
+    broken: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -66,8 +77,23 @@ impl Client {
     pub fn connect(uri: &NbdUri) -> Result<Client> {
         let sock: Box<dyn Stream> = match &uri.endpoint {
             Endpoint::Tcp { host, port } => {
-                let s = TcpStream::connect((host.as_str(), *port))
-                    .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
+                let unreachable = |e: std::io::Error| Error::Connect(format!("{host}:{port}: {e}"));
+                let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+                    .map_err(unreachable)?;
+                let mut last = None;
+                let mut sock = None;
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                        Ok(s) => {
+                            sock = Some(s);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let s = sock.ok_or_else(|| {
+                    unreachable(last.unwrap_or_else(|| std::io::Error::other("no address")))
+                })?;
                 s.set_nodelay(true).ok();
                 s.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
                 Box::new(s)
@@ -133,6 +159,16 @@ impl Client {
                 match r.reply {
                     wire::REP_META_CONTEXT => {
                         let (id, name) = wire::decode_meta_context(&data)?;
+                        if !contexts.contains(&name) {
+                            return Err(Error::Protocol(format!(
+                                "meta context {name} was not asked for"
+                            )));
+                        }
+                        if agreed.values().any(|&v| v == id) || agreed.len() >= MAX_CONTEXTS {
+                            return Err(Error::Protocol(format!(
+                                "meta context id {id} given twice"
+                            )));
+                        }
                         agreed.insert(name, id);
                     }
                     wire::REP_ACK => break,
@@ -171,7 +207,23 @@ impl Client {
             contexts: agreed,
             max_read,
             cookie: 0,
+            broken: false,
         })
+    }
+
+    /// Runs one request; any protocol or I/O error breaks the client, so
+    /// that nothing is read from a stream out of step.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        if self.broken {
+            return Err(Error::Protocol(
+                "an earlier error left the connection unusable".into(),
+            ));
+        }
+        let r = f(self);
+        if matches!(r, Err(Error::Protocol(_) | Error::Io { .. })) {
+            self.broken = true;
+        }
+        r
     }
 
     /// The export's size in bytes.
@@ -196,7 +248,8 @@ impl Client {
         let mut done = 0usize;
         while done < len {
             let n = (len - done).min(self.max_read as usize);
-            self.read_into(offset + done as u64, &mut out[done..done + n])?;
+            let at = offset + done as u64;
+            self.guarded(|c| c.read_into(at, &mut out[done..done + n]))?;
             done += n;
         }
         Ok(out)
@@ -209,9 +262,11 @@ impl Client {
             &mut self.sock,
             &wire::request(0, wire::CMD_READ, cookie, offset, len),
         )?;
-        let mut covered = 0u64;
+        // The pieces data and hole chunks cover: they must tile the
+        // request exactly, without overlap.
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
         let mut failure = None;
-        loop {
+        for _ in 0..MAX_CHUNKS_PER_REPLY {
             match read_reply_header(&mut self.sock)? {
                 ReplyHeader::Simple { error, cookie: c } => {
                     check_cookie(c, cookie)?;
@@ -238,15 +293,15 @@ impl Client {
                         let at = u64::from_be_bytes(off);
                         let n = (plen - 8) as u64;
                         let range = place(at, n, offset, buf.len() as u64)?;
+                        pieces.push((range.start as u64, range.end as u64));
                         read_exact(&mut self.sock, &mut buf[range], "read data")?;
-                        covered += n;
                     } else {
                         let payload = read_payload(&mut self.sock, plen)?;
                         match wire::decode_chunk(ty, &payload)? {
                             ChunkPayload::Hole { offset: at, len: n } => {
                                 let range = place(at, n as u64, offset, buf.len() as u64)?;
+                                pieces.push((range.start as u64, range.end as u64));
                                 buf[range].fill(0);
-                                covered += n as u64;
                             }
                             ChunkPayload::Error {
                                 code,
@@ -264,23 +319,17 @@ impl Client {
                         }
                     }
                     if flags & wire::REPLY_FLAG_DONE != 0 {
-                        break;
+                        if let Some(e) = failure {
+                            return Err(e);
+                        }
+                        return check_tiling(pieces, buf.len() as u64, offset);
                     }
                 }
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        // Data and hole chunks never overlap (the spec), so covering the
-        // request means their lengths add up to it.
-        if covered != buf.len() as u64 {
-            return Err(Error::Protocol(format!(
-                "a read of {} bytes at {offset} was answered with {covered}",
-                buf.len()
-            )));
-        }
-        Ok(())
+        Err(Error::Protocol(format!(
+            "a reply of more than {MAX_CHUNKS_PER_REPLY} chunks"
+        )))
     }
 
     /// The status of `[offset, offset + len)` in meta context `context`,
@@ -297,7 +346,7 @@ impl Client {
         let mut at = offset;
         while at < end {
             let ask = (end - at).min(MAX_STATUS_RANGE);
-            let extents = self.status_once(id, at, ask)?;
+            let extents = self.guarded(|c| c.status_once(id, at, ask))?;
             let mut got = 0u64;
             for e in extents {
                 if e.len == 0 {
@@ -332,7 +381,7 @@ impl Client {
         )?;
         let mut extents = None;
         let mut failure = None;
-        loop {
+        for _ in 0..MAX_CHUNKS_PER_REPLY {
             match read_reply_header(&mut self.sock)? {
                 ReplyHeader::Simple { error, cookie: c } => {
                     check_cookie(c, cookie)?;
@@ -374,15 +423,19 @@ impl Client {
                         }
                     }
                     if flags & wire::REPLY_FLAG_DONE != 0 {
-                        break;
+                        if let Some(e) = failure {
+                            return Err(e);
+                        }
+                        return extents.ok_or_else(|| {
+                            Error::Protocol("block status answered without extents".into())
+                        });
                     }
                 }
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        extents.ok_or_else(|| Error::Protocol("block status answered without extents".into()))
+        Err(Error::Protocol(format!(
+            "a reply of more than {MAX_CHUNKS_PER_REPLY} chunks"
+        )))
     }
 
     /// Says goodbye (`NBD_CMD_DISC`); the server closes the connection.
@@ -408,6 +461,28 @@ fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
         Some(end) if end <= size => Ok(()),
         _ => Err(Error::Range { offset, len, size }),
     }
+}
+
+/// The pieces of a read's reply (offsets in the request) must cover
+/// `[0, len)` exactly once.
+fn check_tiling(mut pieces: Vec<(u64, u64)>, len: u64, offset: u64) -> Result<()> {
+    pieces.sort_unstable();
+    let mut next = 0;
+    for (start, end) in pieces {
+        if start != next {
+            return Err(Error::Protocol(format!(
+                "a read of {len} bytes at {offset} was answered with {} at {start}",
+                if start < next { "an overlap" } else { "a gap" }
+            )));
+        }
+        next = end;
+    }
+    if next != len {
+        return Err(Error::Protocol(format!(
+            "a read of {len} bytes at {offset} was answered with {next}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_cookie(got: u64, want: u64) -> Result<()> {

@@ -33,7 +33,9 @@ pub struct NbdUri {
 /// Whether `s` is meant as an NBD URI (so that a file of that name is
 /// never taken for one, nor the other way round).
 pub fn is_nbd_uri(s: &str) -> bool {
-    s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbds")
+    ["nbd://", "nbd+unix://", "nbds://", "nbds+unix://"]
+        .iter()
+        .any(|p| s.starts_with(p))
 }
 
 fn bad(uri: &str, why: &str) -> Error {
@@ -198,5 +200,6 @@ mod tests {
             assert!(NbdUri::parse(bad).is_err(), "{bad}");
         }
         assert!(is_nbd_uri("nbd://h/x") && !is_nbd_uri("/tmp/nbd://x"));
+        assert!(!is_nbd_uri("nbds-disk.img"), "a file name, not a URI");
     }
 }

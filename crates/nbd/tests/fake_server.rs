@@ -232,6 +232,21 @@ fn errors_and_lies_are_clear_errors() {
     let e = c.read(0, 4096).unwrap_err().to_string();
     assert!(e.contains("outside the request"), "{e}");
 
+    // The same data twice, leaving a gap: the lengths add up, the
+    // pieces do not tile the request.
+    let (mut c, _t) = server(vec![], |s, _cmd, cookie, offset, len| {
+        let mut p = be64(offset).to_vec();
+        p.extend_from_slice(&vec![1u8; len as usize / 2]);
+        chunk(s, 0, REPLY_TYPE_OFFSET_DATA, cookie, &p);
+        chunk(s, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookie, &p);
+        true
+    });
+    let e = c.read(0, 4096).unwrap_err().to_string();
+    assert!(e.contains("overlap"), "{e}");
+    // After a protocol error the connection is not used again.
+    let e = c.read(0, 10).unwrap_err().to_string();
+    assert!(e.contains("unusable"), "{e}");
+
     // A reply that covers only part of the request.
     let (mut c, _t) = server(vec![], |s, _cmd, cookie, offset, _len| {
         let mut p = be64(offset).to_vec();
