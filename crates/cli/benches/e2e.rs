@@ -116,20 +116,7 @@ fn main() {
         }
         // Each round: a fresh datastore and a fresh copy of the data (the
         // mutation is deterministic, so every round sees the same bytes).
-        let work = dir.path().join(format!("round{round}"));
-        std::fs::create_dir(&work).expect("round dir");
-        run_ok(
-            Command::new("cp")
-                .arg("--sparse=always")
-                .arg(pristine.join("image.raw"))
-                .arg(work.join("image.raw")),
-        );
-        run_ok(
-            Command::new("cp")
-                .arg("-a")
-                .arg(pristine.join("tree"))
-                .arg(work.join("tree")),
-        );
+        let work = fresh_work(dir.path(), &format!("round{round}"), &pristine);
         let image = do_image.then(|| ImageRun::start(&work));
         let tree = do_tree.then(|| TreeRun::start(&work));
         let mut image_steps = Vec::new();

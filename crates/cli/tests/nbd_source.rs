@@ -254,6 +254,16 @@ fn raw_of(qcow: &Path, dir: &Path) -> Vec<u8> {
     std::fs::read(&raw).unwrap()
 }
 
+/// `raw` converted to qcow2 in `dir`.
+fn qcow_of(raw: &Path, dir: &Path) -> PathBuf {
+    let qcow = dir.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&qcow));
+    qcow
+}
+
 fn add_bitmap(qcow: &Path, name: &str) {
     run(Command::new("qemu-img")
         .args(["bitmap", "--add", "--enable"])
@@ -287,11 +297,7 @@ fn a_dirty_bitmap_reads_only_what_was_written_and_every_doubt_reads_all() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let (raw, _) = make_image(dir.path());
-    let qcow = dir.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&qcow));
+    let qcow = qcow_of(&raw, dir.path());
     const MIB: u64 = 1 << 20;
     let data_bytes = 5 * MIB; // the image less its 3 MiB hole
 
@@ -566,11 +572,7 @@ fn a_running_disk_is_backed_up_as_it_was_at_the_fleecing_point() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let (raw, _) = make_image(dir.path());
-    let qcow = dir.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&qcow));
+    let qcow = qcow_of(&raw, dir.path());
     let mut q = Qsd::start(&qcow, dir.path());
     // The "guest": a writable export of the disk, attached before the
     // fleecing point as a VM's drive is.
@@ -630,11 +632,7 @@ fn a_reused_bitmap_name_never_reaches_past_a_later_backup() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let (raw, _) = make_image(dir.path());
-    let qcow = dir.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&qcow));
+    let qcow = qcow_of(&raw, dir.path());
     add_bitmap(&qcow, "b");
     let nbd = export(&qcow, dir.path(), Some("b"));
     // Two backups both say they started bitmap "b" (a retried run that

@@ -413,20 +413,7 @@ impl ChunkStore {
     /// Under the prefix lock: whether a usable chunk file of `class`
     /// exists, stamping it if it is older than `since`.
     fn existing(&self, digest: &Digest, class: ChunkClass, since: FsTime) -> Result<bool> {
-        let path = self.path_of(digest, class);
-        let file = match open_nofollow(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
-        };
-        let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
-        if meta.len() == 0 {
-            return Ok(false);
-        }
-        if FsTime::mtime(&meta) < since {
-            touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
-        }
-        Ok(true)
+        stamp_file(&self.path_of(digest, class), digest, since)
     }
 
     /// A writer's reference to a stored chunk of the backup's `class` (so
@@ -779,6 +766,24 @@ impl ChunkStore {
         let payload = blob.split_off(CHUNK_HEADER_SIZE);
         blob::decode_payload_plain(&header, payload).map_err(corrupt)
     }
+}
+
+/// Whether the usable (non-empty) chunk file at `path` exists, stamping
+/// it if it is older than `since`. The caller holds its prefix lock.
+fn stamp_file(path: &Path, digest: &Digest, since: FsTime) -> Result<bool> {
+    let file = match open_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
+    };
+    let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
+    if meta.len() == 0 {
+        return Ok(false);
+    }
+    if FsTime::mtime(&meta) < since {
+        touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
+    }
+    Ok(true)
 }
 
 /// How a version 1 client's raw uploads are stored: zstd level 3, as

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use hoard_codec::blob::{self, HEADER_SIZE as CHUNK_HEADER_SIZE};
 use hoard_types::Digest;
 
-use super::{ChunkClass, ChunkStore, Marked, read_file};
+use super::{ChunkClass, ChunkStore, Marked, read_file, stamp_file};
 use crate::datastore::{DELTA_MARKER_CONTENT, MARKER_NAME};
 use crate::delta::{self, BLOCK, DeltaHead};
 use crate::error::{Error, IoContext, Result};
@@ -287,19 +287,7 @@ impl ChunkStore {
             Link::Whole => self.chunk_path(digest),
             Link::Delta(_) => self.delta_path(digest),
         };
-        let file = match open_nofollow(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e).ctx(|| format!("opening chunk {digest}")),
-        };
-        let meta = file.metadata().ctx(|| format!("reading chunk {digest}"))?;
-        if meta.len() == 0 {
-            return Ok(false);
-        }
-        if FsTime::mtime(&meta) < since {
-            touch(&file).ctx(|| format!("stamping chunk {digest}"))?;
-        }
-        Ok(true)
+        stamp_file(&path, digest, since)
     }
 
     /// GC's mark of a chunk kept as a delta: every link of its chain, then
