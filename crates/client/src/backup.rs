@@ -374,7 +374,7 @@ impl ImageJob {
         } else {
             if let Some(b) = &self.src.bitmap {
                 let why = format!(
-                    "bitmap {b}: no complete, verified earlier backup of this image to build on"
+                    "bitmap {b}: no complete earlier backup of this image (one that did not fail verify) to build on"
                 );
                 tracing::warn!("{}: reading everything: {why}", self.spec.name);
                 report.bitmap_refused = Some(why);
