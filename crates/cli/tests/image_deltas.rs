@@ -42,21 +42,6 @@ fn backup(server: &Server, time: &str, image: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Restores `snapshot` and checks it is `want`, byte for byte.
-fn restores(server: &Server, snapshot: &str, want: &[u8]) {
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("out.img");
-    let out = hoard(
-        &server.addr,
-        &["restore", snapshot, "disk.img", target.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "restore failed: {}", stderr(&out));
-    assert!(
-        std::fs::read(&target).unwrap() == want,
-        "{snapshot} differs"
-    );
-}
-
 fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
 }
@@ -143,7 +128,7 @@ fn scattered_clustered_and_full_rewrites_round_trip_and_store_what_changed() {
 
     for (time, want) in &versions {
         let snap = hoard_types::SnapshotTime::from_epoch(time.parse().unwrap()).unwrap();
-        restores(&server, &format!("vm/7/{snap}"), want);
+        restores_disk_img(&server, &format!("vm/7/{snap}"), want);
     }
     let (code, report) = verify_json(&server, None);
     assert_eq!(code, 0, "{report}");
@@ -219,7 +204,7 @@ fn a_damaged_base_fails_every_dependent_snapshot_and_the_next_backup_heals() {
     // The next backup of the same disk stores the chunk whole again.
     backup(&server, "3000", &path);
     assert!(!ds.chunks().is_delta(&delta));
-    restores(&server, "vm/7/1970-01-01T00:50:00Z", &two);
+    restores_disk_img(&server, "vm/7/1970-01-01T00:50:00Z", &two);
     let (code, report) = verify_json(&server, Some("vm/7/1970-01-01T00:50:00Z"));
     assert_eq!(code, 0, "{report}");
 }
@@ -307,7 +292,7 @@ fn a_failing_disk_while_deltas_are_made_ends_the_pass_not_the_backup() {
     server = server.restart_with(&[]);
     for (time, want) in &versions {
         let snap = hoard_types::SnapshotTime::from_epoch(*time).unwrap();
-        restores(&server, &format!("vm/7/{snap}"), want);
+        restores_disk_img(&server, &format!("vm/7/{snap}"), want);
     }
     let (code, report) = verify_json(&server, None);
     assert_eq!(code, 0, "{report}");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, hoard, noise, stderr};
+use common::{Server, hoard, noise, restores_disk_img, stderr};
 use hoard_datastore::{Datastore, IndexReader};
 use hoard_types::Digest;
 use serde_json::Value;
@@ -146,20 +146,6 @@ fn digests(server: &Server, snapshot: &str) -> Vec<Digest> {
     }
 }
 
-fn restores(server: &Server, snapshot: &str, want: &[u8], dir: &Path) {
-    let target = dir.join("restored");
-    let _ = std::fs::remove_file(&target);
-    let out = hoard(
-        &server.addr,
-        &["restore", snapshot, "disk.img", target.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        std::fs::read(&target).unwrap() == want,
-        "{snapshot} differs"
-    );
-}
-
 #[test]
 fn a_backup_from_nbd_equals_one_of_the_file_and_skips_its_holes() {
     let server = Server::start();
@@ -179,7 +165,7 @@ fn a_backup_from_nbd_equals_one_of_the_file_and_skips_its_holes() {
     // base:allocation: the 3 MiB hole is not read.
     assert_eq!(img["bytes_read"], 5 << 20, "{img}");
     assert_eq!(img["chunks_zero"], 3, "{img}");
-    restores(&server, b, &data, dir.path());
+    restores_disk_img(&server, b, &data);
 }
 
 #[test]
@@ -198,7 +184,7 @@ fn a_qcow2_image_over_a_unix_socket() {
     let nbd = QemuNbd::unix(&qcow, "qcow2", dir.path());
     let r = backup(&server, "3", &nbd.uri);
     let snap = r["snapshot"].as_str().unwrap();
-    restores(&server, snap, &data, dir.path());
+    restores_disk_img(&server, snap, &data);
     // An unchanged second backup from the export uploads nothing.
     let again = backup(&server, "3", &nbd.uri);
     assert_eq!(again["images"][0]["chunks_uploaded"], 0, "{again}");
@@ -337,11 +323,10 @@ fn a_dirty_bitmap_reads_only_what_was_written_and_every_doubt_reads_all() {
     assert_eq!(img["bitmap"], "b1", "{img}");
     assert_eq!(img["bytes_read"], 2 * MIB, "{img}");
     assert_eq!(img["chunks_uploaded"], 2, "{img}");
-    restores(
+    restores_disk_img(
         &server,
         r["snapshot"].as_str().unwrap(),
         &raw_of(&qcow, dir.path()),
-        dir.path(),
     );
     drop(nbd);
 
@@ -364,11 +349,10 @@ fn a_dirty_bitmap_reads_only_what_was_written_and_every_doubt_reads_all() {
         "{img}"
     );
     assert_eq!(img["bytes_read"], data_bytes + MIB);
-    restores(
+    restores_disk_img(
         &server,
         r["snapshot"].as_str().unwrap(),
         &raw_of(&qcow, dir.path()),
-        dir.path(),
     );
     drop(nbd);
 
@@ -400,7 +384,7 @@ fn a_dirty_bitmap_reads_only_what_was_written_and_every_doubt_reads_all() {
             .contains("bytes, its base"),
         "{img}"
     );
-    restores(&server, r["snapshot"].as_str().unwrap(), &grown, dir.path());
+    restores_disk_img(&server, r["snapshot"].as_str().unwrap(), &grown);
 }
 
 /// A qemu-storage-daemon holding a qcow2 disk, driven over QMP as an
@@ -595,12 +579,7 @@ fn a_running_disk_is_backed_up_as_it_was_at_the_fleecing_point() {
     guest_write(&active, 0x22, 2 * MIB, 64 * 1024);
     let r = backup(&server, "20", &format!("{}&new-bitmap=b1", q.uri("fleece")));
     unfleece(&mut q, None);
-    restores(
-        &server,
-        r["snapshot"].as_str().unwrap(),
-        &expected,
-        dir.path(),
-    );
+    restores_disk_img(&server, r["snapshot"].as_str().unwrap(), &expected);
 
     // The next cycle reads bitmap b1: the chunk written after the first
     // point (chunk 2) and one written now (chunk 6), nothing else.
@@ -619,12 +598,7 @@ fn a_running_disk_is_backed_up_as_it_was_at_the_fleecing_point() {
     let img = &r["images"][0];
     assert_eq!(img["bitmap"], "b1", "{img}");
     assert_eq!(img["bytes_read"], 2 * MIB, "{img}");
-    restores(
-        &server,
-        r["snapshot"].as_str().unwrap(),
-        &expected,
-        dir.path(),
-    );
+    restores_disk_img(&server, r["snapshot"].as_str().unwrap(), &expected);
 }
 
 #[test]

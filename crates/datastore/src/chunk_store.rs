@@ -743,28 +743,17 @@ impl ChunkStore {
                 reason: e.to_string(),
             });
         }
-        let (file, header) = match self.open(digest, ChunkClass::Plain) {
+        match self.load_whole(digest) {
+            Err(Error::ChunkMissing(_)) if self.delta_path(digest).exists() => {
+                self.load_delta(digest)
+            }
             // Only an encrypted chunk by that name: say so (the caller
             // may download it, so it knows the name from an index).
-            Err(Error::ChunkMissing(_)) if self.delta_path(digest).exists() => {
-                return self.load_delta(digest);
-            }
             Err(Error::ChunkMissing(_)) if self.open(digest, ChunkClass::Encrypted).is_ok() => {
-                return Err(Error::ChunkEncrypted(*digest));
+                Err(Error::ChunkEncrypted(*digest))
             }
-            other => other?,
-        };
-        let mut blob = read_file(&file, digest)?;
-        let corrupt = |e: hoard_codec::Error| Error::ChunkCorrupt {
-            digest: *digest,
-            reason: e.to_string(),
-        };
-        header
-            .check_crc(&blob[CHUNK_HEADER_SIZE..])
-            .map_err(corrupt)?;
-        // The payload moves out of the file buffer without a copy.
-        let payload = blob.split_off(CHUNK_HEADER_SIZE);
-        blob::decode_payload_plain(&header, payload).map_err(corrupt)
+            other => other,
+        }
     }
 }
 

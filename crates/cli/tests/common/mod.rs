@@ -677,6 +677,22 @@ pub fn maintenance_json(ds: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Restores image `disk.img` of `snapshot` to a temp file and checks it
+/// is `want`, byte for byte.
+pub fn restores_disk_img(server: &Server, snapshot: &str, want: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.img");
+    let out = hoard(
+        &server.addr,
+        &["restore", snapshot, "disk.img", target.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    assert!(
+        std::fs::read(&target).unwrap() == want,
+        "{snapshot} differs"
+    );
+}
+
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -176,9 +176,9 @@ impl ChunkStore {
         Ok(data)
     }
 
-    /// A whole chunk's plain data; `ChunkMissing` if there is no whole
-    /// file.
-    fn load_whole(&self, digest: &Digest) -> Result<Vec<u8>> {
+    /// A whole chunk's plain data, its CRC checked; `ChunkMissing` if
+    /// there is no whole file.
+    pub(super) fn load_whole(&self, digest: &Digest) -> Result<Vec<u8>> {
         let (file, header) = self.open(digest, ChunkClass::Plain)?;
         let mut blob = read_file(&file, digest)?;
         let corrupt = |e: hoard_codec::Error| Error::ChunkCorrupt {
@@ -188,6 +188,7 @@ impl ChunkStore {
         header
             .check_crc(&blob[CHUNK_HEADER_SIZE..])
             .map_err(corrupt)?;
+        // The payload moves out of the file buffer without a copy.
         let payload = blob.split_off(CHUNK_HEADER_SIZE);
         blob::decode_payload_plain(&header, payload).map_err(corrupt)
     }
