@@ -18,6 +18,7 @@
 pub mod entry;
 mod error;
 pub mod format;
+pub mod listing;
 pub mod reader;
 pub mod writer;
 

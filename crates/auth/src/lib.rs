@@ -9,11 +9,16 @@
 //!   SHA-256; verification compares in constant time. The file is read on
 //!   every authentication, so a revocation holds for the next connection
 //!   without a restart.
+//! - [`users`]: people who log in to the web page, with a password
+//!   stretched by Argon2id; read on every request of their sessions, so
+//!   a removal or a new password ends those sessions at once.
 //!
 //! This crate knows nothing of sockets or of the datastore's layout.
 
 pub mod access;
 pub mod tokens;
+pub mod users;
 
 pub use access::{Denied, GroupOwner, Principal, Role, Scope};
 pub use tokens::{AuthError, TokenInfo, TokenStore};
+pub use users::{UserInfo, UserStore};

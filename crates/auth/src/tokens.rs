@@ -47,6 +47,17 @@ pub enum AuthError {
     NotFound(String),
     #[error("an admin token covers everything; --path is for backup and reader tokens")]
     AdminWithPaths,
+    /// The same answer for an unknown user and a wrong password.
+    #[error("login failed: unknown user or wrong password")]
+    LoginFailed,
+    #[error("a user named {0:?} exists already")]
+    UserExists(String),
+    #[error("no user named {0:?}")]
+    NoUser(String),
+    #[error("a password needs at least {min} characters")]
+    WeakPassword { min: usize },
+    #[error("a password has at most {max} bytes")]
+    LongPassword { max: usize },
     #[error("token store {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -87,7 +98,7 @@ pub struct TokenStore {
     dir: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
     move |source| AuthError::Io {
         path: path.to_path_buf(),
         source,
@@ -150,23 +161,7 @@ impl TokenStore {
         &self,
         change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)
-                .map_err(io(&self.dir))?;
-        }
-        let lock_path = self.dir.join(LOCK_NAME);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        lock.lock().map_err(io(&lock_path))?;
+        let _lock = lock_state_dir(&self.dir, LOCK_NAME)?;
         let mut records = self.load()?;
         let out = change(&mut records)?;
         let text = serde_json::to_vec_pretty(&TokenFile {
@@ -261,6 +256,28 @@ impl TokenStore {
             .map_err(corrupt)?;
         Ok(Principal::new(name, role, scopes))
     }
+}
+
+/// Creates the state directory (owner only) if needed and takes the
+/// exclusive `flock` of its file `lock_name`, held while the returned
+/// file lives.
+pub(crate) fn lock_state_dir(dir: &Path, lock_name: &str) -> Result<File, AuthError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let lock_path = dir.join(lock_name);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    Ok(lock)
 }
 
 /// Writes `data` to `dest` readable by the owner only, through a temp

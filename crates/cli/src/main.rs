@@ -17,6 +17,7 @@ mod serve;
 mod snapshots;
 mod storage_args;
 mod token;
+mod user;
 mod verify;
 
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Command {
     Unprotect(protect::ProtectArgs),
     /// Create, list and revoke API tokens (on the server's machine).
     Token(token::TokenArgs),
+    /// Add, list and remove users of the web page (on the server's
+    /// machine).
+    User(user::UserArgs),
     /// The server's TLS certificate (on the server's machine).
     Cert(token::CertArgs),
     /// Show or assign the owner of a backup group (on the server's
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Protect(args) => protect::run(args, true),
         Command::Unprotect(args) => protect::run(args, false),
         Command::Token(args) => token::run(args),
+        Command::User(args) => user::run(args),
         Command::Cert(args) => token::run_cert(args),
         Command::Owner(args) => token::run_owner(args),
         Command::Key(args) => key::run(args),

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use hoard_datastore::prune::{KeepPolicy, prune};
+use hoard_datastore::reports::ReportKind;
 use jiff::tz::TimeZone;
 
 use crate::admin_args::{AdminArgs, AdminError, Target, ds_error};
@@ -68,8 +69,22 @@ pub fn run(args: PruneArgs) -> Result<()> {
         &|g| target.matches_group(g),
         args.dry_run,
         &tz,
-    )
-    .map_err(ds_error)?;
+    );
+    // A dry run changed nothing: the last prune stays the last one.
+    if !args.dry_run {
+        ds.keep_report(
+            ReportKind::Prune,
+            "cli",
+            match &decisions {
+                Ok(d) => Ok((
+                    serde_json::json!({"dry_run": false, "policy": policy, "snapshots": d}),
+                    true,
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
+    let decisions = decisions.map_err(ds_error)?;
     let removed = decisions.iter().filter(|d| d.action == "remove").count();
     let kept = decisions.len() - removed;
     let mut text: Vec<String> = decisions

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoard_auth::{Principal, Role, Scope, TokenStore};
+use hoard_auth::{Principal, Role, Scope, TokenStore, UserStore};
 use hoard_datastore::Datastore;
 use hoard_server::{Listeners, ServerConfig};
 
@@ -166,6 +166,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if let Some(storage) = ds.object_storage() {
             outln!("hoard: chunks on {}", storage.describe())?;
         }
+        outln!("hoard: web page and API on https://{addr}/ (users: `hoard user add`)")?;
         outln!("hoard: serving datastore {} on {addr}", dir.display())?;
         std::io::stdout().flush()?;
         tracing::info!(fingerprint = %identity.fingerprint, "TLS on {addr}");
@@ -174,6 +175,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             listeners,
             ds,
             TokenStore::new(&state),
+            UserStore::new(&state),
             identity.config,
             config,
             shutdown_signal(),

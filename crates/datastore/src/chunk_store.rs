@@ -476,6 +476,40 @@ impl ChunkStore {
         Ok(Marked::Touched)
     }
 
+    /// Chunk files under `.chunks/` and the bytes they occupy on disk, by
+    /// a pass over the 256 prefix directories without locks (a count for
+    /// people: chunks written or removed meanwhile may or may not be in
+    /// it). On object storage these are the local stubs: the count is
+    /// right, the bytes are the stubs'.
+    pub fn count(&self) -> Result<(u64, u64)> {
+        let (mut chunks, mut bytes) = (0u64, 0u64);
+        for prefix in 0..=255u8 {
+            let dir = self.base.join(format!("{prefix:02x}"));
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx(|| format!("listing {}", dir.display())),
+            };
+            for entry in rd {
+                let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+                if !entry.file_name().to_str().is_some_and(is_chunk_name) {
+                    continue;
+                }
+                match entry.metadata() {
+                    Ok(m) => {
+                        chunks += 1;
+                        bytes += m.blocks() * 512;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).ctx(|| format!("reading {}", entry.path().display()));
+                    }
+                }
+            }
+        }
+        Ok((chunks, bytes))
+    }
+
     /// GC's sweep of prefix directory `prefix`: under its exclusive lock,
     /// removes every chunk file stamped before `cutoff`. Streams the
     /// directory; memory does not grow with its size.

@@ -11,6 +11,7 @@
 //! DATASTORE/
 //!   .hoard-datastore            marker: format name and version
 //!   .chunks/ab/abcd…(64 hex)    one file per chunk, named by its digest
+//!   .reports/                   the last GC, prune and verify reports; usage over time
 //!   .tmp/proc.RAND/             each process's files being written (recovery.rs)
 //!   .server/                    the server's TLS key, certificate and tokens (not this crate's)
 //!   vm/100/owner                the group's owner (a token name)
@@ -61,6 +62,7 @@ mod manifest;
 mod object_chunks;
 pub mod prune;
 mod recovery;
+pub mod reports;
 pub mod verify;
 
 pub use backend::{Backend, DEFAULT_CACHE_BYTES, ObjectOptions};

@@ -131,6 +131,8 @@ pub(crate) struct Connection {
     /// backup, the snapshot it restores): prune leaves them alone until
     /// the connection ends.
     pub pins: HashMap<SnapshotPath, SnapshotPin>,
+    /// This session in the list of live connections (`/api/v1/connections`).
+    pub live_id: u64,
 }
 
 /// How a session begins: a version 1 session is authenticated already
@@ -187,6 +189,9 @@ pub(crate) async fn run<R, W>(
         reader.set_budgets(shared.unfinished.for_principal(&principal.name));
         let outgoing = shared.outgoing.for_principal(&principal.name);
         let known = KnownChunks::new(&principal, shared.config.limits.max_known_chunks);
+        let live_id = shared.web.live.register(peer, &principal.name, version);
+        shared.web.metrics.connections_opened.inc();
+        let live = shared.clone();
         let mut conn = Connection {
             ds: shared.ds.clone(),
             permits: shared.chunk_writes.clone(),
@@ -208,11 +213,13 @@ pub(crate) async fn run<R, W>(
             stored_new: HashSet::new(),
             registration: None,
             pins: HashMap::new(),
+            live_id,
         };
         conn.serve(&mut reader, &mut stop).await;
         conn.finish().await;
         // The writer ends when the last sender is gone.
         drop(conn);
+        live.web.live.unregister(live_id);
     } else {
         drop(tx);
     }
@@ -606,6 +613,9 @@ impl Connection {
         }
         match done.result {
             Ok(inserted) => {
+                if inserted == Inserted::Existed {
+                    self.shared.web.metrics.chunks_deduplicated.inc();
+                }
                 if inserted == Inserted::New
                     && done.for_image
                     && self.stored_new.len() < self.shared.config.limits.max_known_chunks
@@ -660,6 +670,7 @@ impl Connection {
         // A session that chose CloseSnapshot closes what it finished; one
         // still open here was cut off, whatever its files say.
         let confirms = self.features.contains(Features::CLOSE_SNAPSHOT);
+        let (shared, live_id) = (self.shared.clone(), self.live_id);
         let closed = tokio::task::spawn_blocking(move || {
             for s in snapshots {
                 let path = s.writer.path().clone();
@@ -668,6 +679,7 @@ impl Connection {
                 } else {
                     s.writer.close()
                 };
+                crate::api::snapshot_closed(&shared, live_id, &path, &closed);
                 match closed {
                     Ok(state) => info!(%peer, "snapshot {path} closed: {state:?}"),
                     Err(e) => warn!(%peer, "closing snapshot {path}: {e}"),

@@ -16,8 +16,8 @@
 //! prototype's login, `POST /api2/json/access/ticket` with `username` and
 //! `password`, is offered for a token: the username is the token's name,
 //! the password its secret, and the ticket handed back is the token.
-//! Nothing else is served; the packet protocol never starts without a
-//! valid token.
+//! Every other request goes to the HTTP API and web page ([`crate::api`]);
+//! the packet protocol never starts without a valid token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ enum Route {
         status: u16,
         message: String,
     },
+    /// Anything else: served by [`crate::api`].
+    Api,
 }
 
 struct Head {
@@ -114,10 +116,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                 Route::Ticket { body_len }
             }
         }
-        _ => Route::Other {
-            status: 404,
-            message: format!("no such endpoint: {method} {path}"),
-        },
+        // The API, the web page and /metrics (hyper parses the request
+        // again, with the connection's later ones).
+        _ => Route::Api,
     };
     Ok(Some(Head { route, len }))
 }
@@ -209,7 +210,7 @@ pub(crate) async fn serve<R, W>(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf = Vec::with_capacity(1024);
@@ -239,8 +240,17 @@ pub(crate) async fn serve<R, W>(
             }
         }
     };
+    if head.route == Route::Api {
+        // Authenticated per request from here on; the connection counts
+        // against the connection limit, no longer as a handshake.
+        drop(pending);
+        let reader = std::io::Cursor::new(buf).chain(reader);
+        let io = tokio::io::join(reader, w);
+        return crate::api::serve(io, peer, shared, stop).await;
+    }
     let rest = buf.split_off(head.len);
     match head.route {
+        Route::Api => {}
         Route::Other { status, message } => refuse(&mut w, peer, status, &message).await,
         Route::Ticket { body_len } => {
             let mut body = rest;
@@ -345,7 +355,7 @@ mod tests {
         let h = parse_head(b"GET /etc/passwd HTTP/1.1\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(matches!(h.route, Route::Other { status: 404, .. }));
+        assert_eq!(h.route, Route::Api);
         assert!(parse_head(b"\x16\x03\x01garbage\r\n\r\n").is_err());
         let h =
             parse_head(b"POST /api2/json/access/ticket HTTP/1.1\r\ncontent-length: 99999\r\n\r\n")

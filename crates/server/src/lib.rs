@@ -25,6 +25,7 @@
 //! time (handshake, idle, a packet that stops half-way).
 
 mod admission;
+mod api;
 mod authorize;
 mod budget;
 mod connection;
@@ -37,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hoard_auth::{Principal, TokenStore};
+use hoard_auth::{Principal, TokenStore, UserStore};
 use hoard_datastore::Datastore;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -146,6 +147,8 @@ pub struct Listeners {
 pub(crate) struct Shared {
     pub ds: Datastore,
     pub tokens: TokenStore,
+    /// Users of the web page.
+    pub users: UserStore,
     pub tls: tokio_rustls::TlsAcceptor,
     pub config: ServerConfig,
     /// Chunk writes in flight, all connections.
@@ -157,6 +160,8 @@ pub(crate) struct Shared {
     /// Files and snapshots open for writing, all connections.
     pub open_files: Arc<Semaphore>,
     pub admission: Admission,
+    /// The HTTP side: sessions, tasks, metrics, live connections.
+    pub web: api::WebState,
 }
 
 /// Serves `ds` until `shutdown` completes, then lets every connection
@@ -165,6 +170,7 @@ pub async fn serve(
     listeners: Listeners,
     ds: Datastore,
     tokens: TokenStore,
+    users: UserStore,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -174,6 +180,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         ds,
         tokens,
+        users,
+        web: api::WebState::new(),
         tls: tokio_rustls::TlsAcceptor::from(tls),
         chunk_writes: Arc::new(Semaphore::new(config.max_chunk_writes.max(1))),
         unfinished: budget::Budget::new(
@@ -191,6 +199,7 @@ pub async fn serve(
     let Listeners { main, v1 } = listeners;
     let v1 = v1.map(|(l, p)| (l, Arc::new(p)));
     let mut conns = JoinSet::new();
+    let sampler = tokio::spawn(api::usage::sampler(shared.clone(), stop_rx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -220,6 +229,7 @@ pub async fn serve(
     info!("shutting down: closing {} connection(s)", conns.len());
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
+    let _ = sampler.await;
     Ok(())
 }
 
@@ -267,7 +277,7 @@ fn admit(
 pub(crate) fn auth_message(e: &hoard_auth::AuthError, peer: SocketAddr) -> String {
     use hoard_auth::AuthError as E;
     match e {
-        E::Rejected(_) | E::Malformed => e.to_string(),
+        E::Rejected(_) | E::Malformed | E::LoginFailed => e.to_string(),
         other => {
             warn!(%peer, "authentication could not be checked: {other}");
             "authentication failed: the server cannot check tokens right now".into()

@@ -178,6 +178,8 @@ pub fn new_datastore(ds: &Path) -> hoard_datastore::Datastore {
 
 /// A stored chunk's bytes, wherever the datastore keeps them (a file,
 /// or an object; tests damage and lose chunks through these).
+pub mod web;
+
 pub mod stored {
     use hoard_datastore::{ChunkClass, Datastore};
     use hoard_types::Digest;

@@ -62,6 +62,11 @@ impl Connection {
                 if self.features.contains(hoard_protocol::Features::ENCRYPTION) {
                     writer.set_encrypted();
                 }
+                self.shared.web.metrics.backups_started.inc();
+                self.shared
+                    .web
+                    .live
+                    .backup_opened(self.live_id, snapshot.to_string());
                 let open = permits.split(1).expect("two permits taken");
                 self.snapshots.insert(
                     snapshot.clone(),
@@ -156,7 +161,9 @@ impl Connection {
             .snapshots
             .remove(&path)
             .expect("own_snapshot checked it");
-        match block_in_place(|| open.writer.close()) {
+        let closed = block_in_place(|| open.writer.close());
+        crate::api::snapshot_closed(&self.shared, self.live_id, &path, &closed);
+        match closed {
             Ok(SnapshotState::Complete) => self.send(stream, Message::Ok).await,
             Ok(_) => {
                 let why = "it has no file, a file of it was started and not finished, or it is encrypted and not sealed";

@@ -24,6 +24,13 @@ impl Connection {
             Err(e) => return self.fail_ds(stream, e).await,
         };
         *self.pending.entry(digest).or_default() += 1;
+        let m = &self.shared.web.metrics;
+        m.chunks_received.inc();
+        m.chunk_bytes_received.inc_by(data.len() as u64);
+        self.shared
+            .web
+            .live
+            .received(self.live_id, data.len() as u64);
         let ds = self.ds.clone();
         // An encoded session sends chunk files as stored (checked, kept
         // as sent); a version 1 or plain one sends the data.

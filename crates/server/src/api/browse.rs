@@ -1,0 +1,528 @@
+//! A tree archive's directories, one of its files, and whole disk images,
+//! read from the datastore the way a client restores them: indexes
+//! checked against the manifest, every chunk checked against its digest.
+//!
+//! Listing reads only the metadata chunks on the path (the archive's
+//! random access). Downloads stream: a blocking thread reads one chunk at
+//! a time into a small channel that the response body drains, so memory
+//! stays at a few chunks per download whatever the file's size, and a
+//! client that stops reading stops the reader. The snapshot is pinned
+//! while it is read, so prune leaves it (and GC its chunks) alone.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hoard_archive::format::{self, Extent, PAYLOAD_HEADER_SIZE, decode_payload_header};
+use hoard_archive::listing::listed;
+use hoard_archive::{Archive, ArchiveError, Entry, RangeSource};
+use hoard_datastore::{ChunkClass, Datastore, DynamicIndexReader, IndexReader, SnapshotInfo};
+use hoard_types::{ARCHIVE_META_SUFFIX, Digest, SnapshotPath};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::warn;
+
+use super::caller::Caller;
+use super::views::find_snapshot;
+use super::{ApiError, ApiResult, blocking, parse_snapshot};
+use crate::Shared;
+
+const DATA_SUFFIX: &str = ".hdata";
+/// Chunks a download may have read ahead of the client.
+const READ_AHEAD: usize = 4;
+/// Longest path asked for.
+const MAX_PATH: usize = 4096;
+/// Chunk digests looked up per index read.
+const BATCH: usize = 64;
+
+type ArchivePath = Path<(String, String, String, String)>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PathQuery {
+    #[serde(default)]
+    path: String,
+}
+
+/// A path inside an archive, refused if it could mean anything but a
+/// walk down from the root.
+fn archive_path(p: &str) -> ApiResult<String> {
+    if p.len() > MAX_PATH {
+        return Err(ApiError::bad(format!(
+            "a path has at most {MAX_PATH} bytes"
+        )));
+    }
+    if p.contains('\0') {
+        return Err(ApiError::bad("a path may not hold NUL"));
+    }
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.iter().any(|c| *c == ".." || *c == ".") {
+        return Err(ApiError::bad(format!(
+            "path {p:?} holds `.` or `..`: paths go down from the archive's root"
+        )));
+    }
+    Ok(parts.join("/"))
+}
+
+/// One chunk, read and checked against its digest.
+fn read_chunk(ds: &Datastore, digest: &Digest, what: &str) -> Result<Vec<u8>, String> {
+    let blob = ds
+        .chunks()
+        .load_blob(digest, ChunkClass::Plain)
+        .map_err(|e| format!("{what}: chunk {digest}: {e}"))?;
+    hoard_codec::blob::decode_plain(digest, &blob)
+        .map_err(|e| format!("{what}: chunk {digest}: {e}"))
+}
+
+/// A dynamic index's stream, read at offsets: a binary search over the
+/// index's entries (on disk) finds the chunk, and the last chunk read is
+/// kept for the next read.
+struct IndexSource {
+    ds: Datastore,
+    index: DynamicIndexReader,
+    size: u64,
+    what: String,
+    /// Index, start offset and data of the last chunk read.
+    last: Option<(u64, u64, Arc<Vec<u8>>)>,
+}
+
+impl IndexSource {
+    fn open(ds: &Datastore, snap: &SnapshotPath, stored: &str) -> ApiResult<IndexSource> {
+        let rel = format!("{snap}/{stored}");
+        let index = match ds.open_index(&rel) {
+            Ok(IndexReader::Dynamic(d)) => d,
+            Ok(IndexReader::Fixed(_)) => {
+                return Err(ApiError::conflict(format!("{rel} is not a stream")));
+            }
+            Err(e) => return Err(ApiError::internal("opening an index", e)),
+        };
+        index
+            .verify_checksum()
+            .map_err(|e| ApiError::internal("checking an index", e))?;
+        Ok(IndexSource {
+            ds: ds.clone(),
+            size: index.file_size(),
+            index,
+            what: rel,
+            last: None,
+        })
+    }
+
+    fn entry(&self, i: u64) -> Result<(u64, Digest), String> {
+        self.index
+            .entries(i, 1)
+            .map_err(|e| format!("{}: {e}", self.what))?
+            .pop()
+            .ok_or_else(|| format!("{}: entry {i} missing", self.what))
+    }
+
+    /// The chunk holding byte `offset`: its index, start and data.
+    fn chunk_at(&mut self, offset: u64) -> Result<(u64, u64, Arc<Vec<u8>>), String> {
+        if let Some((i, start, data)) = &self.last
+            && offset >= *start
+            && offset < start + data.len() as u64
+        {
+            return Ok((*i, *start, data.clone()));
+        }
+        // The first entry whose end lies beyond `offset`.
+        let (mut lo, mut hi) = (0u64, self.index.chunk_count());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid)?.0 > offset {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let (end, digest) = self.entry(lo)?;
+        let start = if lo == 0 { 0 } else { self.entry(lo - 1)?.0 };
+        let data = read_chunk(&self.ds, &digest, &self.what)?;
+        if data.len() as u64 != end.saturating_sub(start) {
+            return Err(format!(
+                "{}: chunk {digest} has {} bytes, the index says {}",
+                self.what,
+                data.len(),
+                end.saturating_sub(start)
+            ));
+        }
+        let data = Arc::new(data);
+        self.last = Some((lo, start, data.clone()));
+        Ok((lo, start, data))
+    }
+
+    /// Calls `sink` with the bytes `at..at+len`, a chunk's piece at a time.
+    fn pieces(
+        &mut self,
+        mut at: u64,
+        len: u64,
+        sink: &mut dyn FnMut(Bytes) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let end = at + len;
+        while at < end {
+            let (_, start, data) = self.chunk_at(at)?;
+            let from = (at - start) as usize;
+            let to = ((end - start) as usize).min(data.len());
+            sink(Bytes::copy_from_slice(&data[from..to]))?;
+            at += (to - from) as u64;
+        }
+        Ok(())
+    }
+}
+
+impl RangeSource for IndexSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&mut self, offset: u64, len: usize) -> hoard_archive::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        self.pieces(offset, len as u64, &mut |b| {
+            out.extend_from_slice(&b);
+            Ok(())
+        })
+        .map_err(ArchiveError::Source)?;
+        Ok(out)
+    }
+}
+
+fn archive_error(e: ArchiveError, what: &str) -> ApiError {
+    match e {
+        ArchiveError::NotFound(p) => ApiError::not_found(format!("{p}: not in archive {what}")),
+        ArchiveError::NotADirectory(p) => {
+            ApiError::conflict(format!("{p} is not a directory in archive {what}"))
+        }
+        ArchiveError::BadName(_) => ApiError::bad(e.to_string()),
+        other => ApiError::internal(&format!("reading archive {what}"), other),
+    }
+}
+
+/// The snapshot and archive a request names, checked readable and
+/// browsable.
+fn open_archive(
+    ds: &Datastore,
+    caller: &Caller,
+    snap: &SnapshotPath,
+    name: &str,
+) -> ApiResult<(SnapshotInfo, Archive<IndexSource>, IndexSource)> {
+    let (info, _) = find_snapshot(ds, &caller.principal, snap)?;
+    let meta = format!("{name}{ARCHIVE_META_SUFFIX}.didx");
+    let data = format!("{name}{DATA_SUFFIX}.didx");
+    if info.manifest.file(&meta).is_none() || info.manifest.file(&data).is_none() {
+        return Err(ApiError::not_found(format!("{snap} has no archive {name}")));
+    }
+    refuse_encrypted(&info)?;
+    let meta_src = IndexSource::open(ds, snap, &meta)?;
+    let data_src = IndexSource::open(ds, snap, &data)?;
+    let what = format!("{snap}/{name}");
+    let archive = Archive::open(meta_src, data_src.size).map_err(|e| archive_error(e, &what))?;
+    Ok((info, archive, data_src))
+}
+
+fn refuse_encrypted(info: &SnapshotInfo) -> ApiResult<()> {
+    if info.manifest.encrypted {
+        return Err(ApiError::conflict(format!(
+            "{} is encrypted: the server cannot read it; restore it with the client and its key",
+            info.path
+        )));
+    }
+    Ok(())
+}
+
+fn request(
+    path: Result<ArchivePath, PathRejection>,
+    query: Result<Query<PathQuery>, QueryRejection>,
+) -> ApiResult<(SnapshotPath, String, String)> {
+    let Path((ty, id, time, name)) = path?;
+    let Query(q) = query?;
+    Ok((
+        parse_snapshot(&ty, &id, &time)?,
+        name,
+        archive_path(&q.path)?,
+    ))
+}
+
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    path: Result<ArchivePath, PathRejection>,
+    query: Result<Query<PathQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (snap, name, dir) = request(path, query)?;
+    let ds = shared.ds.clone();
+    blocking(move || {
+        let (_, mut archive, _) = open_archive(&ds, &caller, &snap, &name)?;
+        let what = format!("{snap}/{name}");
+        let entry = archive.lookup(&dir).map_err(|e| archive_error(e, &what))?;
+        let entries = if entry.is_dir() {
+            archive
+                .read_dir(&entry)
+                .map_err(|e| archive_error(e, &what))?
+        } else {
+            vec![entry]
+        };
+        let entries: Vec<_> = entries.iter().map(listed).collect();
+        Ok(axum::Json(json!({"path": dir, "entries": entries})).into_response())
+    })
+    .await
+}
+
+/// A body fed by a blocking reader through a bounded channel; the
+/// permit (a place among the downloads running) and the snapshot's pin
+/// live until the reader ends.
+fn stream_body<F>(
+    permit: OwnedSemaphorePermit,
+    pin: hoard_datastore::SnapshotPin,
+    produce: F,
+) -> Body
+where
+    F: FnOnce(&mut dyn FnMut(Bytes) -> Result<(), String>) -> Result<(), String> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let _held = (permit, pin);
+        let sent = produce(&mut |b| {
+            tx.blocking_send(Ok(b))
+                .map_err(|_| "the client went away".to_string())
+        });
+        if let Err(e) = sent
+            && e != "the client went away"
+        {
+            warn!("download ended early: {e}");
+            // An error in the body makes hyper cut the response short, so
+            // the client sees a truncated download, never a
+            // complete-looking wrong one.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn download_headers(response: &mut Response, file_name: &str, len: u64) {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // RFC 6266: an ASCII fallback, and the exact name percent-encoded.
+    let ascii: String = file_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let exact =
+        percent_encoding::utf8_percent_encode(file_name, percent_encoding::NON_ALPHANUMERIC);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{exact}"
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+}
+
+fn download_permit(shared: &Shared) -> ApiResult<OwnedSemaphorePermit> {
+    shared
+        .web
+        .downloads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many downloads at once: try again when one has finished",
+            )
+        })
+}
+
+fn pin(ds: &Datastore, snap: &SnapshotPath) -> ApiResult<hoard_datastore::SnapshotPin> {
+    ds.pin_snapshot(snap)
+        .map_err(|e| ApiError::internal("pinning a snapshot", e))
+}
+
+/// The extents of a file's content in the data stream: where each piece
+/// lies in the stream and its length (the holes of a sparse file are
+/// zeros the body sends itself).
+fn file_extents(data: &mut IndexSource, e: &Entry) -> Result<Vec<(u64, Extent)>, String> {
+    let (at, len, sparse) = e.payload().ok_or("not a regular file")?;
+    let header = data
+        .read(at, PAYLOAD_HEADER_SIZE)
+        .map_err(|x| x.to_string())?;
+    let body = decode_payload_header(&header).map_err(|x| x.to_string())?;
+    if body != len - PAYLOAD_HEADER_SIZE as u64 {
+        return Err(format!(
+            "payload header says {body} bytes, the entry {}",
+            len - PAYLOAD_HEADER_SIZE as u64
+        ));
+    }
+    let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
+    let extents = if sparse {
+        let raw = data.read(pos, 8).map_err(|x| x.to_string())?;
+        let count = u64::from_le_bytes(raw.try_into().map_err(|_| "short extent count")?);
+        if count > format::MAX_EXTENTS || format::extent_map_len(count) > body {
+            return Err(format!(
+                "sparse map of {count} extents does not fit its payload"
+            ));
+        }
+        let raw = data
+            .read(pos + 8, (16 * count) as usize)
+            .map_err(|x| x.to_string())?;
+        let extents: Vec<Extent> = raw
+            .chunks_exact(16)
+            .map(|x| {
+                let (o, l) = x.split_at(8);
+                Extent {
+                    offset: u64::from_le_bytes(o.try_into().unwrap_or_default()),
+                    len: u64::from_le_bytes(l.try_into().unwrap_or_default()),
+                }
+            })
+            .collect();
+        format::check_extents(&extents, e.size, body).map_err(|x| x.to_string())?;
+        pos += format::extent_map_len(count);
+        extents
+    } else {
+        vec![Extent {
+            offset: 0,
+            len: e.size,
+        }]
+    };
+    let mut out = Vec::with_capacity(extents.len());
+    for ex in extents {
+        out.push((pos, ex));
+        pos += ex.len;
+    }
+    Ok(out)
+}
+
+/// Sends `n` zero bytes in pieces of at most 1 MiB.
+fn zeros(mut n: u64, sink: &mut dyn FnMut(Bytes) -> Result<(), String>) -> Result<(), String> {
+    const PIECE: u64 = 1 << 20;
+    let piece = Bytes::from(vec![0u8; PIECE.min(n) as usize]);
+    while n > 0 {
+        let k = PIECE.min(n);
+        sink(piece.slice(..k as usize))?;
+        n -= k;
+    }
+    Ok(())
+}
+
+pub(crate) async fn file(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    path: Result<ArchivePath, PathRejection>,
+    query: Result<Query<PathQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (snap, name, file) = request(path, query)?;
+    if file.is_empty() {
+        return Err(ApiError::bad("name a file with ?path="));
+    }
+    let permit = download_permit(&shared)?;
+    let ds = shared.ds.clone();
+    blocking(move || {
+        let pinned = pin(&ds, &snap)?;
+        let (_, mut archive, mut data) = open_archive(&ds, &caller, &snap, &name)?;
+        let what = format!("{snap}/{name}");
+        let entry = archive.lookup(&file).map_err(|e| archive_error(e, &what))?;
+        if entry.payload().is_none() {
+            return Err(ApiError::conflict(format!(
+                "{file} is a {} in {what}, not a regular file",
+                entry.kind.name()
+            )));
+        }
+        let extents = file_extents(&mut data, &entry)
+            .map_err(|e| ApiError::internal(&format!("reading {file} of {what}"), e))?;
+        let size = entry.size;
+        let base = file.rsplit('/').next().unwrap_or(&file).to_string();
+        let body = stream_body(permit, pinned, move |sink| {
+            let mut done = 0u64;
+            for (at, ex) in extents {
+                zeros(ex.offset - done, sink)?;
+                data.pieces(at, ex.len, sink)?;
+                done = ex.offset + ex.len;
+            }
+            zeros(size - done, sink)
+        });
+        let mut response = Response::new(body);
+        download_headers(&mut response, &base, size);
+        Ok(response)
+    })
+    .await
+}
+
+pub(crate) async fn image(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    path: Result<ArchivePath, PathRejection>,
+) -> ApiResult<Response> {
+    let Path((ty, id, time, name)) = path?;
+    let snap = parse_snapshot(&ty, &id, &time)?;
+    let permit = download_permit(&shared)?;
+    let ds = shared.ds.clone();
+    blocking(move || {
+        let pinned = pin(&ds, &snap)?;
+        let (info, _) = find_snapshot(&ds, &caller.principal, &snap)?;
+        let stored = format!("{name}.fidx");
+        if info.manifest.file(&stored).is_none() {
+            return Err(ApiError::not_found(format!("{snap} has no image {name}")));
+        }
+        refuse_encrypted(&info)?;
+        let rel = format!("{snap}/{stored}");
+        let index = ds
+            .open_index(&rel)
+            .map_err(|e| ApiError::internal("opening an index", e))?;
+        index
+            .verify_checksum()
+            .map_err(|e| ApiError::internal("checking an index", e))?;
+        let size = index.file_size();
+        let count = index.chunk_count();
+        let body = stream_body(permit, pinned, move |sink| {
+            let mut start = 0u64;
+            while start < count {
+                let n = (BATCH as u64).min(count - start) as usize;
+                let batch = index
+                    .sized_digests(start, n)
+                    .map_err(|e| format!("{rel}: {e}"))?;
+                for (digest, want) in batch {
+                    let data = read_chunk(&ds, &digest, &rel)?;
+                    if data.len() as u64 != want {
+                        return Err(format!(
+                            "{rel}: chunk {digest} has {} bytes, the index says {want}",
+                            data.len()
+                        ));
+                    }
+                    sink(Bytes::from(data))?;
+                }
+                start += n as u64;
+            }
+            Ok(())
+        });
+        let mut response = Response::new(body);
+        download_headers(&mut response, &name, size);
+        Ok(response)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_paths_go_down_only() {
+        assert_eq!(archive_path("").unwrap(), "");
+        assert_eq!(archive_path("/etc//hosts/").unwrap(), "etc/hosts");
+        for bad in ["..", "etc/../..", "./x", "a\0b"] {
+            let e = archive_path(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert!(archive_path(&"a/".repeat(3000)).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Who is calling: an API token in `Authorization`, or a user's session
+//! cookie (with its CSRF token on every change); and the login, logout
+//! and `me` endpoints.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hoard_auth::users::USER_PREFIX;
+use hoard_auth::{AuthError, Principal, Role};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tracing::info;
+
+use super::{ApiError, ApiResult, Peer, parse_body};
+use crate::Shared;
+
+pub(crate) const COOKIE: &str = "hoard_session";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The authenticated caller of a request.
+pub(crate) struct Caller {
+    pub principal: Arc<Principal>,
+    /// The session's id and CSRF token, when a user's session called.
+    pub session: Option<(String, String)>,
+}
+
+impl Caller {
+    /// The name shown for the caller: a token's name, or a user's.
+    pub fn display_name(&self) -> &str {
+        let n = &self.principal.name;
+        if self.session.is_some() {
+            n.strip_prefix(USER_PREFIX).unwrap_or(n)
+        } else {
+            n
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.principal.role == Role::Admin
+    }
+
+    pub fn require_admin(&self, what: &str) -> ApiResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{} (role {}) may not {what}: it takes the admin role",
+                self.display_name(),
+                self.principal.role
+            )))
+        }
+    }
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim);
+    Some(token.ok_or_else(|| {
+        ApiError::unauthorized("the Authorization header takes `Bearer NAME:SECRET`")
+    }))
+}
+
+fn auth_failure(e: AuthError, peer: &Peer) -> ApiError {
+    ApiError::unauthorized(crate::auth_message(&e, peer.0))
+}
+
+impl FromRequestParts<Arc<Shared>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> ApiResult<Caller> {
+        let peer = parts
+            .extensions
+            .get::<Peer>()
+            .copied()
+            .ok_or_else(|| ApiError::internal("a request", "no peer address"))?;
+        if let Some(token) = bearer(&parts.headers) {
+            let token = token?.to_string();
+            let store = shared.tokens.clone();
+            let principal = super::blocking(move || {
+                store
+                    .authenticate(&token)
+                    .map_err(|e| auth_failure(e, &peer))
+            })
+            .await?;
+            return Ok(Caller {
+                principal: Arc::new(principal),
+                session: None,
+            });
+        }
+        let Some(id) = cookie_value(&parts.headers, COOKIE) else {
+            return Err(ApiError::unauthorized(
+                "log in, or send an API token (Authorization: Bearer NAME:SECRET)",
+            ));
+        };
+        let ended = || ApiError::unauthorized("your session has ended: log in again");
+        let view = shared.web.sessions.get(id).ok_or_else(ended)?;
+        // The user as the file says now: removed, or a new password, ends
+        // the session; a new role holds at once.
+        let users = shared.users.clone();
+        let (name, stamp) = (view.user.clone(), view.stamp);
+        let current = super::blocking(move || Ok(users.current(&name, &stamp))).await?;
+        let user = match current {
+            Ok(u) => u,
+            Err(AuthError::LoginFailed) => {
+                shared.web.sessions.remove(id);
+                return Err(ended());
+            }
+            Err(e) => return Err(auth_failure(e, &peer)),
+        };
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .map(HeaderValue::as_bytes)
+                .unwrap_or_default();
+            if !bool::from(sent.ct_eq(view.csrf.as_bytes())) {
+                return Err(ApiError::forbidden(
+                    "missing or wrong X-CSRF-Token: a change needs the token login and /api/v1/me return",
+                ));
+            }
+        }
+        Ok(Caller {
+            principal: Arc::new(user.principal),
+            session: Some((id.to_string(), view.csrf)),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+fn session_cookie(id: &str, max_age: u64) -> HeaderValue {
+    let v = format!("{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+    HeaderValue::from_str(&v).expect("a cookie of hex digits is a header value")
+}
+
+pub(crate) async fn login(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let Login { user, password } = parse_body(&body?)?;
+    let _permit = shared.web.logins.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many logins at once: try again in a moment",
+        )
+    })?;
+    let users = shared.users.clone();
+    let name = user.clone();
+    let checked = super::blocking(move || Ok(users.login(&name, &password))).await?;
+    let session = match checked {
+        Ok(s) => s,
+        Err(e) => {
+            info!(peer = %peer.0, user = %user, "login refused: {e}");
+            return Err(auth_failure(e, &peer));
+        }
+    };
+    info!(peer = %peer.0, user = %user, "logged in");
+    let (id, view) = shared.web.sessions.create(&user, session.stamp);
+    let body = serde_json::json!({
+        "user": user,
+        "role": session.principal.role.as_str(),
+        "csrf": view.csrf,
+    });
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&id, super::sessions::LIFETIME.as_secs()),
+    );
+    Ok(response)
+}
+
+pub(crate) async fn logout(State(shared): State<Arc<Shared>>, caller: Caller) -> Response {
+    if let Some((id, _)) = &caller.session {
+        shared.web.sessions.remove(id);
+    }
+    let mut response = axum::Json(serde_json::json!({})).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie("", 0));
+    response
+}
+
+pub(crate) async fn me(caller: Caller) -> Response {
+    let p = &caller.principal;
+    let body = serde_json::json!({
+        "name": caller.display_name(),
+        "kind": if caller.session.is_some() { "user" } else { "token" },
+        "role": p.role.as_str(),
+        "paths": p.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "csrf": caller.session.as_ref().map(|(_, csrf)| csrf),
+        "may": {
+            "maintain": p.role != Role::Reader,
+            "admin": p.role == Role::Admin,
+        },
+    });
+    axum::Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_and_bearer_tokens_parse() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; hoard_session=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h, COOKIE), Some("abc"));
+        assert_eq!(cookie_value(&h, "c"), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer ci:secret"),
+        );
+        assert_eq!(bearer(&h).unwrap().unwrap(), "ci:secret");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        assert!(bearer(&h).unwrap().is_err());
+        let c = session_cookie("abc", 60);
+        let c = c.to_str().unwrap();
+        for part in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(c.contains(part), "{c}");
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The HTTP API, the web page and `/metrics` on the TLS port
+//! (docs/api.md).
+//!
+//! [`crate::http`] reads the first request head of every TLS connection
+//! that did not choose the packet protocol by ALPN; the seed's version 1
+//! upgrade and ticket login stay there, and everything else comes here:
+//! hyper serves the connection (keep-alive, bodies, timeouts) and axum
+//! routes each request. Every handler learns its caller from [`Caller`]
+//! (a token, or a user's session with its CSRF token checked on every
+//! change), asks [`hoard_auth`] what that caller may do, and does its
+//! datastore work on blocking threads.
+//!
+//! - [`sessions`]: who is logged in, and their CSRF tokens.
+//! - [`caller`]: turning a request's credentials into a principal.
+//! - [`views`]: read-only endpoints: status, usage, groups, snapshots,
+//!   reports, connections, tokens.
+//! - [`browse`]: a tree archive's directories, one file, a whole image.
+//! - [`tasks`]: prune, verify and GC run as tasks that outlive the request.
+//! - [`metrics`]: counters the packet protocol updates, and `/metrics`.
+//! - [`page`]: the page's three static files.
+
+pub(crate) mod browse;
+pub(crate) mod caller;
+pub(crate) mod live;
+pub(crate) mod metrics;
+pub(crate) mod page;
+pub(crate) mod sessions;
+pub(crate) mod tasks;
+pub(crate) mod usage;
+pub(crate) mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hoard_auth::{GroupOwner, Principal};
+use hoard_datastore::Datastore;
+use hoard_types::{BackupGroup, SnapshotPath};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::Shared;
+
+/// Downloads running at once, all callers together.
+const MAX_DOWNLOADS: usize = 32;
+/// Largest request body (logins, prune and verify requests).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// A request head must arrive whole this long after the previous
+/// response (or the connection) began; idle keep-alive connections close.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error answered as `{"error": "…"}` with its status.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+    /// A datastore error: its text names files, so it goes to the log,
+    /// and the caller learns only what failed.
+    pub fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+        warn!("{what}: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} failed; the server's log says why"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Rejections of axum's extractors (a bad query, path or body) as JSON
+/// errors with their status (400, 413, …).
+macro_rules! from_rejection {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(r: $t) -> ApiError {
+                ApiError::new(r.status(), r.body_text())
+            }
+        }
+    )*};
+}
+from_rejection!(
+    axum::extract::rejection::QueryRejection,
+    axum::extract::rejection::PathRejection,
+    axum::extract::rejection::BytesRejection
+);
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body: at most [`MAX_BODY`], unknown fields refused.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let body = if body.is_empty() {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("bad request body: {e}")))
+}
+
+/// Runs datastore work on a blocking thread.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal("a request", e))?
+}
+
+pub(crate) fn parse_group(s: &str) -> ApiResult<BackupGroup> {
+    s.parse()
+        .map_err(|e| ApiError::bad(format!("bad group {s:?}: {e}")))
+}
+
+pub(crate) fn parse_snapshot(ty: &str, id: &str, time: &str) -> ApiResult<SnapshotPath> {
+    let s = format!("{ty}/{id}/{time}");
+    s.parse()
+        .map_err(|e| ApiError::bad(format!("bad snapshot {s:?}: {e}")))
+}
+
+/// The owner of `group` as authorization needs it.
+pub(crate) fn owner_of(ds: &Datastore, group: &BackupGroup) -> ApiResult<GroupOwner> {
+    match ds.group_owner(group) {
+        Ok(Some(o)) => Ok(GroupOwner::Owned(o)),
+        Ok(None) => match ds.group_exists(group) {
+            Ok(true) => Ok(GroupOwner::Unowned),
+            Ok(false) => Ok(GroupOwner::New),
+            Err(e) => Err(ApiError::internal("reading a group", e)),
+        },
+        Err(e) => Err(ApiError::internal("reading a group's owner", e)),
+    }
+}
+
+/// Checks `principal` may read `group`; a group it may not read is
+/// answered as missing, so names outside its paths cannot be probed.
+pub(crate) fn readable(
+    ds: &Datastore,
+    principal: &Principal,
+    group: &BackupGroup,
+) -> ApiResult<GroupOwner> {
+    let owner = owner_of(ds, group)?;
+    if owner == GroupOwner::New || principal.may_read(group, &owner).is_err() {
+        return Err(ApiError::not_found(format!("no group {group}")));
+    }
+    Ok(owner)
+}
+
+/// Whether `principal` may protect, unprotect and prune in `group`:
+/// admins anywhere, backup principals in the groups they own within
+/// their paths.
+pub(crate) fn may_maintain(principal: &Principal, group: &BackupGroup, owner: &GroupOwner) -> bool {
+    use hoard_auth::Role;
+    match principal.role {
+        Role::Admin => true,
+        Role::Backup => {
+            principal.covers(group) && matches!(owner, GroupOwner::Owned(o) if *o == principal.name)
+        }
+        Role::Reader => false,
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/login", post(caller::login))
+        .route("/logout", post(caller::logout))
+        .route("/me", get(caller::me))
+        .route("/status", get(views::status))
+        .route("/usage", get(views::usage))
+        .route("/groups", get(views::groups))
+        .route("/snapshots", get(views::snapshots))
+        .route("/snapshots/{ty}/{id}/{time}", get(views::snapshot))
+        .route("/snapshots/{ty}/{id}/{time}/protect", post(views::protect))
+        .route(
+            "/snapshots/{ty}/{id}/{time}/unprotect",
+            post(views::unprotect),
+        )
+        .route(
+            "/snapshots/{ty}/{id}/{time}/archives/{name}/list",
+            get(browse::list),
+        )
+        .route(
+            "/snapshots/{ty}/{id}/{time}/archives/{name}/file",
+            get(browse::file),
+        )
+        .route(
+            "/snapshots/{ty}/{id}/{time}/images/{name}",
+            get(browse::image),
+        )
+        .route("/prune", post(tasks::start_prune))
+        .route("/verify", post(tasks::start_verify))
+        .route("/gc", post(tasks::start_gc))
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{id}", get(tasks::get))
+        .route("/reports", get(views::reports))
+        .route("/connections", get(views::connections))
+        .route("/tokens", get(views::tokens))
+        .fallback(|| async { ApiError::not_found("no such endpoint") });
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics::scrape))
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/style.css", get(page::style))
+        .fallback(|| async { ApiError::not_found("no such page") })
+        .layer(middleware::from_fn_with_state(shared.clone(), observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+/// Every response: its latency in the metrics, and headers that keep
+/// browsers from caching API answers, sniffing types or framing the page.
+async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut response = next.run(req).await;
+    shared.web.metrics.http_request(
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    let h = response.headers_mut();
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    response
+}
+
+/// Where a request came from (for the log and login throttling).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
+
+/// Serves HTTP on one TLS connection until the peer closes, a request
+/// head times out, or the server stops.
+pub(crate) async fn serve<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = router(shared).layer(axum::Extension(Peer(peer)));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                info!(%peer, "HTTP connection ended: {e}");
+            }
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
+/// Counts a snapshot a session closed, and takes it off the session's
+/// list of backups.
+pub(crate) fn snapshot_closed(
+    shared: &Shared,
+    live_id: u64,
+    path: &SnapshotPath,
+    closed: &hoard_datastore::Result<hoard_datastore::SnapshotState>,
+) {
+    let m = &shared.web.metrics;
+    match closed {
+        Ok(hoard_datastore::SnapshotState::Complete) => m.backups_finished.inc(),
+        _ => m.backups_failed.inc(),
+    };
+    shared.web.live.backup_closed(live_id, &path.to_string());
+}
+
+/// Server-wide state of the HTTP side.
+pub(crate) struct WebState {
+    pub sessions: sessions::Sessions,
+    pub tasks: tasks::Tasks,
+    pub metrics: metrics::Metrics,
+    pub live: live::Live,
+    pub usage: usage::UsageCache,
+    /// When the server started, seconds since the epoch.
+    pub started: i64,
+    /// Logins being checked at once (each Argon2id takes 19 MiB).
+    pub logins: tokio::sync::Semaphore,
+    /// File and image downloads at once (each holds a few chunks).
+    pub downloads: Arc<tokio::sync::Semaphore>,
+}
+
+impl WebState {
+    pub fn new() -> WebState {
+        WebState {
+            sessions: sessions::Sessions::new(),
+            tasks: tasks::Tasks::new(),
+            metrics: metrics::Metrics::new(),
+            live: live::Live::default(),
+            usage: usage::UsageCache::default(),
+            started: jiff::Timestamp::now().as_second(),
+            logins: tokio::sync::Semaphore::new(4),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
+        }
+    }
+}
