@@ -424,8 +424,10 @@ function drawUsageChart(node, rawSamples) {
   }
   const t0 = samples[0].time;
   const span = Math.max(1, samples[samples.length - 1].time - t0);
+  // The chunk store's own size: the file system's use is in the bar
+  // beside, and on one scale it would flatten the store to a line.
   let max = 1;
-  for (const s of samples) max = Math.max(max, s.fs_used || 0, s.chunk_bytes || 0);
+  for (const s of samples) max = Math.max(max, s.chunk_bytes || 0);
   const ticks = byteTicks(max);
   const top = ticks[ticks.length - 1];
   const x = (t) => (M.left + ((t - t0) / span) * (W - M.left - M.right)).toFixed(1);
@@ -441,18 +443,16 @@ function drawUsageChart(node, rawSamples) {
     return svg('text', { class: 'axis', x: x(t), y: H - 8, 'text-anchor': anchor }, timeLabel(t, span));
   });
 
-  const fs = samples.filter((s) => Number.isFinite(s.fs_used));
   const chunks = samples.filter((s) => Number.isFinite(s.chunk_bytes));
   const line = (list, key) => list.map((s) => `${x(s.time)},${y(s[key])}`).join(' ');
-  const area = fs.length
-    ? `M${x(fs[0].time)},${y(0)} L${line(fs, 'fs_used').replace(/ /g, ' L')} L${x(fs[fs.length - 1].time)},${y(0)} Z`
+  const area = chunks.length
+    ? `M${x(chunks[0].time)},${y(0)} L${line(chunks, 'chunk_bytes').replace(/ /g, ' L')} L${x(chunks[chunks.length - 1].time)},${y(0)} Z`
     : '';
 
   node.replaceChildren(
-    svg('title', {}, 'Datastore usage over time'),
+    svg('title', {}, 'Chunk store size over time'),
     ...grid,
-    svg('path', { class: 'area-fs', d: area }),
-    svg('polyline', { class: 'line-fs', points: line(fs, 'fs_used') }),
+    svg('path', { class: 'area-chunks', d: area }),
     svg('polyline', { class: 'line-chunks', points: line(chunks, 'chunk_bytes') }),
     svg('line', { class: 'axis-line', x1: M.left, x2: W - M.right, y1: y(0), y2: y(0) }),
     ...xLabels);
@@ -488,7 +488,7 @@ function groupRow(g) {
       stale && !g.failing ? badge('stale', 'warn') : null),
     el('td', {}, g.owner || '—'),
     el('td', { class: 'num' }, count(g.snapshots),
-      g.protected ? el('span', { class: 'muted', title: 'protected' }, ` · ${g.protected} 🔒`) : null),
+      g.protected ? el('span', { class: 'muted', title: 'protected' }, ` · ${g.protected} protected`) : null),
     el('td', {}, last ? timeWithAge(last.time) : el('span', { class: 'muted' }, 'none'),
       last && g.last_complete && g.last_complete !== last.time
         ? el('div', { class: 'muted small' }, `last complete ${humanAge(g.last_complete)}`) : null),
@@ -660,7 +660,7 @@ function snapshotRow(s) {
     el('td', {}, stateBadge(s.state)),
     el('td', {}, verifyBadge(s.verify ? s.verify.state : null, s.verify ? s.verify.time : null)),
     el('td', { class: 'flags' },
-      s.protected ? el('span', { class: 'badge lock', title: 'protected: never pruned' }, '🔒 protected') : null,
+      s.protected ? el('span', { class: 'badge lock', title: 'protected: never pruned' }, 'protected') : null,
       s.encrypted ? el('span', { class: 'badge enc', title: 'encrypted by the client' }, 'encrypted') : null),
     el('td', { class: 'num' }, humanSize(s.size)),
     el('td', { class: 'contents' }, snapshotContents(s)),
@@ -673,12 +673,12 @@ function snapshotContents(s) {
   }
   const sizes = new Map((s.files || []).filter((f) => f.kind === 'image').map((f) => [f.image, f.size]));
   const archives = (s.archives || []).map((name) =>
-    el('a', { class: 'browse', 'data-archive': name, href: browseHref(s.snapshot, name, '') }, `📁 ${name}`));
+    el('a', { class: 'browse', 'data-archive': name, href: browseHref(s.snapshot, name, '') }, `${name}/`));
   const images = (s.images || []).map((name) =>
     el('a', {
       class: 'image-download', href: `${snapshotApi(s.snapshot)}/images/${enc(name)}`, download: name,
       title: sizes.has(name) ? `download, ${humanSize(sizes.get(name))}` : 'download',
-    }, `⤓ ${name}`));
+    }, `↓ ${name}`));
   const all = [...archives, ...images];
   return all.length ? all : el('span', { class: 'muted' }, 'empty');
 }
@@ -794,7 +794,7 @@ function entryRow(snapshot, archive, base, e) {
 
 function entryName(snapshot, archive, full, e) {
   if (e.kind === 'dir') {
-    return el('a', { class: 'dir-link', href: browseHref(snapshot, archive, full) }, `📁 ${e.name}/`);
+    return el('a', { class: 'dir-link', href: browseHref(snapshot, archive, full) }, `${e.name}/`);
   }
   if (e.kind === 'file') {
     const url = `${snapshotApi(snapshot)}/archives/${enc(archive)}/file?path=${enc(full)}`;
