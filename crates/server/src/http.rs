@@ -326,6 +326,7 @@ pub(crate) fn fuzz(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = credential(Some(&text), Some(&text));
     let _ = login_fields(data);
+    crate::api::fuzz(data);
 }
 
 #[cfg(test)]

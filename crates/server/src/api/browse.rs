@@ -51,7 +51,7 @@ pub(crate) struct PathQuery {
 
 /// A path inside an archive, refused if it could mean anything but a
 /// walk down from the root.
-fn archive_path(p: &str) -> ApiResult<String> {
+pub(crate) fn archive_path(p: &str) -> ApiResult<String> {
     if p.len() > MAX_PATH {
         return Err(ApiError::bad(format!(
             "a path has at most {MAX_PATH} bytes"

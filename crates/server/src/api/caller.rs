@@ -224,6 +224,18 @@ pub(crate) async fn me(caller: Caller) -> Response {
     axum::Json(body).into_response()
 }
 
+/// The cookie, Authorization and login-body parsing, for the fuzz target.
+pub(crate) fn fuzz(data: &[u8]) {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(data) {
+        h.insert(header::COOKIE, v.clone());
+        h.insert(header::AUTHORIZATION, v);
+    }
+    let _ = cookie_value(&h, COOKIE);
+    let _ = bearer(&h);
+    let _ = parse_body::<Login>(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

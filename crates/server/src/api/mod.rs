@@ -307,6 +307,17 @@ pub(crate) async fn serve<IO>(
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
 }
 
+/// Everything the API parses of a peer's bytes before any datastore work
+/// (credentials, archive paths, request bodies), for the fuzz target.
+pub(crate) fn fuzz(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(p) = browse::archive_path(&text) {
+        assert!(!p.split('/').any(|c| c == ".." || c == "."));
+    }
+    caller::fuzz(data);
+    tasks::fuzz(data);
+}
+
 /// Counts a snapshot a session closed, and takes it off the session's
 /// list of backups.
 pub(crate) fn snapshot_closed(

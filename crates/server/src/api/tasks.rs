@@ -537,3 +537,11 @@ pub(crate) async fn get(
         .map(|t| Json(t.detail(since)))
         .ok_or_else(|| ApiError::not_found(format!("no task {id}")))
 }
+
+/// The request bodies of the maintenance endpoints, for the fuzz target.
+pub(crate) fn fuzz(data: &[u8]) {
+    let _ = parse_body::<PruneRequest>(data);
+    let _ = parse_body::<VerifyRequest>(data);
+    let _ = parse_body::<GcRequest>(data);
+    let _ = parse_body::<Since>(data);
+}
