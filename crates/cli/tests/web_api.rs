@@ -306,6 +306,14 @@ fn browsing_and_downloads() {
     file("", &w.rd).expect(400);
     file("etc/nothing", &w.rd).expect(404);
     file("etc/hosts", &w.bk).expect(404);
+    // Outside its paths a snapshot that exists and one that does not
+    // are answered alike.
+    let a = api.get(
+        "/api/v1/snapshots/host/web1/2020-01-01T00:00:00Z/archives/root/file?path=x",
+        &w.bk,
+    );
+    a.expect(404);
+    assert_eq!(a.error(), file("etc/hosts", &w.bk).error());
 
     // A whole image.
     let vm = first_snapshot(&w, "vm/100");
@@ -386,6 +394,15 @@ fn maintenance_actions_per_role() {
     assert_eq!(a.json()["protected"], true);
     let a = api.get(&format!("/api/v1/snapshots/{vm_old}"), &w.bk);
     assert_eq!(a.json()["protected"], true);
+    // Taking protection away is an admin's: a backup token sits on the
+    // machine it protects, where ransomware finds it.
+    let a = api.post(
+        &format!("/api/v1/snapshots/{vm_old}/unprotect"),
+        &w.bk,
+        &json!({}),
+    );
+    a.expect(403);
+    assert!(a.error().contains("admin role"));
     api.post(
         &format!("/api/v1/snapshots/{tree}/protect"),
         &w.admin,
@@ -429,6 +446,14 @@ fn maintenance_actions_per_role() {
         &json!({"group": "host/web1", "keep": {"last": 1}}),
     )
     .expect(404);
+    // Removing snapshots over the network is an admin's too.
+    let a = api.post(
+        "/api/v1/prune",
+        &w.bk,
+        &json!({"group": "vm/100", "keep": {"last": 1}, "dry_run": false}),
+    );
+    a.expect(403);
+    assert!(a.error().contains("admin role"));
 
     // A dry run by the owner: decisions, nothing removed.
     let a = api.post(
@@ -476,7 +501,16 @@ fn maintenance_actions_per_role() {
         &json!({}),
     )
     .expect(200);
+    // Without dry_run a prune is a dry run: removing is asked for in so
+    // many words.
     let a = api.post("/api/v1/prune", &w.admin, &json!({"keep": {"last": 1}}));
+    let t = api.wait_task(a.json()["task"].as_str().unwrap(), &w.admin);
+    assert_eq!(t["result"]["dry_run"], true);
+    let a = api.post(
+        "/api/v1/prune",
+        &w.admin,
+        &json!({"keep": {"last": 1}, "dry_run": false}),
+    );
     let t = api.wait_task(a.json()["task"].as_str().unwrap(), &w.admin);
     assert_eq!(t["state"], "ok", "{t}");
     let removed: Vec<_> = t["result"]["snapshots"]
@@ -660,6 +694,50 @@ fn sessions_cookies_and_csrf() {
     ok(&out);
     let users: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(names(&users, "name"), ["rob"]);
+
+    // Changes are JSON, and from this server's page if the browser says
+    // where they come from: a form of another site can neither log a
+    // browser in nor act with its session.
+    let rob = api.login("rob", "staple battery");
+    let login = br#"{"user": "rob", "password": "staple battery"}"#.to_vec();
+    let a = api.post_with(
+        "/api/v1/login",
+        &Auth::None,
+        login.clone(),
+        &[("content-type", "text/plain")],
+    );
+    a.expect(415);
+    assert!(a.error().contains("application/json"));
+    let evil = [
+        ("content-type", "application/json"),
+        ("origin", "https://evil.example"),
+    ];
+    api.post_with("/api/v1/login", &Auth::None, login.clone(), &evil)
+        .expect(403);
+    api.post_with("/api/v1/logout", &rob, b"{}".to_vec(), &evil)
+        .expect(403);
+    let ours = format!("https://{}", w.server.addr);
+    let same = [
+        ("content-type", "application/json"),
+        ("origin", ours.as_str()),
+    ];
+    api.post_with("/api/v1/login", &Auth::None, login, &same)
+        .expect(200);
+
+    // Guessing: after 5 failed logins from an address, its logins are
+    // refused for a minute, right passwords included.
+    for _ in 0..5 {
+        bad("rob", "wrong guess");
+    }
+    let a = api.post(
+        "/api/v1/login",
+        &Auth::None,
+        &json!({"user": "rob", "password": "staple battery"}),
+    );
+    a.expect(429);
+    assert!(a.error().contains("too many failed logins"));
+    // Sessions already open go on.
+    api.get("/api/v1/groups", &rob).expect(200);
 }
 
 #[test]
@@ -672,7 +750,14 @@ fn metrics_parse_as_prometheus_text() {
     assert_eq!(t["state"], "ok");
     api.get("/api/v1/nothing", &w.rd).expect(404);
 
-    let a = api.get("/metrics", &w.rd);
+    // Server-wide counters: admins and readers of everything only.
+    for who in [&w.bk, &w.rd] {
+        let a = api.get("/metrics", who);
+        a.expect(403);
+        assert!(a.error().contains("metrics"));
+    }
+    let monitor = Auth::Token(w.server.token("prometheus", "reader", &[]));
+    let a = api.get("/metrics", &monitor);
     a.expect(200);
     assert!(
         a.headers["content-type"]
@@ -726,4 +811,61 @@ fn metrics_parse_as_prometheus_text() {
         assert!(inf.less_than.is_infinite() && inf.count >= 1.0);
     }
     assert!(text.trim_end().ends_with("# EOF"));
+}
+
+#[test]
+fn http_connections_are_bounded_and_time_out() {
+    let server = Server::start_with(&["--idle-timeout", "1"]);
+    let api = Api::new(&server);
+    let head = b"GET /api/v1/status HTTP/1.1\r\nhost: x\r\n\r\n";
+    let open = || {
+        let mut c = Conn::connect_tls(&server.addr, &server.fingerprint, &[]);
+        c.send_raw(head);
+        c
+    };
+    // A body that stops half-way: the connection ends once nothing has
+    // moved for the idle time, and gives its place back.
+    let started = std::time::Instant::now();
+    let mut c = Conn::connect_tls(&server.addr, &server.fingerprint, &[]);
+    c.send_raw(b"POST /api/v1/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"user\"");
+    c.read_to_end();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "closed after {took:?}"
+    );
+    // So does an idle keep-alive connection.
+    let mut c = open();
+    assert!(c.read_http_head().starts_with("HTTP/1.1 401"));
+    c.read_to_end();
+
+    // At most 32 HTTP connections from one address: the next is told so,
+    // and backups (the packet protocol) still get in.
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let mut c = open();
+        assert!(c.read_http_head().starts_with("HTTP/1.1 401"));
+        held.push(c);
+    }
+    let mut c = open();
+    let refused = c.read_http_head();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let _v2 = server.connect_v2(&server.token);
+    drop(held);
+    // Their places come back (the server notices the closes at once).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if api
+            .get("/api/v1/status", &Auth::Token(server.token.clone()))
+            .status
+            == 200
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "places never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

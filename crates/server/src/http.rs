@@ -170,6 +170,7 @@ async fn respond<W: AsyncWrite + Unpin>(w: &mut W, status: u16, body: &str) {
         408 => "Request Timeout",
         413 => "Payload Too Large",
         429 => "Too Many Requests",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let response = format!(
@@ -242,7 +243,17 @@ pub(crate) async fn serve<R, W>(
     };
     if head.route == Route::Api {
         // Authenticated per request from here on; the connection counts
-        // against the connection limit, no longer as a handshake.
+        // against the HTTP connections (in all and per address), no
+        // longer as a handshake.
+        let Some(_http_slot) = shared.web.http_connections.take(peer.ip()) else {
+            return refuse(
+                &mut w,
+                peer,
+                503,
+                "too many HTTP connections (from this address, or in all); try again",
+            )
+            .await;
+        };
         drop(pending);
         let reader = std::io::Cursor::new(buf).chain(reader);
         let io = tokio::io::join(reader, w);

@@ -632,6 +632,10 @@ function openGroup(gen, group) {
   $('group-title').textContent = group;
   $('group-summary').textContent = '';
   $('prune').hidden = !state.me.may.maintain;
+  const dry = $('prune-dry-run');
+  if (!state.me.may.admin) dry.checked = true;
+  dry.disabled = !state.me.may.admin;
+  dry.title = state.me.may.admin ? '' : 'only an admin removes snapshots';
   $('snapshots').tBodies[0].replaceChildren(emptyRow(7, 'Loading…'));
   loadSnapshots(gen, group).catch(report);
 }
@@ -684,6 +688,10 @@ function snapshotContents(s) {
 }
 
 function protectButton(s) {
+  // Only an admin may take protection away (docs/security.md).
+  if (s.protected && !state.me.may.admin) {
+    return el('span', { class: 'muted small', title: 'an admin can unprotect it' }, 'protected');
+  }
   const action = s.protected ? 'unprotect' : 'protect';
   const button = el('button', { type: 'button', class: action }, s.protected ? 'Unprotect' : 'Protect');
   button.addEventListener('click', () => toggleProtect(s, action, button));
@@ -722,7 +730,8 @@ async function onPrune(event) {
     showMessage('Prune needs at least one number to keep.', 'error');
     return;
   }
-  const dryRun = $('prune-dry-run').checked;
+  // Only an admin may remove snapshots; others see what a policy does.
+  const dryRun = $('prune-dry-run').checked || !state.me.may.admin;
   const group = state.group;
   const gen = state.routeGen;
   const button = $('prune-run');

@@ -86,7 +86,7 @@ impl Api {
             Auth::None => req,
             Auth::Token(t) => req.bearer_auth(t),
             Auth::Session { cookie, csrf } => {
-                let req = req.header("cookie", format!("hoard_session={cookie}"));
+                let req = req.header("cookie", format!("__Host-hoard_session={cookie}"));
                 match csrf {
                     Some(c) => req.header("x-csrf-token", c),
                     None => req,
@@ -110,11 +110,21 @@ impl Api {
     }
 
     pub fn post_raw(&self, path: &str, auth: &Auth, body: Vec<u8>) -> Answer {
-        let req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body);
+        self.post_with(path, auth, body, &[("content-type", "application/json")])
+    }
+
+    /// A POST with exactly these extra headers.
+    pub fn post_with(
+        &self,
+        path: &str,
+        auth: &Auth,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         self.send(req, auth)
     }
 
@@ -134,7 +144,7 @@ impl Api {
             .unwrap()
             .to_string();
         let value = cookie
-            .strip_prefix("hoard_session=")
+            .strip_prefix("__Host-hoard_session=")
             .unwrap()
             .split(';')
             .next()

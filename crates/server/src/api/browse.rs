@@ -24,7 +24,7 @@ use hoard_datastore::{ChunkClass, Datastore, DynamicIndexReader, IndexReader, Sn
 use hoard_types::{ARCHIVE_META_SUFFIX, Digest, SnapshotPath};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::caller::Caller;
@@ -39,6 +39,10 @@ const READ_AHEAD: usize = 4;
 const MAX_PATH: usize = 4096;
 /// Chunk digests looked up per index read.
 const BATCH: usize = 64;
+/// Largest piece of metadata (a directory table, an extent map) read
+/// into memory for one request.
+const MAX_READ: usize = 64 << 20;
+const TOO_LARGE: &str = "more than the server reads at once";
 
 type ArchivePath = Path<(String, String, String, String)>;
 
@@ -92,18 +96,14 @@ struct IndexSource {
 }
 
 impl IndexSource {
-    fn open(ds: &Datastore, snap: &SnapshotPath, stored: &str) -> ApiResult<IndexSource> {
-        let rel = format!("{snap}/{stored}");
-        let index = match ds.open_index(&rel) {
-            Ok(IndexReader::Dynamic(d)) => d,
-            Ok(IndexReader::Fixed(_)) => {
+    fn open(ds: &Datastore, info: &SnapshotInfo, stored: &str) -> ApiResult<IndexSource> {
+        let rel = format!("{}/{stored}", info.path);
+        let index = match open_checked(ds, info, stored)? {
+            IndexReader::Dynamic(d) => d,
+            IndexReader::Fixed(_) => {
                 return Err(ApiError::conflict(format!("{rel} is not a stream")));
             }
-            Err(e) => return Err(ApiError::internal("opening an index", e)),
         };
-        index
-            .verify_checksum()
-            .map_err(|e| ApiError::internal("checking an index", e))?;
         Ok(IndexSource {
             ds: ds.clone(),
             size: index.file_size(),
@@ -180,6 +180,14 @@ impl RangeSource for IndexSource {
     }
 
     fn read(&mut self, offset: u64, len: usize) -> hoard_archive::Result<Vec<u8>> {
+        // A directory table or extent map larger than this is refused
+        // rather than held in memory (an archive allows 1 GiB).
+        if len > MAX_READ {
+            return Err(ArchiveError::Source(format!(
+                "{}: a read of {len} bytes at {offset} is {TOO_LARGE} ({MAX_READ}); use `hoard ls` or `hoard restore`",
+                self.what
+            )));
+        }
         let mut out = Vec::with_capacity(len);
         self.pieces(offset, len as u64, &mut |b| {
             out.extend_from_slice(&b);
@@ -190,6 +198,30 @@ impl RangeSource for IndexSource {
     }
 }
 
+/// Index `stored` of a snapshot, checked as a restore checks it: its
+/// header against the manifest's checksum (in `open_index`), its entries
+/// against the header, its size against the manifest's.
+fn open_checked(ds: &Datastore, info: &SnapshotInfo, stored: &str) -> ApiResult<IndexReader> {
+    let rel = format!("{}/{stored}", info.path);
+    let file = info
+        .manifest
+        .file(stored)
+        .ok_or_else(|| ApiError::not_found(format!("{} has no {stored}", info.path)))?;
+    let index = ds
+        .open_index(&rel)
+        .map_err(|e| ApiError::internal("opening an index", e))?;
+    index
+        .verify_checksum()
+        .map_err(|e| ApiError::internal("checking an index", e))?;
+    if index.file_size() != file.file_size || index.chunk_count() != file.chunk_count {
+        return Err(ApiError::internal(
+            "checking an index",
+            format!("{rel}: its size or chunk count differs from the manifest's"),
+        ));
+    }
+    Ok(index)
+}
+
 fn archive_error(e: ArchiveError, what: &str) -> ApiError {
     match e {
         ArchiveError::NotFound(p) => ApiError::not_found(format!("{p}: not in archive {what}")),
@@ -197,6 +229,7 @@ fn archive_error(e: ArchiveError, what: &str) -> ApiError {
             ApiError::conflict(format!("{p} is not a directory in archive {what}"))
         }
         ArchiveError::BadName(_) => ApiError::bad(e.to_string()),
+        ArchiveError::Source(m) if m.contains(TOO_LARGE) => ApiError::conflict(m),
         other => ApiError::internal(&format!("reading archive {what}"), other),
     }
 }
@@ -216,8 +249,8 @@ fn open_archive(
         return Err(ApiError::not_found(format!("{snap} has no archive {name}")));
     }
     refuse_encrypted(&info)?;
-    let meta_src = IndexSource::open(ds, snap, &meta)?;
-    let data_src = IndexSource::open(ds, snap, &data)?;
+    let meta_src = IndexSource::open(ds, &info, &meta)?;
+    let data_src = IndexSource::open(ds, &info, &data)?;
     let what = format!("{snap}/{name}");
     let archive = Archive::open(meta_src, data_src.size).map_err(|e| archive_error(e, &what))?;
     Ok((info, archive, data_src))
@@ -253,6 +286,7 @@ pub(crate) async fn list(
     query: Result<Query<PathQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let (snap, name, dir) = request(path, query)?;
+    let _reading = super::reading(&shared).await?;
     let ds = shared.ds.clone();
     blocking(move || {
         let (_, mut archive, _) = open_archive(&ds, &caller, &snap, &name)?;
@@ -274,11 +308,7 @@ pub(crate) async fn list(
 /// A body fed by a blocking reader through a bounded channel; the
 /// permit (a place among the downloads running) and the snapshot's pin
 /// live until the reader ends.
-fn stream_body<F>(
-    permit: OwnedSemaphorePermit,
-    pin: hoard_datastore::SnapshotPin,
-    produce: F,
-) -> Body
+fn stream_body<F>(permit: DownloadSlot, pin: hoard_datastore::SnapshotPin, produce: F) -> Body
 where
     F: FnOnce(&mut dyn FnMut(Bytes) -> Result<(), String>) -> Result<(), String> + Send + 'static,
 {
@@ -329,23 +359,41 @@ fn download_headers(response: &mut Response, file_name: &str, len: u64) {
     }
 }
 
-fn download_permit(shared: &Shared) -> ApiResult<OwnedSemaphorePermit> {
+type DownloadSlot = super::slots::Slot<String>;
+
+fn download_slot(shared: &Shared, caller: &Caller) -> ApiResult<DownloadSlot> {
     shared
         .web
         .downloads
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
+        .take(caller.principal.name.clone())
+        .ok_or_else(|| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many downloads at once: try again when one has finished",
+                "too many downloads at once (yours, or in all): try again when one has finished",
             )
         })
 }
 
+/// Pins a snapshot the caller was found allowed to read, so prune leaves
+/// it (and GC its chunks) alone while it is read; refuses one being
+/// written.
 fn pin(ds: &Datastore, snap: &SnapshotPath) -> ApiResult<hoard_datastore::SnapshotPin> {
-    ds.pin_snapshot(snap)
-        .map_err(|e| ApiError::internal("pinning a snapshot", e))
+    match ds.writer_active(snap) {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(ApiError::conflict(format!(
+                "{snap} is being written; download it when its backup has finished"
+            )));
+        }
+        Err(e) => return Err(ApiError::internal("reading a snapshot's lock", e)),
+    }
+    match ds.pin_snapshot(snap) {
+        Ok(p) => Ok(p),
+        Err(hoard_datastore::Error::SnapshotNotFound(_)) => {
+            Err(ApiError::not_found(format!("no snapshot {snap}")))
+        }
+        Err(e) => Err(ApiError::internal("pinning a snapshot", e)),
+    }
 }
 
 /// The extents of a file's content in the data stream: where each piece
@@ -424,11 +472,14 @@ pub(crate) async fn file(
     if file.is_empty() {
         return Err(ApiError::bad("name a file with ?path="));
     }
-    let permit = download_permit(&shared)?;
+    let permit = download_slot(&shared, &caller)?;
+    let _reading = super::reading(&shared).await?;
     let ds = shared.ds.clone();
     blocking(move || {
-        let pinned = pin(&ds, &snap)?;
+        // Allowed first: a snapshot the caller may not read is answered
+        // as missing, whether it exists or not.
         let (_, mut archive, mut data) = open_archive(&ds, &caller, &snap, &name)?;
+        let pinned = pin(&ds, &snap)?;
         let what = format!("{snap}/{name}");
         let entry = archive.lookup(&file).map_err(|e| archive_error(e, &what))?;
         if entry.payload().is_none() {
@@ -464,23 +515,19 @@ pub(crate) async fn image(
 ) -> ApiResult<Response> {
     let Path((ty, id, time, name)) = path?;
     let snap = parse_snapshot(&ty, &id, &time)?;
-    let permit = download_permit(&shared)?;
+    let permit = download_slot(&shared, &caller)?;
+    let _reading = super::reading(&shared).await?;
     let ds = shared.ds.clone();
     blocking(move || {
-        let pinned = pin(&ds, &snap)?;
         let (info, _) = find_snapshot(&ds, &caller.principal, &snap)?;
         let stored = format!("{name}.fidx");
         if info.manifest.file(&stored).is_none() {
             return Err(ApiError::not_found(format!("{snap} has no image {name}")));
         }
         refuse_encrypted(&info)?;
+        let pinned = pin(&ds, &snap)?;
         let rel = format!("{snap}/{stored}");
-        let index = ds
-            .open_index(&rel)
-            .map_err(|e| ApiError::internal("opening an index", e))?;
-        index
-            .verify_checksum()
-            .map_err(|e| ApiError::internal("checking an index", e))?;
+        let index = open_checked(&ds, &info, &stored)?;
         let size = index.file_size();
         let count = index.chunk_count();
         let body = stream_body(permit, pinned, move |sink| {

@@ -2,7 +2,10 @@
 //! cookie (with its CSRF token on every change); and the login, logout
 //! and `me` endpoints.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -20,7 +23,15 @@ use tracing::info;
 use super::{ApiError, ApiResult, Peer, parse_body};
 use crate::Shared;
 
-pub(crate) const COOKIE: &str = "hoard_session";
+/// `__Host-`: browsers take the cookie only from a secure origin, for
+/// the whole host, never set by a sibling domain.
+pub(crate) const COOKIE: &str = "__Host-hoard_session";
+/// Failed logins from one address within [`FAILURE_WINDOW`] before its
+/// logins are refused until the window ends.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// How long a login waits for a place among the logins being checked.
+const LOGIN_QUEUE: Duration = Duration::from_secs(10);
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The authenticated caller of a request.
@@ -148,6 +159,43 @@ impl FromRequestParts<Arc<Shared>> for Caller {
     }
 }
 
+/// Failed logins by address: after [`MAX_FAILURES`] in a minute, that
+/// address's logins are refused until the minute ends, so guessing runs
+/// at a few passwords a minute per address, not at Argon2id's speed.
+#[derive(Default)]
+pub(crate) struct Failures {
+    map: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Failures {
+    /// `Err(wait)` while `ip` is backing off.
+    fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let map = self.map.lock().expect("failures lock");
+        match map.get(&ip) {
+            Some((n, since)) if *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
+                Err(FAILURE_WINDOW - since.elapsed())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut map = self.map.lock().expect("failures lock");
+        if map.len() >= 100_000 {
+            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let e = map.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= FAILURE_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    fn succeeded(&self, ip: IpAddr) {
+        self.map.lock().expect("failures lock").remove(&ip);
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Login {
@@ -166,23 +214,38 @@ pub(crate) async fn login(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let Login { user, password } = parse_body(&body?)?;
-    let _permit = shared.web.logins.try_acquire().map_err(|_| {
-        ApiError::new(
+    let failures = &shared.web.failed_logins;
+    if let Err(wait) = failures.check(peer.0.ip()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins from your address: try again in {} s",
+                wait.as_secs() + 1
+            ),
+        ));
+    }
+    let permit = tokio::time::timeout(LOGIN_QUEUE, shared.web.logins.acquire()).await;
+    let Ok(Ok(_permit)) = permit else {
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too many logins at once: try again in a moment",
-        )
-    })?;
+        ));
+    };
     let users = shared.users.clone();
     let name = user.clone();
     let checked = super::blocking(move || Ok(users.login(&name, &password))).await?;
     let session = match checked {
         Ok(s) => s,
         Err(e) => {
-            info!(peer = %peer.0, user = %user, "login refused: {e}");
+            if matches!(e, AuthError::LoginFailed) {
+                failures.failed(peer.0.ip());
+            }
+            info!(peer = %peer.0, user = ?user, "login refused: {e}");
             return Err(auth_failure(e, &peer));
         }
     };
-    info!(peer = %peer.0, user = %user, "logged in");
+    failures.succeeded(peer.0.ip());
+    info!(peer = %peer.0, user = ?user, "logged in");
     let (id, view) = shared.web.sessions.create(&user, session.stamp);
     let body = serde_json::json!({
         "user": user,
@@ -241,13 +304,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn failed_logins_back_off_per_address() {
+        let f = Failures::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for _ in 0..MAX_FAILURES {
+            assert!(f.check(a).is_ok());
+            f.failed(a);
+        }
+        assert!(f.check(a).is_err(), "a backs off");
+        assert!(f.check(b).is_ok(), "b does not");
+        f.succeeded(a);
+        assert!(f.check(a).is_ok());
+    }
+
+    #[test]
     fn cookies_and_bearer_tokens_parse() {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; hoard_session=abc; b=2"),
+            HeaderValue::from_static("a=1; __Host-hoard_session=abc; b=2"),
         );
         assert_eq!(cookie_value(&h, COOKIE), Some("abc"));
+        assert_eq!(cookie_value(&h, "hoard_session"), None);
         assert_eq!(cookie_value(&h, "c"), None);
         h.insert(
             header::AUTHORIZATION,
@@ -258,7 +336,7 @@ mod tests {
         assert!(bearer(&h).unwrap().is_err());
         let c = session_cookie("abc", 60);
         let c = c.to_str().unwrap();
-        for part in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        for part in ["__Host-", "Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
             assert!(c.contains(part), "{c}");
         }
     }

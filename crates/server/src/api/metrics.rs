@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hoard_auth::Role;
 use hoard_datastore::reports::ReportKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -192,8 +193,20 @@ fn gauge(v: u64) -> i64 {
 
 pub(crate) async fn scrape(
     State(shared): State<Arc<Shared>>,
-    _caller: Caller,
+    caller: Caller,
 ) -> ApiResult<Response> {
+    // The counters are server-wide: whoever reads them learns of every
+    // group's backups, and the deduplication counter says whether an
+    // upload was new. So: admins, and readers of everything (who may
+    // read all of it anyway); never a backup token on a client.
+    let p = &caller.principal;
+    let everything = p.role == Role::Admin || (p.role == Role::Reader && p.scopes.is_empty());
+    if !everything {
+        return Err(ApiError::forbidden(format!(
+            "{} may not read the metrics: they take an admin, or a reader of every path",
+            caller.display_name()
+        )));
+    }
     let s = shared.clone();
     let reports = super::blocking(move || {
         let gc = s.ds.last_report(ReportKind::Gc);

@@ -21,10 +21,12 @@
 
 pub(crate) mod browse;
 pub(crate) mod caller;
+pub(crate) mod idle;
 pub(crate) mod live;
 pub(crate) mod metrics;
 pub(crate) mod page;
 pub(crate) mod sessions;
+pub(crate) mod slots;
 pub(crate) mod tasks;
 pub(crate) mod usage;
 pub(crate) mod views;
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,13 +50,23 @@ use tracing::{info, warn};
 
 use crate::Shared;
 
-/// Downloads running at once, all callers together.
+/// Downloads running at once, all callers together (a principal holds at
+/// most a quarter).
 const MAX_DOWNLOADS: usize = 32;
+/// HTTP connections at once, and from one address: a quarter of the
+/// server's connection limit at most, so they never crowd out backups.
+const MAX_HTTP_CONNECTIONS: usize = 256;
+const MAX_HTTP_PER_ADDRESS: usize = 32;
+/// Listings and archive reads running at once.
+const MAX_READS: usize = 4;
 /// Largest request body (logins, prune and verify requests).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// A request head must arrive whole this long after the previous
 /// response (or the connection) began; idle keep-alive connections close.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// An HTTP connection that moves no byte either way this long is closed
+/// (or sooner, with a shorter `--idle-timeout`).
+const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// An error answered as `{"error": "…"}` with its status.
 #[derive(Debug)]
@@ -130,6 +142,18 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
         body
     };
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("bad request body: {e}")))
+}
+
+/// A place among the listings and archive reads running at once (waited
+/// for: a burst of requests queues instead of taking every blocking
+/// thread).
+pub(crate) async fn reading(shared: &Shared) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    shared
+        .web
+        .reads
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("a request", e))
 }
 
 /// Runs datastore work on a blocking thread.
@@ -245,13 +269,21 @@ fn router(shared: Arc<Shared>) -> Router {
 /// browsers from caching API answers, sniffing types or framing the page.
 async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
-    let mut response = next.run(req).await;
-    shared.web.metrics.http_request(
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    // A bounded label: a peer chooses the method.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        _ => "other",
+    };
+    let mut response = match same_origin(&req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    shared
+        .web
+        .metrics
+        .http_request(method, response.status().as_u16(), started.elapsed());
     let h = response.headers_mut();
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -271,6 +303,40 @@ async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) ->
     response
 }
 
+/// Every request that changes something must be JSON (a form of another
+/// site cannot send that without the browser asking this server first,
+/// which it never allows), and must come from this server's own page if
+/// the browser says where it comes from. With the CSRF token this keeps
+/// other sites from logging a browser in or acting with its session.
+fn same_origin(req: &Request) -> ApiResult<()> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Ok(());
+    }
+    let h = req.headers();
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a request that changes something is JSON (Content-Type: application/json)",
+        ));
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+        let ours =
+            host.is_some_and(|host| origin.as_bytes() == format!("https://{host}").as_bytes());
+        if !ours {
+            return Err(ApiError::forbidden(
+                "a request from another site's page is refused",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Where a request came from (for the log and login throttling).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub SocketAddr);
@@ -285,6 +351,9 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // No progress either way this long ends the connection: an idle
+    // keep-alive, a body that stops half-way, a download nobody reads.
+    let shared_idle = shared.config.limits.idle_timeout.min(MAX_IDLE);
     let app = router(shared).layer(axum::Extension(Peer(peer)));
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -292,6 +361,8 @@ pub(crate) async fn serve<IO>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
+    let idle = shared_idle;
+    let io = idle::Idle::new(io, idle);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -345,8 +416,17 @@ pub(crate) struct WebState {
     pub started: i64,
     /// Logins being checked at once (each Argon2id takes 19 MiB).
     pub logins: tokio::sync::Semaphore,
-    /// File and image downloads at once (each holds a few chunks).
-    pub downloads: Arc<tokio::sync::Semaphore>,
+    /// File and image downloads at once (each holds a few chunks), all
+    /// callers and per principal.
+    pub downloads: slots::Slots<String>,
+    /// HTTP connections at once, all and per address: browsers and
+    /// scripts never take the places of backup connections.
+    pub http_connections: slots::Slots<std::net::IpAddr>,
+    /// Requests that list snapshots or read archives at once (each reads
+    /// manifests or tables on a blocking thread); the rest wait.
+    pub reads: tokio::sync::Semaphore,
+    /// Failed logins by address, for the backoff.
+    pub failed_logins: caller::Failures,
 }
 
 impl WebState {
@@ -359,7 +439,10 @@ impl WebState {
             usage: usage::UsageCache::default(),
             started: jiff::Timestamp::now().as_second(),
             logins: tokio::sync::Semaphore::new(4),
-            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
+            downloads: slots::Slots::new(MAX_DOWNLOADS, MAX_DOWNLOADS / 4),
+            http_connections: slots::Slots::new(MAX_HTTP_CONNECTIONS, MAX_HTTP_PER_ADDRESS),
+            reads: tokio::sync::Semaphore::new(MAX_READS),
+            failed_logins: caller::Failures::default(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub(crate) const IDLE: Duration = Duration::from_secs(3600);
 pub(crate) const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions at once; past this a login ends the least recently used.
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions of one user; past this the user's least recently used ends
+/// (so one user logging in again and again ends only their own).
+const MAX_PER_USER: usize = 64;
 
 /// What a request learns of its session.
 #[derive(Debug, Clone)]
@@ -82,6 +85,16 @@ impl Sessions {
         let now = Instant::now();
         let mut map = self.map.lock().expect("sessions lock");
         map.retain(|_, s| self.live(s, now));
+        let mine: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, s)| s.view.user == user)
+            .map(|(k, s)| (*k, s.last))
+            .collect();
+        if mine.len() >= MAX_PER_USER
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, last)| *last)
+        {
+            map.remove(oldest);
+        }
         if map.len() >= MAX_SESSIONS
             && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| *k)
         {
@@ -134,6 +147,15 @@ mod tests {
         assert!(s.get("nope").is_none());
         s.remove(&id);
         assert!(s.get(&id).is_none());
+
+        // One user's logins end only their own oldest sessions.
+        let (other, _) = s.create("bob", [2; 32]);
+        let first = s.create("carol", [3; 32]).0;
+        for _ in 0..MAX_PER_USER {
+            s.create("carol", [3; 32]);
+        }
+        assert!(s.get(&first).is_none(), "carol's oldest ended");
+        assert!(s.get(&other).is_some(), "bob's stays");
 
         let quick = Sessions::with_times(Duration::from_millis(20), Duration::from_secs(60));
         let (id3, _) = quick.create("carol", [3; 32]);

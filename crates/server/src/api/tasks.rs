@@ -154,6 +154,15 @@ impl Tasks {
         task
     }
 
+    /// Whether `principal` has a task of `kind` running.
+    fn running(&self, principal: &str, kind: &str) -> bool {
+        self.list
+            .lock()
+            .expect("tasks lock")
+            .iter()
+            .any(|t| t.principal == principal && t.kind == kind && t.lock().state == "running")
+    }
+
     fn visible_to(&self, principal: &Principal) -> Vec<Arc<Task>> {
         self.list
             .lock()
@@ -196,8 +205,13 @@ fn accepted(task: &Task) -> (StatusCode, Json<Value>) {
 struct PruneRequest {
     group: Option<String>,
     keep: Keep,
-    #[serde(default)]
+    /// A prune removes only when asked to in so many words.
+    #[serde(default = "yes")]
     dry_run: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]
@@ -243,6 +257,12 @@ pub(crate) async fn start_prune(
             caller.display_name()
         )));
     }
+    // Removing snapshots over the network is for admins only: a backup
+    // token sits on the machine it protects, where ransomware finds it
+    // (docs/security.md). Others may see what a policy would do.
+    if !req.dry_run {
+        caller.require_admin("remove snapshots (a prune without dry_run)")?;
+    }
     let group = req.group.as_deref().map(parse_group).transpose()?;
     if let Some(g) = &group {
         let (s, p, g) = (shared.clone(), caller.principal.clone(), g.clone());
@@ -255,6 +275,11 @@ pub(crate) async fn start_prune(
             }
         })
         .await?;
+    }
+    if shared.web.tasks.running(&caller.principal.name, "prune") {
+        return Err(ApiError::conflict(
+            "a prune you started is running already: follow it in /api/v1/tasks",
+        ));
     }
     let task = shared.web.tasks.create("prune", &caller);
     let principal = caller.principal.clone();

@@ -131,6 +131,7 @@ pub(crate) async fn status(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
+    let _reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     let (groups, snapshots, format) = blocking(move || {
@@ -174,6 +175,7 @@ pub(crate) async fn groups(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
+    let _reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     let out = blocking(move || {
@@ -243,6 +245,7 @@ pub(crate) async fn snapshots(
 ) -> ApiResult<Json<Value>> {
     let Query(q) = query?;
     let only = q.group.as_deref().map(parse_group).transpose()?;
+    let _reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     let out = blocking(move || {
@@ -303,6 +306,7 @@ pub(crate) async fn snapshot(
     path: Result<SnapPath, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let snap = snapshot_of(path)?;
+    let _reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     blocking(move || {
@@ -323,6 +327,12 @@ async fn set_protected(
     protect: bool,
 ) -> ApiResult<Json<Value>> {
     let snap = snapshot_of(path)?;
+    // Unprotecting opens a snapshot to removal: nothing on the network
+    // but an admin may take a snapshot's protection away (a backup token
+    // sits on the machine it protects, where ransomware finds it).
+    if !protect {
+        caller.require_admin("unprotect a snapshot")?;
+    }
     let who = caller.display_name().to_string();
     let principal = caller.principal.clone();
     blocking(move || {
