@@ -198,7 +198,17 @@ fn reading_endpoints_allow_and_deny_per_role() {
             .unwrap()
             .starts_with("hoard-datastore")
     );
-    api.get("/api/v1/usage", &w.rd).expect(200);
+    // The chunk store's size and history are server-wide: admins and
+    // readers of everything only.
+    assert!(s["datastore"].get("chunks").is_none());
+    api.get("/api/v1/usage", &w.rd).expect(403);
+    api.get("/api/v1/usage", &w.bk).expect(403);
+    let a = api.get("/api/v1/usage", &w.admin);
+    a.expect(200);
+    assert!(
+        !a.json()["samples"].as_array().unwrap().is_empty(),
+        "sampled at start"
+    );
 
     // Admin-only views.
     for path in ["/api/v1/reports", "/api/v1/connections", "/api/v1/tokens"] {
@@ -262,6 +272,13 @@ fn browsing_and_downloads() {
     assert_eq!(root["entries"][2]["target"], "etc/hosts");
     let a = list("etc", &w.rd);
     assert_eq!(names(&a.json()["entries"], "name"), ["hosts", "motd"]);
+    assert_eq!(a.json()["total"], 2);
+    let a = list("etc&offset=1", &w.rd);
+    assert_eq!(names(&a.json()["entries"], "name"), ["motd"]);
+    assert_eq!(
+        (a.json()["total"].as_u64(), a.json()["offset"].as_u64()),
+        (Some(2), Some(1))
+    );
     // A file lists as itself.
     let a = list("etc/hosts", &w.rd);
     assert_eq!(a.json()["entries"][0]["size"], 20);
@@ -724,11 +741,20 @@ fn sessions_cookies_and_csrf() {
     api.post_with("/api/v1/login", &Auth::None, login, &same)
         .expect(200);
 
-    // Guessing: after 5 failed logins from an address, its logins are
-    // refused for a minute, right passwords included.
-    for _ in 0..5 {
-        bad("rob", "wrong guess");
+    // Guessing: after 5 failed logins from an address in a minute (the
+    // two above count), its logins are refused until the minute ends,
+    // right passwords included.
+    let wrong = json!({"user": "rob", "password": "wrong guess"});
+    let mut refused_after = None;
+    for i in 0..5 {
+        let a = api.post("/api/v1/login", &Auth::None, &wrong);
+        if a.status == 429 {
+            refused_after = Some(i);
+            break;
+        }
+        a.expect(401);
     }
+    assert_eq!(refused_after, Some(3), "2 + 3 failures, then refused");
     let a = api.post(
         "/api/v1/login",
         &Auth::None,

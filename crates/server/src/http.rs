@@ -245,7 +245,7 @@ pub(crate) async fn serve<R, W>(
         // Authenticated per request from here on; the connection counts
         // against the HTTP connections (in all and per address), no
         // longer as a handshake.
-        let Some(_http_slot) = shared.web.http_connections.take(peer.ip()) else {
+        let Some(_http_slot) = shared.web.http_connections.take(peer.ip().into()) else {
             return refuse(
                 &mut w,
                 peer,

@@ -181,7 +181,7 @@ pub async fn serve(
         ds,
         tokens,
         users,
-        web: api::WebState::new(),
+        web: api::WebState::new(&config.limits),
         tls: tokio_rustls::TlsAcceptor::from(tls),
         chunk_writes: Arc::new(Semaphore::new(config.max_chunk_writes.max(1))),
         unfinished: budget::Budget::new(

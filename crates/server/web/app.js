@@ -353,9 +353,12 @@ async function loadDashboard(gen) {
 // --- usage
 
 async function loadUsage(gen) {
+  // The chunk store's size and history are server-wide figures, shown to
+  // admins and readers of every path only.
+  const server = Boolean(state.me.may.server);
   const [status, usage] = await Promise.all([
     api('GET', '/api/v1/status'),
-    api('GET', '/api/v1/usage'),
+    server ? api('GET', '/api/v1/usage') : Promise.resolve(null),
   ]);
   if (gen !== state.routeGen) return;
   renderUsageStats(status);
@@ -373,6 +376,16 @@ function usageBar(used, total) {
 
 function renderUsageStats(status) {
   const ds = (status && status.datastore) || {};
+  if (!state.me.may.server) {
+    $('usage-stats').replaceChildren(
+      el('p', { class: 'muted small' }, 'The datastore\'s size is shown to admins.'),
+      facts([
+        ['Groups', count(status && status.groups), 'num'],
+        ['Snapshots', count(status && status.snapshots), 'num'],
+        ['Server', status && status.version ? `hoard ${status.version}` : '—', 'num'],
+      ]));
+    return;
+  }
   const pct = ds.fs_total > 0 ? Math.round((ds.fs_used / ds.fs_total) * 100) : 0;
   const counted = ds.chunks === null || ds.chunks === undefined;
   $('usage-stats').replaceChildren(
@@ -418,8 +431,8 @@ function drawUsageChart(node, rawSamples) {
   node.setAttribute('viewBox', `0 0 ${W} ${H}`);
   const samples = rawSamples.filter((s) => Number.isFinite(s.time)).sort((a, b) => a.time - b.time);
   if (samples.length < 2) {
-    node.replaceChildren(svg('text', { class: 'chart-empty', x: W / 2, y: H / 2, 'text-anchor': 'middle' },
-      'Not enough history yet'));
+    const why = state.me.may.server ? 'Not enough history yet' : 'The datastore\'s history is shown to admins';
+    node.replaceChildren(svg('text', { class: 'chart-empty', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, why));
     return;
   }
   const t0 = samples[0].time;

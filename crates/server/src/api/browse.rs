@@ -23,7 +23,6 @@ use hoard_archive::{Archive, ArchiveError, Entry, RangeSource};
 use hoard_datastore::{ChunkClass, Datastore, DynamicIndexReader, IndexReader, SnapshotInfo};
 use hoard_types::{ARCHIVE_META_SUFFIX, Digest, SnapshotPath};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -51,6 +50,24 @@ type ArchivePath = Path<(String, String, String, String)>;
 pub(crate) struct PathQuery {
     #[serde(default)]
     path: String,
+    /// Listings: the first entry to answer (pages of [`MAX_LISTED`]).
+    #[serde(default)]
+    offset: usize,
+}
+
+/// Entries one listing answers at most; `offset` pages through more.
+const MAX_LISTED: usize = 10_000;
+/// Extents of a sparse file downloaded here at most (its map is held
+/// while the file streams); `hoard restore` takes any.
+const MAX_EXTENTS: u64 = 1 << 20;
+
+#[derive(serde::Serialize)]
+struct ListingPage {
+    path: String,
+    /// Entries in the directory.
+    total: usize,
+    offset: usize,
+    entries: Vec<hoard_archive::listing::ListedEntry>,
 }
 
 /// A path inside an archive, refused if it could mean anything but a
@@ -269,13 +286,14 @@ fn refuse_encrypted(info: &SnapshotInfo) -> ApiResult<()> {
 fn request(
     path: Result<ArchivePath, PathRejection>,
     query: Result<Query<PathQuery>, QueryRejection>,
-) -> ApiResult<(SnapshotPath, String, String)> {
+) -> ApiResult<(SnapshotPath, String, String, usize)> {
     let Path((ty, id, time, name)) = path?;
     let Query(q) = query?;
     Ok((
         parse_snapshot(&ty, &id, &time)?,
         name,
         archive_path(&q.path)?,
+        q.offset,
     ))
 }
 
@@ -285,10 +303,12 @@ pub(crate) async fn list(
     path: Result<ArchivePath, PathRejection>,
     query: Result<Query<PathQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let (snap, name, dir) = request(path, query)?;
-    let _reading = super::reading(&shared).await?;
+    let (snap, name, dir, offset) = request(path, query)?;
+    let reading = super::reading(&shared).await?;
     let ds = shared.ds.clone();
     blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         let (_, mut archive, _) = open_archive(&ds, &caller, &snap, &name)?;
         let what = format!("{snap}/{name}");
         let entry = archive.lookup(&dir).map_err(|e| archive_error(e, &what))?;
@@ -299,8 +319,20 @@ pub(crate) async fn list(
         } else {
             vec![entry]
         };
-        let entries: Vec<_> = entries.iter().map(listed).collect();
-        Ok(axum::Json(json!({"path": dir, "entries": entries})).into_response())
+        let total = entries.len();
+        let entries = entries
+            .iter()
+            .skip(offset)
+            .take(MAX_LISTED)
+            .map(listed)
+            .collect();
+        let page = ListingPage {
+            path: dir,
+            total,
+            offset,
+            entries,
+        };
+        Ok(axum::Json(page).into_response())
     })
     .await
 }
@@ -420,6 +452,11 @@ fn file_extents(data: &mut IndexSource, e: &Entry) -> Result<Vec<(u64, Extent)>,
                 "sparse map of {count} extents does not fit its payload"
             ));
         }
+        if count > MAX_EXTENTS {
+            return Err(format!(
+                "{count} extents, {TOO_LARGE} for one download ({MAX_EXTENTS}); use `hoard restore`"
+            ));
+        }
         let raw = data
             .read(pos + 8, (16 * count) as usize)
             .map_err(|x| x.to_string())?;
@@ -468,14 +505,16 @@ pub(crate) async fn file(
     path: Result<ArchivePath, PathRejection>,
     query: Result<Query<PathQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let (snap, name, file) = request(path, query)?;
+    let (snap, name, file, _) = request(path, query)?;
     if file.is_empty() {
         return Err(ApiError::bad("name a file with ?path="));
     }
     let permit = download_slot(&shared, &caller)?;
-    let _reading = super::reading(&shared).await?;
+    let reading = super::reading(&shared).await?;
     let ds = shared.ds.clone();
     blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         // Allowed first: a snapshot the caller may not read is answered
         // as missing, whether it exists or not.
         let (_, mut archive, mut data) = open_archive(&ds, &caller, &snap, &name)?;
@@ -488,8 +527,13 @@ pub(crate) async fn file(
                 entry.kind.name()
             )));
         }
-        let extents = file_extents(&mut data, &entry)
-            .map_err(|e| ApiError::internal(&format!("reading {file} of {what}"), e))?;
+        let extents = file_extents(&mut data, &entry).map_err(|e| {
+            if e.contains(TOO_LARGE) {
+                ApiError::conflict(format!("{file} of {what}: {e}"))
+            } else {
+                ApiError::internal(&format!("reading {file} of {what}"), e)
+            }
+        })?;
         let size = entry.size;
         let base = file.rsplit('/').next().unwrap_or(&file).to_string();
         let body = stream_body(permit, pinned, move |sink| {
@@ -516,9 +560,11 @@ pub(crate) async fn image(
     let Path((ty, id, time, name)) = path?;
     let snap = parse_snapshot(&ty, &id, &time)?;
     let permit = download_slot(&shared, &caller)?;
-    let _reading = super::reading(&shared).await?;
+    let reading = super::reading(&shared).await?;
     let ds = shared.ds.clone();
     blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         let (info, _) = find_snapshot(&ds, &caller.principal, &snap)?;
         let stored = format!("{name}.fidx");
         if info.manifest.file(&stored).is_none() {

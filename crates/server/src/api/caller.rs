@@ -29,6 +29,10 @@ pub(crate) const COOKIE: &str = "__Host-hoard_session";
 /// Failed logins from one address within [`FAILURE_WINDOW`] before its
 /// logins are refused until the window ends.
 const MAX_FAILURES: u32 = 5;
+/// Failed logins against one user within [`FAILURE_WINDOW`] (from any
+/// number of addresses) before that user's logins are refused until the
+/// window ends. Higher than per address: it also locks the real user out.
+const MAX_USER_FAILURES: u32 = 20;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How long a login waits for a place among the logins being checked.
 const LOGIN_QUEUE: Duration = Duration::from_secs(10);
@@ -159,40 +163,67 @@ impl FromRequestParts<Arc<Shared>> for Caller {
     }
 }
 
-/// Failed logins by address: after [`MAX_FAILURES`] in a minute, that
-/// address's logins are refused until the minute ends, so guessing runs
-/// at a few passwords a minute per address, not at Argon2id's speed.
+/// Failed logins by address and by user. Every login counts as failed
+/// from the moment it is asked (so parallel guesses count at once) and is
+/// given back if it succeeds (so a good login does not wipe out bad
+/// ones). After [`MAX_FAILURES`] in a minute from one address, or
+/// [`MAX_USER_FAILURES`] against one user, further logins are refused
+/// until the minute ends: guessing runs at a few passwords a minute, not
+/// at Argon2id's speed.
 #[derive(Default)]
 pub(crate) struct Failures {
-    map: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    map: Mutex<HashMap<FailureKey, (u32, Instant)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FailureKey {
+    Address(super::slots::AddressKey),
+    User(String),
 }
 
 impl Failures {
-    /// `Err(wait)` while `ip` is backing off.
-    fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let map = self.map.lock().expect("failures lock");
-        match map.get(&ip) {
-            Some((n, since)) if *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
-                Err(FAILURE_WINDOW - since.elapsed())
-            }
-            _ => Ok(()),
-        }
+    fn keys(ip: IpAddr, user: &str) -> [(FailureKey, u32); 2] {
+        [
+            (FailureKey::Address(ip.into()), MAX_FAILURES),
+            (FailureKey::User(user.to_string()), MAX_USER_FAILURES),
+        ]
     }
 
-    fn failed(&self, ip: IpAddr) {
+    /// Counts a login of `user` from `ip` as failed, or `Err(wait)` if
+    /// either is backing off (nothing counted then).
+    fn attempt(&self, ip: IpAddr, user: &str) -> Result<(), Duration> {
         let mut map = self.map.lock().expect("failures lock");
         if map.len() >= 100_000 {
             map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
-        let e = map.entry(ip).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= FAILURE_WINDOW {
-            *e = (0, Instant::now());
+        let keys = Failures::keys(ip, user);
+        for (key, max) in &keys {
+            if let Some((n, since)) = map.get(key) {
+                let age = since.elapsed();
+                if *n >= *max && age < FAILURE_WINDOW {
+                    return Err(FAILURE_WINDOW.saturating_sub(age));
+                }
+            }
         }
-        e.0 += 1;
+        for (key, _) in keys {
+            let e = map.entry(key).or_insert((0, Instant::now()));
+            if e.1.elapsed() >= FAILURE_WINDOW {
+                *e = (0, Instant::now());
+            }
+            e.0 += 1;
+        }
+        Ok(())
     }
 
-    fn succeeded(&self, ip: IpAddr) {
-        self.map.lock().expect("failures lock").remove(&ip);
+    /// Gives back what [`Failures::attempt`] counted, for a login that
+    /// succeeded.
+    fn succeeded(&self, ip: IpAddr, user: &str) {
+        let mut map = self.map.lock().expect("failures lock");
+        for (key, _) in Failures::keys(ip, user) {
+            if let Some(e) = map.get_mut(&key) {
+                e.0 = e.0.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -215,17 +246,17 @@ pub(crate) async fn login(
 ) -> ApiResult<Response> {
     let Login { user, password } = parse_body(&body?)?;
     let failures = &shared.web.failed_logins;
-    if let Err(wait) = failures.check(peer.0.ip()) {
+    if let Err(wait) = failures.attempt(peer.0.ip(), &user) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "too many failed logins from your address: try again in {} s",
+                "too many failed logins from your address or for this user: try again in {} s",
                 wait.as_secs() + 1
             ),
         ));
     }
-    let permit = tokio::time::timeout(LOGIN_QUEUE, shared.web.logins.acquire()).await;
-    let Ok(Ok(_permit)) = permit else {
+    let permit = tokio::time::timeout(LOGIN_QUEUE, shared.web.logins.clone().acquire_owned()).await;
+    let Ok(Ok(permit)) = permit else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too many logins at once: try again in a moment",
@@ -233,18 +264,21 @@ pub(crate) async fn login(
     };
     let users = shared.users.clone();
     let name = user.clone();
-    let checked = super::blocking(move || Ok(users.login(&name, &password))).await?;
+    // The place among the logins goes with the work: a client that hangs
+    // up drops this handler, never the Argon2id it started.
+    let checked = super::blocking(move || {
+        let _permit = permit;
+        Ok(users.login(&name, &password))
+    })
+    .await?;
     let session = match checked {
         Ok(s) => s,
         Err(e) => {
-            if matches!(e, AuthError::LoginFailed) {
-                failures.failed(peer.0.ip());
-            }
             info!(peer = %peer.0, user = ?user, "login refused: {e}");
             return Err(auth_failure(e, &peer));
         }
     };
-    failures.succeeded(peer.0.ip());
+    failures.succeeded(peer.0.ip(), &user);
     info!(peer = %peer.0, user = ?user, "logged in");
     let (id, view) = shared.web.sessions.create(&user, session.stamp);
     let body = serde_json::json!({
@@ -282,6 +316,7 @@ pub(crate) async fn me(caller: Caller) -> Response {
         "may": {
             "maintain": p.role != Role::Reader,
             "admin": p.role == Role::Admin,
+            "server": super::sees_server_wide(p),
         },
     });
     axum::Json(body).into_response()
@@ -304,17 +339,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failed_logins_back_off_per_address() {
+    fn failed_logins_back_off_per_address_and_user() {
         let f = Failures::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // A good login in between gives back only its own count.
         for _ in 0..MAX_FAILURES {
-            assert!(f.check(a).is_ok());
-            f.failed(a);
+            assert!(f.attempt(a, "mallory").is_ok());
+            f.succeeded(a, "mallory");
+            assert!(f.attempt(a, "alice").is_ok());
         }
-        assert!(f.check(a).is_err(), "a backs off");
-        assert!(f.check(b).is_ok(), "b does not");
-        f.succeeded(a);
-        assert!(f.check(a).is_ok());
+        assert!(f.attempt(a, "mallory").is_err(), "a backs off");
+        assert!(f.attempt(b, "bob").is_ok(), "b does not");
+        // Many addresses against one user.
+        let g = Failures::default();
+        for i in 0..MAX_USER_FAILURES {
+            let ip: IpAddr = format!("10.1.0.{i}").parse().unwrap();
+            assert!(g.attempt(ip, "admin").is_ok());
+        }
+        assert!(g.attempt("10.2.0.1".parse().unwrap(), "admin").is_err());
+        assert!(g.attempt("10.2.0.1".parse().unwrap(), "other").is_ok());
     }
 
     #[test]

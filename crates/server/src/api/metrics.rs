@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hoard_auth::Role;
 use hoard_datastore::reports::ReportKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -199,8 +198,7 @@ pub(crate) async fn scrape(
     // group's backups, and the deduplication counter says whether an
     // upload was new. So: admins, and readers of everything (who may
     // read all of it anyway); never a backup token on a client.
-    let p = &caller.principal;
-    let everything = p.role == Role::Admin || (p.role == Role::Reader && p.scopes.is_empty());
+    let everything = super::sees_server_wide(&caller.principal);
     if !everything {
         return Err(ApiError::forbidden(format!(
             "{} may not read the metrics: they take an admin, or a reader of every path",

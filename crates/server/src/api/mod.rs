@@ -53,8 +53,9 @@ use crate::Shared;
 /// Downloads running at once, all callers together (a principal holds at
 /// most a quarter).
 const MAX_DOWNLOADS: usize = 32;
-/// HTTP connections at once, and from one address: a quarter of the
-/// server's connection limit at most, so they never crowd out backups.
+/// HTTP connections at once (and never more than a quarter of the
+/// server's connection limit, so they never crowd out backups), and from
+/// one address (an IPv6 /64 counts as one).
 const MAX_HTTP_CONNECTIONS: usize = 256;
 const MAX_HTTP_PER_ADDRESS: usize = 32;
 /// Listings and archive reads running at once.
@@ -67,6 +68,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// An HTTP connection that moves no byte either way this long is closed
 /// (or sooner, with a shorter `--idle-timeout`).
 const MAX_IDLE: Duration = Duration::from_secs(60);
+/// After this an HTTP connection takes no new request.
+const MAX_LIFETIME: Duration = Duration::from_secs(600);
 
 /// An error answered as `{"error": "…"}` with its status.
 #[derive(Debug)]
@@ -147,13 +150,27 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 /// A place among the listings and archive reads running at once (waited
 /// for: a burst of requests queues instead of taking every blocking
 /// thread).
-pub(crate) async fn reading(shared: &Shared) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+///
+/// The caller moves the permit into the blocking work it guards: a
+/// client that hangs up drops its handler, never the work, and the place
+/// must stay taken until the work ends.
+pub(crate) async fn reading(shared: &Shared) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
     shared
         .web
         .reads
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| ApiError::internal("a request", e))
+}
+
+/// Whether `p` may see server-wide figures (metrics, the chunk store's
+/// size and history): they speak of every group's backups, so admins and
+/// readers of every path only, never a backup token on a client.
+pub(crate) fn sees_server_wide(p: &Principal) -> bool {
+    use hoard_auth::{Role, Scope};
+    p.role == Role::Admin
+        || (p.role == Role::Reader && (p.scopes.is_empty() || p.scopes.contains(&Scope::All)))
 }
 
 /// Runs datastore work on a blocking thread.
@@ -365,17 +382,25 @@ pub(crate) async fn serve<IO>(
     let io = idle::Idle::new(io, idle);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
+    let stopping = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 info!(%peer, "HTTP connection ended: {e}");
             }
             return;
         }
-        _ = stop.wait_for(|s| *s) => {}
-    }
+        _ = stop.wait_for(|s| *s) => true,
+        // Keep-alive connections are recycled: the request in flight (a
+        // long download, say) finishes, then the connection closes, so
+        // no one holds a place by asking something now and then.
+        _ = tokio::time::sleep(MAX_LIFETIME) => false,
+    };
     conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    if stopping {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    } else {
+        let _ = conn.await;
+    }
 }
 
 /// Everything the API parses of a peer's bytes before any datastore work
@@ -415,22 +440,22 @@ pub(crate) struct WebState {
     /// When the server started, seconds since the epoch.
     pub started: i64,
     /// Logins being checked at once (each Argon2id takes 19 MiB).
-    pub logins: tokio::sync::Semaphore,
+    pub logins: Arc<tokio::sync::Semaphore>,
     /// File and image downloads at once (each holds a few chunks), all
     /// callers and per principal.
     pub downloads: slots::Slots<String>,
     /// HTTP connections at once, all and per address: browsers and
     /// scripts never take the places of backup connections.
-    pub http_connections: slots::Slots<std::net::IpAddr>,
+    pub http_connections: slots::Slots<slots::AddressKey>,
     /// Requests that list snapshots or read archives at once (each reads
     /// manifests or tables on a blocking thread); the rest wait.
-    pub reads: tokio::sync::Semaphore,
+    pub reads: Arc<tokio::sync::Semaphore>,
     /// Failed logins by address, for the backoff.
     pub failed_logins: caller::Failures,
 }
 
 impl WebState {
-    pub fn new() -> WebState {
+    pub fn new(limits: &crate::Limits) -> WebState {
         WebState {
             sessions: sessions::Sessions::new(),
             tasks: tasks::Tasks::new(),
@@ -438,10 +463,13 @@ impl WebState {
             live: live::Live::default(),
             usage: usage::UsageCache::default(),
             started: jiff::Timestamp::now().as_second(),
-            logins: tokio::sync::Semaphore::new(4),
+            logins: Arc::new(tokio::sync::Semaphore::new(4)),
             downloads: slots::Slots::new(MAX_DOWNLOADS, MAX_DOWNLOADS / 4),
-            http_connections: slots::Slots::new(MAX_HTTP_CONNECTIONS, MAX_HTTP_PER_ADDRESS),
-            reads: tokio::sync::Semaphore::new(MAX_READS),
+            http_connections: slots::Slots::new(
+                MAX_HTTP_CONNECTIONS.min(limits.max_connections / 4).max(1),
+                MAX_HTTP_PER_ADDRESS,
+            ),
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
             failed_logins: caller::Failures::default(),
         }
     }

@@ -10,6 +10,23 @@ struct Counts<K> {
     by: HashMap<K, usize>,
 }
 
+/// An address as the HTTP connection cap counts it: an IPv4 address, or
+/// the /64 network of an IPv6 one (what one host is normally given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct AddressKey(u128);
+
+impl From<std::net::IpAddr> for AddressKey {
+    fn from(ip: std::net::IpAddr) -> AddressKey {
+        match ip {
+            std::net::IpAddr::V4(v4) => AddressKey(u32::from(v4) as u128),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey(u32::from(v4) as u128),
+                None => AddressKey((u128::from(v6) >> 64 << 64) | (1 << 32)),
+            },
+        }
+    }
+}
+
 pub(crate) struct Slots<K: Eq + Hash + Clone> {
     inner: Arc<Mutex<Counts<K>>>,
     max: usize,
@@ -67,6 +84,18 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_64_is_one_address() {
+        let a: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert_eq!(AddressKey::from(a), AddressKey::from(b));
+        assert_ne!(AddressKey::from(a), AddressKey::from(c));
+        let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(AddressKey::from(v4), AddressKey::from(mapped));
+    }
 
     #[test]
     fn places_are_capped_in_all_and_per_key() {

@@ -122,6 +122,21 @@ impl Tasks {
     }
 
     fn create(&self, kind: &'static str, caller: &Caller) -> Arc<Task> {
+        self.create_if(kind, caller, |_| false)
+            .expect("nothing stands in the way")
+    }
+
+    /// A new task, unless a task for which `blocks` holds is listed.
+    fn create_if(
+        &self,
+        kind: &'static str,
+        caller: &Caller,
+        blocks: impl Fn(&Task) -> bool,
+    ) -> Option<Arc<Task>> {
+        let mut list = self.list.lock().expect("tasks lock");
+        if list.iter().any(|t| blocks(t)) {
+            return None;
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let started = jiff::Timestamp::now().as_second();
         let task = Arc::new(Task {
@@ -140,7 +155,6 @@ impl Tasks {
                 error: None,
             }),
         });
-        let mut list = self.list.lock().expect("tasks lock");
         list.push_back(task.clone());
         // The oldest finished tasks go first; running ones stay.
         while list.len() > KEPT {
@@ -151,16 +165,15 @@ impl Tasks {
                 None => break,
             }
         }
-        task
+        Some(task)
     }
 
-    /// Whether `principal` has a task of `kind` running.
-    fn running(&self, principal: &str, kind: &str) -> bool {
-        self.list
-            .lock()
-            .expect("tasks lock")
-            .iter()
-            .any(|t| t.principal == principal && t.kind == kind && t.lock().state == "running")
+    /// A new task of `kind`, unless the caller has one running (checked
+    /// and created under one lock, so two requests cannot both pass).
+    fn create_alone(&self, kind: &'static str, caller: &Caller) -> Option<Arc<Task>> {
+        self.create_if(kind, caller, |t| {
+            t.principal == caller.principal.name && t.kind == kind && t.lock().state == "running"
+        })
     }
 
     fn visible_to(&self, principal: &Principal) -> Vec<Arc<Task>> {
@@ -276,12 +289,11 @@ pub(crate) async fn start_prune(
         })
         .await?;
     }
-    if shared.web.tasks.running(&caller.principal.name, "prune") {
+    let Some(task) = shared.web.tasks.create_alone("prune", &caller) else {
         return Err(ApiError::conflict(
             "a prune you started is running already: follow it in /api/v1/tasks",
         ));
-    }
-    let task = shared.web.tasks.create("prune", &caller);
+    };
     let principal = caller.principal.clone();
     let by = caller.display_name().to_string();
     let dry_run = req.dry_run;

@@ -131,10 +131,12 @@ pub(crate) async fn status(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
-    let _reading = super::reading(&shared).await?;
+    let reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     let (groups, snapshots, format) = blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         let (list, owners) = visible(&s.ds, &principal, None)?;
         let format = std::fs::read_to_string(s.ds.root().join(".hoard-datastore"))
             .map(|t| t.trim().to_string())
@@ -142,7 +144,13 @@ pub(crate) async fn status(
         Ok((owners.len(), list.len(), format))
     })
     .await?;
-    let mut ds = fs_gauges(&shared);
+    // The chunk store's size is server-wide: not for a backup token
+    // (docs/security.md, "The web page and HTTP API").
+    let mut ds = if super::sees_server_wide(&caller.principal) {
+        fs_gauges(&shared)
+    } else {
+        json!({})
+    };
     ds["format"] = json!(format);
     ds["object_storage"] = json!(shared.ds.object_storage().is_some());
     // Where the datastore lives is for admins only.
@@ -160,8 +168,14 @@ pub(crate) async fn status(
 
 pub(crate) async fn usage(
     State(shared): State<Arc<Shared>>,
-    _caller: Caller,
+    caller: Caller,
 ) -> ApiResult<Json<Value>> {
+    if !super::sees_server_wide(&caller.principal) {
+        return Err(ApiError::forbidden(format!(
+            "{} may not see the datastore's history: it takes an admin, or a reader of every path",
+            caller.display_name()
+        )));
+    }
     let s = shared.clone();
     let samples = blocking(move || {
         s.ds.usage_history()
@@ -175,10 +189,12 @@ pub(crate) async fn groups(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
-    let _reading = super::reading(&shared).await?;
+    let reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     let out = blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         let (list, owners) = visible(&s.ds, &principal, None)?;
         let mut by_group: BTreeMap<String, Vec<&SnapshotInfo>> = BTreeMap::new();
         for info in &list {
@@ -245,10 +261,12 @@ pub(crate) async fn snapshots(
 ) -> ApiResult<Json<Value>> {
     let Query(q) = query?;
     let only = q.group.as_deref().map(parse_group).transpose()?;
-    let _reading = super::reading(&shared).await?;
+    let reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     let out = blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         if let Some(g) = &only {
             readable(&s.ds, &principal, g)?;
         }
@@ -306,10 +324,12 @@ pub(crate) async fn snapshot(
     path: Result<SnapPath, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let snap = snapshot_of(path)?;
-    let _reading = super::reading(&shared).await?;
+    let reading = super::reading(&shared).await?;
     let s = shared.clone();
     let principal = caller.principal.clone();
     blocking(move || {
+        // The place goes with the work (see `reading`).
+        let _reading = reading;
         let (info, owner) = find_snapshot(&s.ds, &principal, &snap)?;
         let owner = match owner {
             GroupOwner::Owned(o) => Some(o),
