@@ -145,3 +145,81 @@ impl<S: RangeSource> Archive<S> {
         Ok(current)
     }
 }
+
+/// Where a file's content lies in the data stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadLayout {
+    /// Stream offset of the first extent's bytes; each next extent's
+    /// bytes follow the previous one's.
+    pub data_at: u64,
+    /// The file's extents, in order; one covering the whole file if it
+    /// is dense.
+    pub extents: Vec<crate::format::Extent>,
+    pub sparse: bool,
+}
+
+/// Why a payload's layout could not be read: the stream failed (the
+/// caller's error), or the bytes are not a valid payload.
+#[derive(Debug)]
+pub enum LayoutError<E> {
+    Source(E),
+    Malformed(String),
+}
+
+/// Reads and checks the payload header (and, for a sparse file, the
+/// extent map, refused if it has more than `max_extents`) of file entry
+/// `e` through `read(offset, len)` on the data stream.
+pub fn payload_layout<E>(
+    e: &Entry,
+    max_extents: u64,
+    read: &mut dyn FnMut(u64, u64) -> std::result::Result<Vec<u8>, E>,
+) -> std::result::Result<PayloadLayout, LayoutError<E>> {
+    use crate::format::{self, Extent, decode_payload_header};
+    let malformed = |x: ArchiveError| LayoutError::Malformed(x.to_string());
+    let (at, len, sparse) = e
+        .payload()
+        .ok_or_else(|| LayoutError::Malformed("not a file with content".into()))?;
+    let header = read(at, PAYLOAD_HEADER_SIZE as u64).map_err(LayoutError::Source)?;
+    let body = decode_payload_header(&header).map_err(malformed)?;
+    if body != len - PAYLOAD_HEADER_SIZE as u64 {
+        return Err(LayoutError::Malformed(format!(
+            "payload header says {body} bytes, the entry {}",
+            len - PAYLOAD_HEADER_SIZE as u64
+        )));
+    }
+    let mut data_at = at + PAYLOAD_HEADER_SIZE as u64;
+    let extents = if sparse {
+        let raw = read(data_at, 8).map_err(LayoutError::Source)?;
+        let count = raw
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| LayoutError::Malformed("short sparse map".into()))?;
+        if count > format::MAX_EXTENTS.min(max_extents) || format::extent_map_len(count) > body {
+            return Err(LayoutError::Malformed(format!(
+                "sparse map of {count} extents does not fit its payload, or is more than {max_extents} extents"
+            )));
+        }
+        let raw = read(data_at + 8, 16 * count).map_err(LayoutError::Source)?;
+        let extents: Vec<Extent> = raw
+            .chunks_exact(16)
+            .map(|x| Extent {
+                offset: u64::from_le_bytes(x[..8].try_into().expect("8 of 16 bytes")),
+                len: u64::from_le_bytes(x[8..].try_into().expect("8 of 16 bytes")),
+            })
+            .collect();
+        format::check_extents(&extents, e.size, body).map_err(malformed)?;
+        data_at += format::extent_map_len(count);
+        extents
+    } else {
+        vec![Extent {
+            offset: 0,
+            len: e.size,
+        }]
+    };
+    Ok(PayloadLayout {
+        data_at,
+        extents,
+        sparse,
+    })
+}

@@ -16,6 +16,7 @@
 //! This crate knows nothing of sockets or of the datastore's layout.
 
 pub mod access;
+mod state_file;
 pub mod tokens;
 pub mod users;
 

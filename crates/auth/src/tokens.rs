@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::access::{Principal, Role, Scope};
+use crate::state_file::{self, RecordFile};
 
 const FILE_NAME: &str = "tokens.json";
 const LOCK_NAME: &str = "tokens.lock";
@@ -86,12 +87,6 @@ struct TokenRecord {
     created: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct TokenFile {
-    format: String,
-    tokens: Vec<TokenRecord>,
-}
-
 /// The token file in a directory; created on first change.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
@@ -131,46 +126,23 @@ impl TokenStore {
         }
     }
 
+    fn file(&self) -> RecordFile {
+        state_file::in_dir(&self.dir, FILE_NAME, LOCK_NAME, FORMAT, "tokens")
+    }
+
     fn path(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+        self.file().path()
     }
 
     fn load(&self) -> Result<Vec<TokenRecord>, AuthError> {
-        let path = self.path();
-        let text = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let file: TokenFile = serde_json::from_slice(&text).map_err(|e| AuthError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if file.format != FORMAT {
-            return Err(AuthError::Corrupt {
-                path,
-                reason: format!("unknown format {:?} (expected {FORMAT})", file.format),
-            });
-        }
-        Ok(file.tokens)
+        self.file().load()
     }
 
-    /// Runs `change` on the records under the store's lock and writes the
-    /// result durably.
     fn update<T>(
         &self,
         change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
-        let _lock = lock_state_dir(&self.dir, LOCK_NAME)?;
-        let mut records = self.load()?;
-        let out = change(&mut records)?;
-        let text = serde_json::to_vec_pretty(&TokenFile {
-            format: FORMAT.into(),
-            tokens: records,
-        })
-        .expect("token records serialize");
-        write_private_atomic(&self.dir, &self.path(), &text)?;
-        Ok(out)
+        self.file().update(change)
     }
 
     /// Creates a token and returns `NAME:SECRET`, the only time the

@@ -14,7 +14,6 @@
 //! so removing a user or changing a password ends their sessions, and a
 //! new role holds at once.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -25,7 +24,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::access::{Principal, Role, Scope};
-use crate::tokens::{AuthError, check_name, io, lock_state_dir, write_private_atomic};
+use crate::state_file::{self, RecordFile};
+use crate::tokens::{AuthError, check_name};
 
 const FILE_NAME: &str = "users.json";
 const LOCK_NAME: &str = "users.lock";
@@ -76,12 +76,6 @@ struct UserRecord {
     paths: Vec<String>,
     argon2id: PasswordHash,
     created: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct UserFile {
-    format: String,
-    users: Vec<UserRecord>,
 }
 
 /// What `hoard user list` shows of a user.
@@ -162,44 +156,23 @@ impl UserStore {
         self
     }
 
+    fn file(&self) -> RecordFile {
+        state_file::in_dir(&self.dir, FILE_NAME, LOCK_NAME, FORMAT, "users")
+    }
+
     fn path(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+        self.file().path()
     }
 
     fn load(&self) -> Result<Vec<UserRecord>, AuthError> {
-        let path = self.path();
-        let text = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let file: UserFile = serde_json::from_slice(&text).map_err(|e| AuthError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if file.format != FORMAT {
-            return Err(AuthError::Corrupt {
-                path,
-                reason: format!("unknown format {:?} (expected {FORMAT})", file.format),
-            });
-        }
-        Ok(file.users)
+        self.file().load()
     }
 
     fn update<T>(
         &self,
         change: impl FnOnce(&mut Vec<UserRecord>) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
-        let _lock = lock_state_dir(&self.dir, LOCK_NAME)?;
-        let mut records = self.load()?;
-        let out = change(&mut records)?;
-        let text = serde_json::to_vec_pretty(&UserFile {
-            format: FORMAT.into(),
-            users: records,
-        })
-        .expect("user records serialize");
-        write_private_atomic(&self.dir, &self.path(), &text)?;
-        Ok(out)
+        self.file().update(change)
     }
 
     fn hash_new(&self, password: &str) -> Result<PasswordHash, AuthError> {
@@ -372,7 +345,7 @@ mod tests {
         assert_eq!(s.principal.role, Role::Reader);
         assert!(store.current("alice", &s.stamp).is_ok());
         // The file holds neither the password nor anything unsalted.
-        let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert!(!text.contains("correct horse"));
         assert!(matches!(
             store.login("alice", "wrong horse"),

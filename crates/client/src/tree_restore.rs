@@ -23,9 +23,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hoard_archive::format::{
-    self, Extent, MAX_DEPTH, MAX_EXTENTS, PAYLOAD_HEADER_SIZE, decode_payload_header,
-};
+use hoard_archive::format::MAX_DEPTH;
+use hoard_archive::reader::{LayoutError, payload_layout};
 use hoard_archive::{Archive, Entry, Kind};
 use hoard_datastore::Manifest;
 use hoard_types::Digest;
@@ -954,44 +953,17 @@ impl Restorer {
         e: &Entry,
         sink: &mut dyn FnMut(u64, Bytes) -> Result<()>,
     ) -> Result<bool> {
-        let (at, len, sparse) = e.payload().expect("files have payloads");
         let damaged =
             |why: String| Error::Damaged(format!("{}: {why} in {}", path.display(), self.what));
-        let header = self.cursor.gather(at, PAYLOAD_HEADER_SIZE as u64)?;
-        let body = decode_payload_header(&header).map_err(|x| damaged(x.to_string()))?;
-        if body != len - PAYLOAD_HEADER_SIZE as u64 {
-            return Err(damaged(format!(
-                "payload header says {body} bytes, the entry {}",
-                len - PAYLOAD_HEADER_SIZE as u64
-            )));
-        }
-        let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
-        // A dense file is one extent: all of it.
-        let extents = if sparse {
-            let count =
-                u64::from_le_bytes(self.cursor.gather(pos, 8)?.try_into().expect("8 bytes"));
-            if count > MAX_EXTENTS || format::extent_map_len(count) > body {
-                return Err(damaged(format!(
-                    "sparse map of {count} extents does not fit its payload"
-                )));
-            }
-            let raw = self.cursor.gather(pos + 8, 16 * count)?;
-            let extents: Vec<Extent> = raw
-                .chunks_exact(16)
-                .map(|x| Extent {
-                    offset: u64::from_le_bytes(x[..8].try_into().expect("8")),
-                    len: u64::from_le_bytes(x[8..].try_into().expect("8")),
-                })
-                .collect();
-            format::check_extents(&extents, e.size, body).map_err(|x| damaged(x.to_string()))?;
-            pos += format::extent_map_len(count);
-            extents
-        } else {
-            vec![Extent {
-                offset: 0,
-                len: e.size,
-            }]
-        };
+        let cursor = &mut self.cursor;
+        let layout = payload_layout(e, u64::MAX, &mut |at, len| cursor.gather(at, len)).map_err(
+            |x| match x {
+                LayoutError::Source(e) => e,
+                LayoutError::Malformed(why) => damaged(why),
+            },
+        )?;
+        let (mut pos, sparse) = (layout.data_at, layout.sparse);
+        let extents = layout.extents;
         let progress = self.cursor.progress.clone();
         for ex in extents {
             let mut off = ex.offset;

@@ -17,8 +17,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hoard_archive::format::{self, Extent, PAYLOAD_HEADER_SIZE, decode_payload_header};
+use hoard_archive::format::Extent;
 use hoard_archive::listing::listed;
+use hoard_archive::reader::{LayoutError, payload_layout};
 use hoard_archive::{Archive, ArchiveError, Entry, RangeSource};
 use hoard_datastore::{ChunkClass, Datastore, DynamicIndexReader, IndexReader, SnapshotInfo};
 use hoard_types::{ARCHIVE_META_SUFFIX, Digest, SnapshotPath};
@@ -429,58 +430,24 @@ fn pin(ds: &Datastore, snap: &SnapshotPath) -> ApiResult<hoard_datastore::Snapsh
 }
 
 /// The extents of a file's content in the data stream: where each piece
-/// lies in the stream and its length (the holes of a sparse file are
+/// lies in the stream and the extent (the holes of a sparse file are
 /// zeros the body sends itself).
 fn file_extents(data: &mut IndexSource, e: &Entry) -> Result<Vec<(u64, Extent)>, String> {
-    let (at, len, sparse) = e.payload().ok_or("not a regular file")?;
-    let header = data
-        .read(at, PAYLOAD_HEADER_SIZE)
-        .map_err(|x| x.to_string())?;
-    let body = decode_payload_header(&header).map_err(|x| x.to_string())?;
-    if body != len - PAYLOAD_HEADER_SIZE as u64 {
-        return Err(format!(
-            "payload header says {body} bytes, the entry {}",
-            len - PAYLOAD_HEADER_SIZE as u64
-        ));
-    }
-    let mut pos = at + PAYLOAD_HEADER_SIZE as u64;
-    let extents = if sparse {
-        let raw = data.read(pos, 8).map_err(|x| x.to_string())?;
-        let count = u64::from_le_bytes(raw.try_into().map_err(|_| "short extent count")?);
-        if count > format::MAX_EXTENTS || format::extent_map_len(count) > body {
-            return Err(format!(
-                "sparse map of {count} extents does not fit its payload"
-            ));
+    let layout = payload_layout(e, MAX_EXTENTS, &mut |at, len| {
+        data.read(at, len as usize).map_err(|x| x.to_string())
+    })
+    .map_err(|x| match x {
+        LayoutError::Source(e) => e,
+        LayoutError::Malformed(why)
+            if why.contains(&format!("more than {MAX_EXTENTS} extents")) =>
+        {
+            format!("{why}: {TOO_LARGE} for one download; use `hoard restore`")
         }
-        if count > MAX_EXTENTS {
-            return Err(format!(
-                "{count} extents, {TOO_LARGE} for one download ({MAX_EXTENTS}); use `hoard restore`"
-            ));
-        }
-        let raw = data
-            .read(pos + 8, (16 * count) as usize)
-            .map_err(|x| x.to_string())?;
-        let extents: Vec<Extent> = raw
-            .chunks_exact(16)
-            .map(|x| {
-                let (o, l) = x.split_at(8);
-                Extent {
-                    offset: u64::from_le_bytes(o.try_into().unwrap_or_default()),
-                    len: u64::from_le_bytes(l.try_into().unwrap_or_default()),
-                }
-            })
-            .collect();
-        format::check_extents(&extents, e.size, body).map_err(|x| x.to_string())?;
-        pos += format::extent_map_len(count);
-        extents
-    } else {
-        vec![Extent {
-            offset: 0,
-            len: e.size,
-        }]
-    };
-    let mut out = Vec::with_capacity(extents.len());
-    for ex in extents {
+        LayoutError::Malformed(why) => why,
+    })?;
+    let mut pos = layout.data_at;
+    let mut out = Vec::with_capacity(layout.extents.len());
+    for ex in layout.extents {
         out.push((pos, ex));
         pos += ex.len;
     }
