@@ -5,7 +5,7 @@
 //! A user has a role and paths like a token, and a password that people
 //! choose, so unlike a token secret it can be guessed: the file keeps
 //! only Argon2id of it (RFC 9106; OWASP's parameters for logins, 19 MiB
-//! and two passes, about 30 ms here), with a random salt per user. Login
+//! and two passes, about 40 ms here), with a random salt per user. Login
 //! answers the same for an unknown name and a wrong password, and spends
 //! the same work on both.
 //!

@@ -604,7 +604,16 @@ fn sessions_cookies_and_csrf() {
         a.expect(401);
         a.error()
     };
-    assert_eq!(bad("alice", "wrong horse"), bad("mallory", "correct horse"));
+    let refused = bad("alice", "wrong horse");
+    assert_eq!(refused, bad("mallory", "correct horse"));
+    // A name no user can have is refused alike, at once, and not counted.
+    let a = api.post(
+        "/api/v1/login",
+        &Auth::None,
+        &json!({"user": "x".repeat(60_000), "password": "correct horse"}),
+    );
+    a.expect(401);
+    assert_eq!(a.error(), refused);
     api.post("/api/v1/login", &Auth::None, &json!({"user": "alice"}))
         .expect(400);
 

@@ -245,6 +245,12 @@ pub(crate) async fn login(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let Login { user, password } = parse_body(&body?)?;
+    // No user has a name a token could not have: anything else is
+    // refused at once (it tells nothing of who exists), and never kept
+    // as a key of the backoff.
+    if hoard_auth::tokens::check_name(&user).is_err() {
+        return Err(auth_failure(AuthError::LoginFailed, &peer));
+    }
     let failures = &shared.web.failed_logins;
     if let Err(wait) = failures.attempt(peer.0.ip(), &user) {
         return Err(ApiError::new(
