@@ -21,5 +21,6 @@ pub mod tokens;
 pub mod users;
 
 pub use access::{Denied, GroupOwner, Principal, Role, Scope};
+pub use state_file::AccessInfo;
 pub use tokens::{AuthError, TokenInfo, TokenStore};
 pub use users::{UserInfo, UserStore};

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::access::{Principal, Role, Scope};
-use crate::state_file::{self, RecordFile};
+use crate::state_file::{self, AccessInfo, Record, RecordFile, check_new};
 
 const FILE_NAME: &str = "tokens.json";
 const LOCK_NAME: &str = "tokens.lock";
@@ -69,22 +69,12 @@ pub enum AuthError {
 }
 
 /// What `hoard token list` shows of a token: never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenInfo {
-    pub name: String,
-    pub role: String,
-    pub paths: Vec<String>,
-    pub created: String,
-}
+pub type TokenInfo = AccessInfo;
 
+/// A token's secret as kept: the SHA-256 of its text, hex.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TokenRecord {
-    name: String,
-    role: String,
-    paths: Vec<String>,
-    /// SHA-256 of the secret's text, hex.
+struct TokenSecret {
     secret_sha256: String,
-    created: String,
 }
 
 /// The token file in a directory; created on first change.
@@ -134,70 +124,28 @@ impl TokenStore {
         self.file().path()
     }
 
-    fn load(&self) -> Result<Vec<TokenRecord>, AuthError> {
-        self.file().load()
-    }
-
-    fn update<T>(
-        &self,
-        change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, AuthError>,
-    ) -> Result<T, AuthError> {
-        self.file().update(change)
-    }
-
     /// Creates a token and returns `NAME:SECRET`, the only time the
     /// secret is ever shown.
     pub fn create(&self, name: &str, role: Role, scopes: &[Scope]) -> Result<String, AuthError> {
-        check_name(name)?;
-        if role == Role::Admin && !scopes.is_empty() {
-            return Err(AuthError::AdminWithPaths);
-        }
+        check_new(name, role, scopes)?;
         let bytes: [u8; SECRET_BYTES] = rand::rng().random();
         let secret = hex::encode(bytes);
-        let record = TokenRecord {
-            name: name.to_string(),
-            role: role.as_str().to_string(),
-            paths: scopes.iter().map(|s| s.to_string()).collect(),
+        let hash = TokenSecret {
             secret_sha256: hex::encode(hash_secret(&secret)),
-            created: jiff::Timestamp::now()
-                .round(jiff::Unit::Second)
-                .unwrap_or_default()
-                .to_string(),
         };
-        self.update(|records| {
-            if records.iter().any(|r| r.name == name) {
-                return Err(AuthError::Exists(name.to_string()));
-            }
-            records.push(record);
-            Ok(())
-        })?;
+        let record = Record::new(name, role, scopes, hash);
+        self.file()
+            .insert(record, AuthError::Exists(name.to_string()))?;
         Ok(format!("{name}:{secret}"))
     }
 
     pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
-        self.update(|records| {
-            let before = records.len();
-            records.retain(|r| r.name != name);
-            if records.len() == before {
-                return Err(AuthError::NotFound(name.to_string()));
-            }
-            Ok(())
-        })
+        self.file()
+            .remove::<TokenSecret>(name, AuthError::NotFound(name.to_string()))
     }
 
     pub fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
-        let mut out: Vec<TokenInfo> = self
-            .load()?
-            .into_iter()
-            .map(|r| TokenInfo {
-                name: r.name,
-                role: r.role,
-                paths: r.paths,
-                created: r.created,
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.file().list::<TokenSecret>()
     }
 
     /// The principal of `NAME:SECRET`, read from the file as it is now.
@@ -207,26 +155,19 @@ impl TokenStore {
             return Err(AuthError::Malformed);
         }
         let offered = hash_secret(secret);
-        let records = self.load()?;
-        let Some(record) = records.iter().find(|r| r.name == name) else {
+        let Some(record) = self.file().find::<TokenSecret>(name)? else {
             return Err(AuthError::Rejected(name.to_string()));
         };
-        let stored = hex::decode(&record.secret_sha256).unwrap_or_default();
+        let stored = hex::decode(&record.secret.secret_sha256).unwrap_or_default();
         if stored.len() != 32 || !bool::from(stored.ct_eq(&offered)) {
             return Err(AuthError::Rejected(name.to_string()));
         }
-        let corrupt = |reason: String| AuthError::Corrupt {
-            path: self.path(),
-            reason: format!("token {name}: {reason}"),
-        };
-        let role: Role = record.role.parse().map_err(corrupt)?;
-        let scopes = record
-            .paths
-            .iter()
-            .map(|p| p.parse::<Scope>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?;
-        Ok(Principal::new(name, role, scopes))
+        record
+            .principal(name.to_string())
+            .map_err(|reason| AuthError::Corrupt {
+                path: self.path(),
+                reason: format!("token {name}: {reason}"),
+            })
     }
 }
 

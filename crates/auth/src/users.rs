@@ -24,8 +24,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::access::{Principal, Role, Scope};
-use crate::state_file::{self, RecordFile};
-use crate::tokens::{AuthError, check_name};
+use crate::state_file::{self, AccessInfo, Record, RecordFile, check_new};
+use crate::tokens::AuthError;
 
 const FILE_NAME: &str = "users.json";
 const LOCK_NAME: &str = "users.lock";
@@ -69,23 +69,16 @@ struct PasswordHash {
     hash: String,
 }
 
+/// A user's secret as kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct UserRecord {
-    name: String,
-    role: String,
-    paths: Vec<String>,
+struct UserSecret {
     argon2id: PasswordHash,
-    created: String,
 }
 
+type UserRecord = Record<UserSecret>;
+
 /// What `hoard user list` shows of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UserInfo {
-    pub name: String,
-    pub role: String,
-    pub paths: Vec<String>,
-    pub created: String,
-}
+pub type UserInfo = AccessInfo;
 
 /// A logged-in user as the file says now: the principal to act as, and
 /// the stamp a session compares with the one it logged in with.
@@ -164,15 +157,8 @@ impl UserStore {
         self.file().path()
     }
 
-    fn load(&self) -> Result<Vec<UserRecord>, AuthError> {
-        self.file().load()
-    }
-
-    fn update<T>(
-        &self,
-        change: impl FnOnce(&mut Vec<UserRecord>) -> Result<T, AuthError>,
-    ) -> Result<T, AuthError> {
-        self.file().update(change)
+    fn find(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        self.file().find(name)
     }
 
     fn hash_new(&self, password: &str) -> Result<PasswordHash, AuthError> {
@@ -196,84 +182,45 @@ impl UserStore {
         scopes: &[Scope],
         password: &str,
     ) -> Result<(), AuthError> {
-        check_name(name)?;
-        if role == Role::Admin && !scopes.is_empty() {
-            return Err(AuthError::AdminWithPaths);
-        }
+        check_new(name, role, scopes)?;
         let argon2id = self.hash_new(password)?;
-        let record = UserRecord {
-            name: name.to_string(),
-            role: role.as_str().to_string(),
-            paths: scopes.iter().map(|s| s.to_string()).collect(),
-            argon2id,
-            created: jiff::Timestamp::now()
-                .round(jiff::Unit::Second)
-                .unwrap_or_default()
-                .to_string(),
-        };
-        self.update(|records| {
-            if records.iter().any(|r| r.name == name) {
-                return Err(AuthError::UserExists(name.to_string()));
-            }
-            records.push(record);
-            Ok(())
-        })
+        let record = Record::new(name, role, scopes, UserSecret { argon2id });
+        self.file()
+            .insert(record, AuthError::UserExists(name.to_string()))
     }
 
     /// Sets a new password; the user's sessions end.
     pub fn set_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
         let argon2id = self.hash_new(password)?;
-        self.update(|records| {
+        self.file().update(|records: &mut Vec<UserRecord>| {
             let r = records
                 .iter_mut()
                 .find(|r| r.name == name)
                 .ok_or_else(|| AuthError::NoUser(name.to_string()))?;
-            r.argon2id = argon2id;
+            r.secret.argon2id = argon2id;
             Ok(())
         })
     }
 
     pub fn remove(&self, name: &str) -> Result<(), AuthError> {
-        self.update(|records| {
-            let before = records.len();
-            records.retain(|r| r.name != name);
-            if records.len() == before {
-                return Err(AuthError::NoUser(name.to_string()));
-            }
-            Ok(())
-        })
+        self.file()
+            .remove::<UserSecret>(name, AuthError::NoUser(name.to_string()))
     }
 
     pub fn list(&self) -> Result<Vec<UserInfo>, AuthError> {
-        let mut out: Vec<UserInfo> = self
-            .load()?
-            .into_iter()
-            .map(|r| UserInfo {
-                name: r.name,
-                role: r.role,
-                paths: r.paths,
-                created: r.created,
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.file().list::<UserSecret>()
     }
 
     fn session_of(&self, r: &UserRecord) -> Result<UserSession, AuthError> {
-        let corrupt = |reason: String| AuthError::Corrupt {
-            path: self.path(),
-            reason: format!("user {}: {reason}", r.name),
-        };
-        let role: Role = r.role.parse().map_err(corrupt)?;
-        let scopes = r
-            .paths
-            .iter()
-            .map(|p| p.parse::<Scope>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?;
+        let principal = r
+            .principal(format!("{USER_PREFIX}{}", r.name))
+            .map_err(|reason| AuthError::Corrupt {
+                path: self.path(),
+                reason: format!("user {}: {reason}", r.name),
+            })?;
         Ok(UserSession {
-            principal: Principal::new(format!("{USER_PREFIX}{}", r.name), role, scopes),
-            stamp: stamp_of(&r.argon2id),
+            principal,
+            stamp: stamp_of(&r.secret.argon2id),
         })
     }
 
@@ -282,13 +229,12 @@ impl UserStore {
         if password.len() > MAX_PASSWORD_LEN {
             return Err(AuthError::LoginFailed);
         }
-        let records = self.load()?;
-        let Some(record) = records.iter().find(|r| r.name == name) else {
+        let Some(record) = self.find(name)? else {
             // The same work as a real check, so timing tells no names.
             let _ = stretch(self.params, password, &[0u8; 16]);
             return Err(AuthError::LoginFailed);
         };
-        let h = &record.argon2id;
+        let h = &record.secret.argon2id;
         let corrupt = |reason: String| AuthError::Corrupt {
             path: self.path(),
             reason: format!("user {name}: {reason}"),
@@ -299,18 +245,14 @@ impl UserStore {
         if stored.len() != 32 || !bool::from(stored.ct_eq(offered.as_ref())) {
             return Err(AuthError::LoginFailed);
         }
-        self.session_of(record)
+        self.session_of(&record)
     }
 
     /// The user `name` as the file says now, if it still has the password
     /// whose stamp a session holds.
     pub fn current(&self, name: &str, stamp: &[u8; 32]) -> Result<UserSession, AuthError> {
-        let records = self.load()?;
-        let record = records
-            .iter()
-            .find(|r| r.name == name)
-            .ok_or(AuthError::LoginFailed)?;
-        let session = self.session_of(record)?;
+        let record = self.find(name)?.ok_or(AuthError::LoginFailed)?;
+        let session = self.session_of(&record)?;
         if !bool::from(session.stamp.ct_eq(stamp)) {
             return Err(AuthError::LoginFailed);
         }

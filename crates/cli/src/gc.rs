@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use hoard_datastore::gc::{GcEvent, GcOptions, collect_garbage};
-use hoard_datastore::reports::ReportKind;
 
 use crate::admin_args::{AdminArgs, ds_error, mib, parse_duration};
 
@@ -50,14 +49,7 @@ pub fn run(args: GcArgs) -> Result<()> {
         GcEvent::Swept => sweeping.finish_and_clear(),
         GcEvent::Started { .. } => {}
     });
-    ds.keep_report(
-        ReportKind::Gc,
-        "cli",
-        match &report {
-            Ok(r) => Ok((serde_json::to_value(r)?, r.missing_chunks == 0)),
-            Err(e) => Err(e.to_string()),
-        },
-    );
+    ds.keep_outcome("cli", &report);
     let report = report.map_err(ds_error)?;
     let secs = started.elapsed().as_secs_f64();
     let mut json = serde_json::to_value(&report)?;

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use hoard_datastore::reports::ReportKind;
 use hoard_datastore::verify::{VerifyEvent, VerifyOptions, verify};
 
 use crate::admin_args::{AdminArgs, AdminError, Target, ds_error, mib, parse_duration};
@@ -39,17 +38,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         VerifyEvent::Selected { .. } => {}
         VerifyEvent::Checked { bytes } => bar.inc(*bytes),
     });
-    ds.keep_report(
-        ReportKind::Verify,
-        "cli",
-        match &report {
-            Ok(r) => Ok((
-                serde_json::to_value(r)?,
-                r.failed() == 0 && r.findings.is_empty(),
-            )),
-            Err(e) => Err(e.to_string()),
-        },
-    );
+    ds.keep_outcome("cli", &report);
     let report = report.map_err(ds_error)?;
     bar.finish_and_clear();
     if report.snapshots.is_empty() && !matches!(target, Target::All) {

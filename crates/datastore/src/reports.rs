@@ -48,6 +48,27 @@ impl ReportKind {
     }
 }
 
+/// A maintenance report that says by itself whether all was well.
+pub trait Outcome: Serialize {
+    const KIND: ReportKind;
+    /// A GC that found every chunk; a verify that found nothing wrong.
+    fn ok(&self) -> bool;
+}
+
+impl Outcome for crate::gc::GcReport {
+    const KIND: ReportKind = ReportKind::Gc;
+    fn ok(&self) -> bool {
+        self.missing_chunks == 0
+    }
+}
+
+impl Outcome for crate::verify::VerifyReport {
+    const KIND: ReportKind = ReportKind::Verify;
+    fn ok(&self) -> bool {
+        self.failed() == 0 && self.findings.is_empty()
+    }
+}
+
 /// One maintenance run, as kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredReport {
@@ -149,6 +170,17 @@ impl Datastore {
         if let Err(e) = self.save_report(kind, &stored) {
             tracing::warn!("keeping the {} report: {e}", kind.name());
         }
+    }
+
+    /// Keeps how a GC or verify run by `by` ended (see [`Datastore::keep_report`]).
+    pub fn keep_outcome<R: Outcome>(&self, by: &str, outcome: &Result<R>) {
+        let kept = match outcome {
+            Ok(r) => serde_json::to_value(r)
+                .map(|v| (v, r.ok()))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.keep_report(R::KIND, by, kept);
     }
 
     /// The last report of `kind`, if one was kept and reads back.

@@ -194,6 +194,45 @@ impl Connection {
     }
 }
 
+/// Group name to its owner (if it has one).
+pub(crate) type Owners = std::collections::BTreeMap<String, Option<String>>;
+
+/// The snapshots of the groups `principal` may list and `wanted` asks
+/// for, with each group's owner: the one listing rule of the packet
+/// protocol's ListSnapshots and the HTTP API. Groups are chosen before
+/// any manifest is read, so a listing costs what the caller may see, not
+/// what the datastore holds; a group whose owner cannot be read, or a
+/// snapshot whose manifest cannot, is skipped and logged.
+pub(crate) fn visible_snapshots(
+    ds: &hoard_datastore::Datastore,
+    principal: &Principal,
+    wanted: impl Fn(&BackupGroup) -> bool,
+) -> hoard_datastore::Result<(Vec<hoard_datastore::SnapshotInfo>, Owners)> {
+    let mut owners = Owners::new();
+    let keep = |group: &BackupGroup| {
+        if !wanted(group) {
+            return false;
+        }
+        let owner = match ds.group_owner(group) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("listing snapshots: skipping {group}: {e}");
+                return false;
+            }
+        };
+        let as_owner = owner.clone().map_or(GroupOwner::Unowned, GroupOwner::Owned);
+        let may = principal.may_list(group, &as_owner);
+        if may {
+            owners.insert(group.to_string(), owner);
+        }
+        may
+    };
+    let list = ds.list_snapshots_where(keep, |path, e| {
+        tracing::warn!("listing snapshots: skipping {path}: {e}");
+    })?;
+    Ok((list, owners))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

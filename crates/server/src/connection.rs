@@ -131,8 +131,10 @@ pub(crate) struct Connection {
     /// backup, the snapshot it restores): prune leaves them alone until
     /// the connection ends.
     pub pins: HashMap<SnapshotPath, SnapshotPin>,
-    /// This session in the list of live connections (`/api/v1/connections`).
+    /// This session in the list of live connections (`/api/v1/connections`),
+    /// and what it received.
     pub live_id: u64,
+    pub received: Arc<crate::api::live::Received>,
 }
 
 /// How a session begins: a version 1 session is authenticated already
@@ -189,7 +191,7 @@ pub(crate) async fn run<R, W>(
         reader.set_budgets(shared.unfinished.for_principal(&principal.name));
         let outgoing = shared.outgoing.for_principal(&principal.name);
         let known = KnownChunks::new(&principal, shared.config.limits.max_known_chunks);
-        let live_id = shared.web.live.register(peer, &principal.name, version);
+        let (live_id, received) = shared.web.live.register(peer, &principal.name, version);
         shared.web.metrics.connections_opened.inc();
         let live = shared.clone();
         let mut conn = Connection {
@@ -214,6 +216,7 @@ pub(crate) async fn run<R, W>(
             registration: None,
             pins: HashMap::new(),
             live_id,
+            received,
         };
         conn.serve(&mut reader, &mut stop).await;
         conn.finish().await;

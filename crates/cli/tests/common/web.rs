@@ -174,14 +174,11 @@ impl Api {
 
 /// Adds a web user to the server whose temp dir is `dir`.
 pub fn add_user(dir: &Path, name: &str, role: &str, paths: &[&str], password: &str) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
-    cmd.args(["user", "add", name, "--role", role, "--state-dir"])
-        .arg(state_dir(dir))
-        .env("HOARD_PASSWORD", password);
+    let mut args = vec!["add", name, "--role", role];
     for p in paths {
-        cmd.args(["--path", p]);
+        args.extend(["--path", p]);
     }
-    let out = cmd.output().unwrap();
+    let out = user_command(dir, &args, Some(password));
     assert!(
         out.status.success(),
         "{}",

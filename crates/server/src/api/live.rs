@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -20,14 +20,35 @@ pub(crate) struct LiveConnection {
     pub backups: BTreeSet<String>,
 }
 
+/// What a session received, counted by the session itself without the
+/// registry's lock (an upload is the hot path).
+#[derive(Default)]
+pub(crate) struct Received {
+    bytes: AtomicU64,
+    chunks: AtomicU64,
+}
+
+impl Received {
+    pub fn chunk(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Live {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, LiveConnection>>,
+    conns: Mutex<HashMap<u64, (LiveConnection, Arc<Received>)>>,
 }
 
 impl Live {
-    pub fn register(&self, peer: SocketAddr, principal: &str, protocol: u32) -> u64 {
+    /// Lists a new session; its id and its counters.
+    pub fn register(
+        &self,
+        peer: SocketAddr,
+        principal: &str,
+        protocol: u32,
+    ) -> (u64, Arc<Received>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let c = LiveConnection {
             peer: peer.to_string(),
@@ -38,8 +59,12 @@ impl Live {
             chunks_received: 0,
             backups: BTreeSet::new(),
         };
-        self.conns.lock().expect("live lock").insert(id, c);
-        id
+        let received = Arc::new(Received::default());
+        self.conns
+            .lock()
+            .expect("live lock")
+            .insert(id, (c, received.clone()));
+        (id, received)
     }
 
     pub fn unregister(&self, id: u64) {
@@ -47,16 +72,9 @@ impl Live {
     }
 
     fn with(&self, id: u64, f: impl FnOnce(&mut LiveConnection)) {
-        if let Some(c) = self.conns.lock().expect("live lock").get_mut(&id) {
+        if let Some((c, _)) = self.conns.lock().expect("live lock").get_mut(&id) {
             f(c);
         }
-    }
-
-    pub fn received(&self, id: u64, bytes: u64) {
-        self.with(id, |c| {
-            c.bytes_received += bytes;
-            c.chunks_received += 1;
-        });
     }
 
     pub fn backup_opened(&self, id: u64, snapshot: String) {
@@ -81,7 +99,11 @@ impl Live {
             .lock()
             .expect("live lock")
             .values()
-            .cloned()
+            .map(|(c, r)| LiveConnection {
+                bytes_received: r.bytes.load(Ordering::Relaxed),
+                chunks_received: r.chunks.load(Ordering::Relaxed),
+                ..c.clone()
+            })
             .collect();
         v.sort_by(|a, b| a.since.cmp(&b.since).then(a.peer.cmp(&b.peer)));
         v

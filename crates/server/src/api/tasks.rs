@@ -6,7 +6,7 @@
 //! `.reports/`, as the CLI commands do.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -108,8 +108,6 @@ impl Task {
 pub(crate) struct Tasks {
     next: AtomicU64,
     list: Mutex<VecDeque<Arc<Task>>>,
-    /// GCs and verifies started and not ended: one of each at a time.
-    heavy: [AtomicU32; 2],
 }
 
 impl Tasks {
@@ -117,13 +115,7 @@ impl Tasks {
         Tasks {
             next: AtomicU64::new(1),
             list: Mutex::new(VecDeque::new()),
-            heavy: [AtomicU32::new(0), AtomicU32::new(0)],
         }
-    }
-
-    fn create(&self, kind: &'static str, caller: &Caller) -> Arc<Task> {
-        self.create_if(kind, caller, |_| false)
-            .expect("nothing stands in the way")
     }
 
     /// A new task, unless a task for which `blocks` holds is listed.
@@ -173,6 +165,13 @@ impl Tasks {
     fn create_alone(&self, kind: &'static str, caller: &Caller) -> Option<Arc<Task>> {
         self.create_if(kind, caller, |t| {
             t.principal == caller.principal.name && t.kind == kind && t.lock().state == "running"
+        })
+    }
+
+    /// A new task of `kind`, unless one (anyone's) is running.
+    fn create_single(&self, kind: &'static str, caller: &Caller) -> Option<Arc<Task>> {
+        self.create_if(kind, caller, |t| {
+            t.kind == kind && t.lock().state == "running"
         })
     }
 
@@ -358,25 +357,11 @@ struct VerifyRequest {
     snapshot: Option<String>,
 }
 
-/// Marks one heavy kind (0: GC, 1: verify) running, or refuses a second.
-struct Heavy<'a>(&'a AtomicU32);
-
-impl Drop for Heavy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn claim_heavy(shared: &Shared, slot: usize, what: &str) -> ApiResult<()> {
-    let c = &shared.web.tasks.heavy[slot];
-    if c.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return Err(ApiError::conflict(format!(
-            "a {what} started from the API is running already: follow it in /api/v1/tasks"
-        )));
-    }
-    Ok(())
+/// A second verify or GC from the API, while one runs.
+fn already_running(what: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "a {what} started from the API is running already: follow it in /api/v1/tasks"
+    ))
 }
 
 pub(crate) async fn start_verify(
@@ -402,14 +387,14 @@ pub(crate) async fn start_verify(
         let (s, p, snap) = (shared.clone(), caller.principal.clone(), snap.clone());
         super::blocking(move || super::views::find_snapshot(&s.ds, &p, &snap).map(|_| ())).await?;
     }
-    claim_heavy(&shared, 1, "verify")?;
-    let task = shared.web.tasks.create("verify", &caller);
+    let Some(task) = shared.web.tasks.create_single("verify", &caller) else {
+        return Err(already_running("verify"));
+    };
     let by = caller.display_name().to_string();
     run(
         shared,
         task.clone(),
         move |s, t| {
-            let _heavy = Heavy(&s.web.tasks.heavy[1]);
             let select = |p: &SnapshotPath| {
                 snapshot.as_ref().is_none_or(|x| x == p)
                     && group.as_ref().is_none_or(|g| *g == p.group)
@@ -429,13 +414,8 @@ pub(crate) async fn start_verify(
                     t.progress(format!("{} MiB checked", total >> 20));
                 }
             });
-            let report = match report {
-                Ok(r) => r,
-                Err(e) => {
-                    s.ds.keep_report(ReportKind::Verify, &by, Err(e.to_string()));
-                    return Err(e.to_string());
-                }
-            };
+            s.ds.keep_outcome(&by, &report);
+            let report = report.map_err(|e| e.to_string())?;
             for v in &report.snapshots {
                 let reason = v
                     .reason
@@ -461,10 +441,7 @@ pub(crate) async fn start_verify(
                 report.snapshots.len(),
                 report.chunks_checked
             ));
-            let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-            let ok = failed == 0 && report.findings.is_empty();
-            s.ds.keep_report(ReportKind::Verify, &by, Ok((json.clone(), ok)));
-            Ok(json)
+            serde_json::to_value(&report).map_err(|e| e.to_string())
         },
         |_| {},
     );
@@ -482,14 +459,14 @@ pub(crate) async fn start_gc(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require_admin("start a GC")?;
     let GcRequest {} = parse_body(&body?)?;
-    claim_heavy(&shared, 0, "GC")?;
-    let task = shared.web.tasks.create("gc", &caller);
+    let Some(task) = shared.web.tasks.create_single("gc", &caller) else {
+        return Err(already_running("GC"));
+    };
     let by = caller.display_name().to_string();
     run(
         shared,
         task.clone(),
         move |s, t| {
-            let _heavy = Heavy(&s.web.tasks.heavy[0]);
             let report = collect_garbage(&s.ds, &GcOptions::default(), &|e| match e {
                 GcEvent::Started { cutoff } => {
                     t.log(format!("cutoff {}", cutoff.as_second()));
@@ -510,13 +487,8 @@ pub(crate) async fn start_gc(
                 }
                 GcEvent::Swept => t.log("swept"),
             });
-            let report = match report {
-                Ok(r) => r,
-                Err(e) => {
-                    s.ds.keep_report(ReportKind::Gc, &by, Err(e.to_string()));
-                    return Err(e.to_string());
-                }
-            };
+            s.ds.keep_outcome(&by, &report);
+            let report = report.map_err(|e| e.to_string())?;
             t.log(format!(
                 "removed {} chunks ({} MiB), kept {} chunks ({} MiB), {} missing",
                 report.removed_chunks,
@@ -526,13 +498,7 @@ pub(crate) async fn start_gc(
                 report.missing_chunks
             ));
             t.progress("done");
-            let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-            s.ds.keep_report(
-                ReportKind::Gc,
-                &by,
-                Ok((json.clone(), report.missing_chunks == 0)),
-            );
-            Ok(json)
+            serde_json::to_value(&report).map_err(|e| e.to_string())
         },
         // What GC freed shows in the usage chart at once.
         |shared| {

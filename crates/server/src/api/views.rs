@@ -17,45 +17,19 @@ use serde_json::{Value, json};
 use super::caller::Caller;
 use super::{ApiError, ApiResult, blocking, may_maintain, parse_group, readable};
 use crate::Shared;
+use crate::authorize::{Owners, visible_snapshots};
 
 const DATA_SUFFIX: &str = ".hdata";
 
-/// Group name to owner (if it has one).
-pub(crate) type Owners = BTreeMap<String, Option<String>>;
-
 /// The snapshots of the groups `principal` may read (of `only`, if
-/// given), with each group's owner; groups are chosen before any
-/// manifest is read.
+/// given), with each group's owner.
 pub(crate) fn visible(
     ds: &Datastore,
     principal: &Principal,
     only: Option<&BackupGroup>,
 ) -> ApiResult<(Vec<SnapshotInfo>, Owners)> {
-    let mut owners = Owners::new();
-    let keep = |group: &BackupGroup| {
-        if only.is_some_and(|g| g != group) {
-            return false;
-        }
-        let owner = match ds.group_owner(group) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!("listing snapshots: skipping {group}: {e}");
-                return false;
-            }
-        };
-        let as_owner = owner.clone().map_or(GroupOwner::Unowned, GroupOwner::Owned);
-        let may = principal.may_list(group, &as_owner);
-        if may {
-            owners.insert(group.to_string(), owner);
-        }
-        may
-    };
-    let list = ds
-        .list_snapshots_where(keep, |path, e| {
-            tracing::warn!("listing snapshots: skipping {path}: {e}");
-        })
-        .map_err(|e| ApiError::internal("listing snapshots", e))?;
-    Ok((list, owners))
+    visible_snapshots(ds, principal, |g| only.is_none_or(|o| o == g))
+        .map_err(|e| ApiError::internal("listing snapshots", e))
 }
 
 /// A snapshot as the API shows it (docs/api.md).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use hoard_auth::{GroupOwner, Principal};
+use hoard_auth::Principal;
 use hoard_datastore::{Datastore, SnapshotInfo};
 use hoard_protocol::{ErrorId, Message, SnapshotFilter};
 use hoard_types::BackupGroup;
@@ -32,32 +32,16 @@ impl Connection {
 }
 
 /// The snapshots matching `filter` of the groups `principal` may list.
-/// Groups are chosen before any manifest is read, so a listing costs what
-/// the caller may see, not what the datastore holds.
 fn visible(
     ds: &Datastore,
     principal: &Principal,
     filter: &SnapshotFilter,
 ) -> hoard_datastore::Result<Vec<SnapshotInfo>> {
-    let keep = |group: &BackupGroup| {
-        let wanted = filter.ty.is_none_or(|t| t == group.ty)
-            && filter.id.as_ref().is_none_or(|id| *id == group.id);
-        if !wanted || principal.sees_every_chunk() {
-            return wanted;
-        }
-        let owner = match ds.group_owner(group) {
-            Ok(Some(o)) => GroupOwner::Owned(o),
-            Ok(None) => GroupOwner::Unowned,
-            Err(e) => {
-                tracing::warn!("listing snapshots: skipping {group}: {e}");
-                return false;
-            }
-        };
-        principal.may_list(group, &owner)
+    let wanted = |group: &BackupGroup| {
+        filter.ty.is_none_or(|t| t == group.ty)
+            && filter.id.as_ref().is_none_or(|id| *id == group.id)
     };
-    ds.list_snapshots_where(keep, |path, e| {
-        tracing::warn!("listing snapshots: skipping {path}: {e}");
-    })
+    crate::authorize::visible_snapshots(ds, principal, wanted).map(|(list, _)| list)
 }
 
 async fn send_list(

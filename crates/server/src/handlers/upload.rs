@@ -27,10 +27,7 @@ impl Connection {
         let m = &self.shared.web.metrics;
         m.chunks_received.inc();
         m.chunk_bytes_received.inc_by(data.len() as u64);
-        self.shared
-            .web
-            .live
-            .received(self.live_id, data.len() as u64);
+        self.received.chunk(data.len() as u64);
         let ds = self.ds.clone();
         // An encoded session sends chunk files as stored (checked, kept
         // as sent); a version 1 or plain one sends the data.
