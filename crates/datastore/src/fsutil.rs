@@ -140,7 +140,12 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("atomic");
-    let mut t = TempFile::create(tmp_dir, kind)?;
+    write_atomic_as(tmp_dir, dest, data, kind)
+}
+
+/// [`write_atomic`] with the temp file named after `hint`.
+pub(crate) fn write_atomic_as(tmp_dir: &Path, dest: &Path, data: &[u8], hint: &str) -> Result<()> {
+    let mut t = TempFile::create(tmp_dir, hint)?;
     t.file
         .write_all(data)
         .ctx(|| format!("writing {}", dest.display()))?;

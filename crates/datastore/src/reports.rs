@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::datastore::Datastore;
 use crate::error::{IoContext, Result};
-use crate::fsutil::{create_dir_durable, write_atomic};
+use crate::fsutil::{create_dir_durable, write_atomic_as};
 
 pub(crate) const REPORTS_DIR: &str = ".reports";
+/// How the temp files of report writes begin.
+pub const REPORT_TEMP: &str = "report.";
 /// Samples kept in `usage.json`: hourly for about 80 days.
 pub const MAX_USAGE_SAMPLES: usize = 2000;
 /// Largest report file read back (a verify report of a huge damaged
@@ -113,7 +115,14 @@ impl Datastore {
         if !dir.is_dir() {
             create_dir_durable(&dir)?;
         }
-        write_atomic(self.tmp(), &dir.join(name), data)
+        // Named apart from the temp files of data (chunks, indexes,
+        // manifests), whose leftovers tests look for.
+        write_atomic_as(
+            self.tmp(),
+            &dir.join(name),
+            data,
+            &format!("{REPORT_TEMP}{name}"),
+        )
     }
 
     fn read_report_file<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>> {

@@ -521,7 +521,9 @@ impl Drop for Server {
     }
 }
 
-/// Temp files under datastore `ds`'s `.tmp/` (see [`Server::temp_files`]).
+/// Temp files of data (chunks, indexes, manifests) under datastore `ds`'s
+/// `.tmp/` (see [`Server::temp_files`]). A report the server is writing
+/// meanwhile (the usage sampler runs at start) is not one of them.
 pub fn temp_files(ds: &Path) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir(ds.join(".tmp")).unwrap() {
@@ -529,7 +531,11 @@ pub fn temp_files(ds: &Path) -> usize {
         if entry.file_type().unwrap().is_dir() {
             n += std::fs::read_dir(entry.path())
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().file_name() != "lock")
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    let name = name.to_string_lossy();
+                    name != "lock" && !name.starts_with(hoard_datastore::reports::REPORT_TEMP)
+                })
                 .count();
         } else {
             n += 1;
